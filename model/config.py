@@ -1,0 +1,260 @@
+"""The trial config: one flat dataclass holding every knob a trial can vary.
+
+Flat keys so that Ray Tune (or ``--set KEY=VALUE``) can vary any of them. It is read from YAML through
+:func:`load_config` / :func:`config_from_dict`, which reject unknown keys and wrong types naming the key
+and the file, and written back with :func:`save_config` in the same schema. Variants are made with
+``dataclasses.replace`` (which re-runs validation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+Size = Literal["nano", "tiny", "s", "m", "l", "x"]
+Pretrain = Literal["none", "coco", "center_loss", "ssl"]
+RegLoss = Literal["iou", "giou", "diou", "ciou"]
+Device = Literal["auto", "cpu", "cuda"]
+PretrainInit = Literal["scratch", "coco"]
+SslLoss = Literal["cosine", "infonce"]
+
+
+class ConfigError(ValueError):
+    """A config value or key is invalid; the message names the key and the source file."""
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Every setting of one trial. Defaults follow the official YOLOX recipe (``yolox_base.py``)."""
+
+    # --- model ---
+    size: Size = "s"  # nano, tiny, s, m, l, x (official depth/width multipliers)
+    num_classes: int = 1  # FloW has one class, "bottle"
+    reg_loss: RegLoss = "iou"  # box regression loss; "iou" is the official 1 - IoU^2
+    pretrain: Pretrain = "none"  # backbone initialisation: none, coco, center_loss, ssl
+
+    # --- data ---
+    data: str = ""  # dataset folder (any supported layout); "" = the embedded floating-bottle set
+    val_fraction: float = 0.2  # share held out when the dataset has no split of its own
+    img_size: int = 640  # square training/eval input size in pixels (multiple of 32)
+    workers: int = 4  # data-loader worker processes
+
+    # --- schedule and optimiser ---
+    epochs: int = 300
+    no_aug_epochs: int = 15  # last epochs: no mosaic/mixup, L1 loss on, constant min lr
+    warmup_epochs: int = 5
+    batch_size: int = 16
+    lr: float = 0.01  # learning rate per 64 images (scaled linearly by batch_size / 64)
+    warmup_lr: float = 0.0
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 5e-4  # not applied to BN weights and biases
+    momentum: float = 0.9  # SGD with Nesterov momentum
+    ema: bool = True  # evaluate the exponential moving average of the weights
+    ema_decay: float = 0.9998
+
+    # --- augmentation (official YOLOX defaults) ---
+    mosaic_prob: float = 1.0
+    mixup_prob: float = 1.0
+    hsv_prob: float = 1.0
+    flip_prob: float = 0.5
+    degrees: float = 10.0
+    translate: float = 0.1
+    mosaic_scale_min: float = 0.1
+    mosaic_scale_max: float = 2.0
+    mixup_scale_min: float = 0.5
+    mixup_scale_max: float = 1.5
+    shear: float = 2.0
+    multiscale: int = 5  # random input size in img_size +- multiscale*32 every 10 iterations; 0 = off
+    max_labels: int = 120  # padded target rows per image
+
+    # --- SimOTA and loss constants the official code hard-codes ---
+    center_radius: float = 1.5  # candidate anchors: cell centre within this many strides of a gt centre
+    candidate_topk: int = 10  # IoUs summed for the dynamic k
+    iou_cost_weight: float = 3.0
+    reg_weight: float = 5.0
+
+    # --- evaluation ---
+    eval_interval: int = 10  # evaluate every N epochs (and always after the last one)
+    test_conf: float = 0.01  # score threshold before NMS
+    nms_iou: float = 0.65
+
+    # --- pretraining (used when pretrain is coco, center_loss or ssl) ---
+    coco_weights: str = ""  # local path of the official yolox_<size>.pth; "" = torch hub cache
+    pretrain_artifact: str = ""  # backbone .pt for center_loss/ssl (filled in by the study cache)
+    pretrain_init: PretrainInit = "scratch"  # where the pretraining starts: scratch or COCO weights
+    pretrain_epochs: int = 30
+    pretrain_batch_size: int = 32
+    pretrain_lr: float = 0.01
+    crop_size: int = 224  # center-loss crops (square, pixels)
+    center_loss_weight: float = 0.01  # 0 = cross-entropy only (the ablation)
+    center_lr: float = 0.5  # SGD lr of the learnable class centres
+    ssl_patch_size: int = 64
+    ssl_loss: SslLoss = "cosine"  # -cos(a, p) + cos(a, n) as in the FloW study, or InfoNCE
+    ssl_temperature: float = 0.1
+    ssl_video_every: int = 10  # take every n-th frame of the unlabeled videos
+
+    # --- run ---
+    seed: int = 0
+    device: Device = "auto"  # auto = cuda when available
+    amp: bool = True  # mixed precision (CUDA only; ignored on CPU)
+    channels_last: bool = False  # memory format on CUDA
+    max_train_images: int = 0  # 0 = all; a cap for quick profiles
+
+    def __post_init__(self) -> None:
+        _validate(self, source="<TrialConfig>")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_HINTS: dict[str, Any] | None = None
+
+
+def _hints() -> dict[str, Any]:
+    global _HINTS
+    if _HINTS is None:
+        _HINTS = typing.get_type_hints(TrialConfig)
+    return _HINTS
+
+
+def config_keys() -> list[str]:
+    return [f.name for f in fields(TrialConfig)]
+
+
+def _check_type(key: str, value: Any, source: str) -> Any:
+    """Return ``value`` coerced where lossless (int -> float), else raise ConfigError."""
+    hint = _hints()[key]
+    if get_origin(hint) is Literal:
+        allowed = get_args(hint)
+        if value not in allowed:
+            raise ConfigError(
+                f"{source}: key '{key}' must be one of {', '.join(map(repr, allowed))}, "
+                f"got {value!r}"
+            )
+        return value
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+    elif hint is str:
+        ok = isinstance(value, str)
+    elif isinstance(hint, types.UnionType):  # pragma: no cover - no union fields today
+        ok = isinstance(value, get_args(hint))
+    else:  # pragma: no cover
+        ok = isinstance(value, hint)
+    if not ok:
+        tname = getattr(hint, "__name__", str(hint))
+        raise ConfigError(
+            f"{source}: key '{key}' must be of type {tname}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _validate(cfg: TrialConfig, source: str) -> None:
+    for f in fields(cfg):
+        _check_type(f.name, getattr(cfg, f.name), source)
+    rules = [
+        (cfg.num_classes >= 1, "num_classes", "must be >= 1"),
+        (cfg.img_size >= 32 and cfg.img_size % 32 == 0, "img_size", "must be a multiple of 32"),
+        (cfg.epochs >= 1, "epochs", "must be >= 1"),
+        (0 <= cfg.no_aug_epochs <= cfg.epochs, "no_aug_epochs", "must be in [0, epochs]"),
+        (cfg.warmup_epochs >= 0, "warmup_epochs", "must be >= 0"),
+        (cfg.batch_size >= 1, "batch_size", "must be >= 1"),
+        (cfg.lr > 0, "lr", "must be > 0"),
+        (0 < cfg.min_lr_ratio <= 1, "min_lr_ratio", "must be in (0, 1]"),
+        (cfg.workers >= 0, "workers", "must be >= 0"),
+        (cfg.eval_interval >= 1, "eval_interval", "must be >= 1"),
+        (0 <= cfg.val_fraction < 1, "val_fraction", "must be in [0, 1)"),
+        (cfg.multiscale >= 0, "multiscale", "must be >= 0"),
+        (cfg.mosaic_scale_min <= cfg.mosaic_scale_max, "mosaic_scale_min", "must be <= max"),
+        (cfg.mixup_scale_min <= cfg.mixup_scale_max, "mixup_scale_min", "must be <= max"),
+        (cfg.candidate_topk >= 1, "candidate_topk", "must be >= 1"),
+        (0 < cfg.test_conf < 1, "test_conf", "must be in (0, 1)"),
+        (0 < cfg.nms_iou <= 1, "nms_iou", "must be in (0, 1]"),
+        (cfg.center_loss_weight >= 0, "center_loss_weight", "must be >= 0"),
+        (cfg.max_train_images >= 0, "max_train_images", "must be >= 0"),
+    ]
+    for prob in ("mosaic_prob", "mixup_prob", "hsv_prob", "flip_prob"):
+        rules.append((0 <= getattr(cfg, prob) <= 1, prob, "must be in [0, 1]"))
+    for ok, key, rule in rules:
+        if not ok:
+            raise ConfigError(f"{source}: key '{key}' {rule}, got {getattr(cfg, key)!r}")
+
+
+def config_from_dict(
+    values: dict[str, Any], source: str = "<dict>", base: TrialConfig | None = None
+) -> TrialConfig:
+    """Build a config from ``values`` over ``base`` (defaults when None).
+
+    Unknown keys and wrong types raise :class:`ConfigError` naming the key and ``source``.
+    """
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: a trial config must be a mapping of keys to values")
+    known = set(config_keys())
+    checked: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{source}: unknown key '{key}'{hint}")
+        checked[key] = _check_type(key, value, source)
+    base = base or TrialConfig()
+    merged = {**base.to_dict(), **checked}
+    cfg = TrialConfig.__new__(TrialConfig)
+    for k, v in merged.items():
+        object.__setattr__(cfg, k, v)
+    _validate(cfg, source)
+    return cfg
+
+
+def load_config(path: str | Path, base: TrialConfig | None = None) -> TrialConfig:
+    """Read a YAML trial config; keys not given take the defaults (or ``base``)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    return config_from_dict(values, source=str(path), base=base)
+
+
+def dump_config(cfg: TrialConfig, comment: str = "") -> str:
+    """YAML text of the full config (every key), with an optional leading ``#`` comment block."""
+    head = "".join(f"# {line}\n" if line else "#\n" for line in comment.splitlines())
+    return head + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def save_config(cfg: TrialConfig, path: str | Path, comment: str = "") -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(dump_config(cfg, comment))
+    tmp.replace(path)
+    return path
+
+
+def parse_override(text: str, source: str = "--set") -> tuple[str, Any]:
+    """Parse ``KEY=VALUE`` (VALUE read as YAML, so ``lr=0.02`` is a float) into a checked pair."""
+    if "=" not in text:
+        raise ConfigError(f"{source}: expected KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if key in config_keys() and _hints()[key] is str and not isinstance(value, str):
+        value = raw.strip()
+    cfg = config_from_dict({key: value}, source=source)
+    return key, getattr(cfg, key)
