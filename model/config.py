@@ -1,9 +1,9 @@
 """The trial config: one flat dataclass holding every knob a trial can vary.
 
-Flat keys so that Ray Tune (or ``--set KEY=VALUE``) can vary any of them. It is read from YAML through
-:func:`load_config` / :func:`config_from_dict`, which reject unknown keys and wrong types naming the key
-and the file, and written back with :func:`save_config` in the same schema. Variants are made with
-``dataclasses.replace`` (which re-runs validation).
+Flat keys so that Ray Tune (or ``--set KEY=VALUE``) can vary any of them. It is read from YAML
+through :func:`load_config` / :func:`config_from_dict`, which reject unknown keys and wrong types
+naming the key and the file, and written back with :func:`save_config` in the same schema.
+Variants are made with ``dataclasses.replace`` (which re-runs validation).
 """
 
 from __future__ import annotations
@@ -71,11 +71,11 @@ class TrialConfig:
     mixup_scale_min: float = 0.5
     mixup_scale_max: float = 1.5
     shear: float = 2.0
-    multiscale: int = 5  # random input size in img_size +- multiscale*32 every 10 iterations; 0 = off
+    multiscale: int = 5  # input size img_size +- multiscale*32, redrawn every 10 iters; 0 = off
     max_labels: int = 120  # padded target rows per image
 
     # --- SimOTA and loss constants the official code hard-codes ---
-    center_radius: float = 1.5  # candidate anchors: cell centre within this many strides of a gt centre
+    center_radius: float = 1.5  # candidates: cell centre within this many strides of a gt centre
     candidate_topk: int = 10  # IoUs summed for the dynamic k
     iou_cost_weight: float = 3.0
     reg_weight: float = 5.0
@@ -168,7 +168,11 @@ def _validate(cfg: TrialConfig, source: str) -> None:
         (cfg.num_classes >= 1, "num_classes", "must be >= 1"),
         (cfg.img_size >= 32 and cfg.img_size % 32 == 0, "img_size", "must be a multiple of 32"),
         (cfg.epochs >= 1, "epochs", "must be >= 1"),
-        (0 <= cfg.no_aug_epochs <= cfg.epochs, "no_aug_epochs", "must be in [0, epochs]"),
+        (
+            0 <= cfg.no_aug_epochs <= cfg.epochs,
+            "no_aug_epochs",
+            f"must be in [0, epochs={cfg.epochs}] (lower it when you lower epochs)",
+        ),
         (cfg.warmup_epochs >= 0, "warmup_epochs", "must be >= 0"),
         (cfg.batch_size >= 1, "batch_size", "must be >= 1"),
         (cfg.lr > 0, "lr", "must be > 0"),
