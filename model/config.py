@@ -45,6 +45,7 @@ class TrialConfig:
     val_fraction: float = 0.2  # share held out when the dataset has no split of its own
     img_size: int = 640  # square training/eval input size in pixels (multiple of 32)
     workers: int = 4  # data-loader worker processes
+    cache_images: bool = False  # keep decoded, resized training images in RAM (small datasets)
 
     # --- schedule and optimiser ---
     epochs: int = 300
@@ -99,6 +100,10 @@ class TrialConfig:
     ssl_loss: SslLoss = "cosine"  # -cos(a, p) + cos(a, n) as in the FloW study, or InfoNCE
     ssl_temperature: float = 0.1
     ssl_video_every: int = 10  # take every n-th frame of the unlabeled videos
+    # (added, issue 5) extra unlabeled sources for ssl: videos or image folders, separated by
+    # os.pathsep (':'); always used besides the dataset's video/ folder and training images
+    ssl_sources: str = ""
+    ssl_triplets_per_frame: int = 4  # (added, issue 5) ssl triplets per frame and epoch
 
     # --- run ---
     seed: int = 0
@@ -188,6 +193,20 @@ def _validate(cfg: TrialConfig, source: str) -> None:
         (0 < cfg.nms_iou <= 1, "nms_iou", "must be in (0, 1]"),
         (cfg.center_loss_weight >= 0, "center_loss_weight", "must be >= 0"),
         (cfg.max_train_images >= 0, "max_train_images", "must be >= 0"),
+        # pretraining (issue 5): the backbone needs inputs that are multiples of its stride 32
+        (cfg.pretrain_epochs >= 1, "pretrain_epochs", "must be >= 1"),
+        (cfg.pretrain_batch_size >= 2, "pretrain_batch_size", "must be >= 2 (BatchNorm)"),
+        (cfg.pretrain_lr > 0, "pretrain_lr", "must be > 0"),
+        (cfg.crop_size >= 32 and cfg.crop_size % 32 == 0, "crop_size", "must be a multiple of 32"),
+        (cfg.center_lr > 0, "center_lr", "must be > 0"),
+        (
+            cfg.ssl_patch_size >= 32 and cfg.ssl_patch_size % 32 == 0,
+            "ssl_patch_size",
+            "must be a multiple of 32",
+        ),
+        (cfg.ssl_temperature > 0, "ssl_temperature", "must be > 0"),
+        (cfg.ssl_video_every >= 1, "ssl_video_every", "must be >= 1"),
+        (cfg.ssl_triplets_per_frame >= 1, "ssl_triplets_per_frame", "must be >= 1"),
     ]
     for prob in ("mosaic_prob", "mixup_prob", "hsv_prob", "flip_prob"):
         rules.append((0 <= getattr(cfg, prob) <= 1, prob, "must be in [0, 1]"))

@@ -1,0 +1,30 @@
+"""The YOLOX network (official module names, so official checkpoints load strictly)."""
+
+from __future__ import annotations
+
+from model.yolox.build import SIZES, YOLOX, build_yolox, build_yolox_from_config
+from model.yolox.darknet import CSPDarknet
+from model.yolox.head import YOLOXHead
+from model.yolox.pafpn import YOLOPAFPN
+from model.yolox.weights import (
+    LoadReport,
+    WeightsUnavailableError,
+    coco_weights_available,
+    load_backbone_state,
+    load_coco_weights,
+)
+
+__all__ = [
+    "SIZES",
+    "YOLOX",
+    "CSPDarknet",
+    "LoadReport",
+    "WeightsUnavailableError",
+    "YOLOPAFPN",
+    "YOLOXHead",
+    "build_yolox",
+    "build_yolox_from_config",
+    "coco_weights_available",
+    "load_backbone_state",
+    "load_coco_weights",
+]

@@ -1,0 +1,139 @@
+"""Training checkpoints: atomic writes, ``weights_only`` loading, RNG states as tensors.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts so that
+``torch.load(path, weights_only=True)`` reads it without unpickling code. The training loop decides
+what goes in (see ``model/train.py``); this module only makes writing safe and RNG states portable.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.config import TrialConfig
+
+CHECKPOINT_FORMAT = 1  # bump when the layout of the training checkpoint changes
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or does not hold what the caller needs."""
+
+
+def _tmp_path(path: Path) -> Path:
+    # Same folder as the target so os.replace stays a rename on one filesystem.
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Atomically copy a checkpoint file (used for ``best.pt``)."""
+    dst = Path(dst)
+    tmp = _tmp_path(dst)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; errors name the file and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pt file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"cannot read checkpoint {path} with weights_only=True ({e}); it must be a file "
+            "written by model.train (tensors and plain containers only)"
+        ) from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
+    return state
+
+
+# --- RNG states as tensors (weights_only cannot read numpy arrays or arbitrary tuples) ---
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states of python ``random``, numpy, torch CPU and (when present) CUDA."""
+    version, internal, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python_version": int(version),
+        "python": torch.tensor(internal, dtype=torch.int64),
+        "python_gauss": gauss,  # None or a float
+        "numpy_name": str(np_name),
+        "numpy_keys": torch.from_numpy(np_keys.astype(np.int64)),
+        "numpy_pos": int(np_pos),
+        "numpy_has_gauss": int(np_has_gauss),
+        "numpy_gauss": float(np_gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured (CUDA states only when CUDA is present)."""
+    internal = tuple(int(v) for v in state["python"].tolist())
+    random.setstate((state["python_version"], internal, state["python_gauss"]))
+    np.random.set_state(
+        (
+            state["numpy_name"],
+            state["numpy_keys"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            state["numpy_has_gauss"],
+            state["numpy_gauss"],
+        )
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def load_trained_detector(
+    path: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = True
+) -> tuple[torch.nn.Module, TrialConfig, dict[str, Any]]:
+    """Rebuild the detector of a training checkpoint, in eval mode on ``device``.
+
+    Takes the EMA weights when the run kept them (what training evaluated) unless ``use_ema`` is
+    False. Returns ``(net, config, checkpoint dict)``.
+    """
+    from model.config import config_from_dict
+    from model.yolox import build_yolox_from_config
+
+    state = load_checkpoint(path)
+    if "config" not in state or "model" not in state:
+        raise CheckpointError(
+            f"checkpoint {path} has no 'config'/'model' entries (keys: {sorted(state)}); pass a "
+            "last.pt or best.pt written by model.train"
+        )
+    cfg = config_from_dict(state["config"], source=f"{path} (config)")
+    net = build_yolox_from_config(cfg)
+    ema = state.get("ema")
+    weights = ema["module"] if use_ema and ema else state["model"]
+    net.load_state_dict(weights)
+    return net.to(device).eval(), cfg, state

@@ -1,0 +1,189 @@
+"""The YOLOX training augmentation pipeline for one sample, every parameter from ``TrialConfig``.
+
+With augmentation on (the official ``MosaicDetection`` + ``TrainTransform``):
+
+1. with probability ``mosaic_prob``: a mosaic of the sample and 3 random images around a random
+   centre on a ``2S`` canvas (:mod:`model.data.mosaic`), then a random affine (``degrees``,
+   ``translate``, scale in ``mosaic_scale_min..max``, ``shear``) onto the ``S`` x ``S`` input,
+   then with probability ``mixup_prob`` (only after a mosaic with label rows, counting boxes the
+   affine clipped away, as official) a mixup with a random labelled image (jitter in
+   ``mixup_scale_min..max``, random mirror);
+   otherwise the sample alone;
+2. HSV jitter with probability ``hsv_prob``, horizontal flip with probability ``flip_prob``;
+3. letterbox to ``S`` (top-left, pad 114), boxes with ``min(w, h) <= 1`` px dropped, targets
+   padded to ``max_labels`` rows.
+
+With augmentation off (``close_mosaic()``, the last ``no_aug_epochs``) only step 1 changes: the
+sample alone, no mosaic, affine or mixup. HSV jitter and flip stay on, as official: its
+``close_mosaic`` only switches the batch sampler's mosaic flag, and ``TrainTransform`` (which owns
+HSV and flip) runs for every sample either way.
+
+Randomness: every draw comes from the ``np.random.Generator`` passed in; the loader derives it
+from ``(seed, epoch, position in the epoch)`` (:func:`sample_rng`), so a sample is the same
+whatever the worker count or which process computes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from model.config import TrialConfig
+from model.data.mosaic import compose_mosaic, random_mixup, random_mosaic_centre
+from model.data.transforms import (
+    apply_hsv,
+    filter_small_boxes,
+    hflip,
+    hsv_gains,
+    letterbox,
+    random_affine_matrix,
+    to_targets,
+    warp_affine,
+)
+
+# Stream tags keep the shuffle and the per-sample draws of one (seed, epoch) independent.
+STREAM_SHUFFLE = 0
+STREAM_SAMPLE = 1
+
+
+def sample_rng(
+    seed: int, epoch: int, position: int, stream: int = STREAM_SAMPLE
+) -> np.random.Generator:
+    """The generator of one sample: a pure function of ``(seed, epoch, stream, position)``."""
+    return np.random.default_rng([seed % 2**64, epoch, stream, position])
+
+
+class ImageSource(Protocol):
+    """Decoded training images, resized to fit the input size (the official ``pull_item``)."""
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(image (h, w, 3) BGR uint8 with max(h, w) ~ S, labels (N, 5) x1 y1 x2 y2 class)``."""
+        ...
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """Indices ``(M,)`` of the images with at least one box (the mixup partners)."""
+        ...
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """The augmentation settings of :func:`train_sample`, read from a ``TrialConfig``."""
+
+    img_size: int = 640
+    mosaic_prob: float = 1.0
+    mixup_prob: float = 1.0
+    hsv_prob: float = 1.0
+    flip_prob: float = 0.5
+    degrees: float = 10.0
+    translate: float = 0.1
+    mosaic_scale: tuple[float, float] = (0.1, 2.0)
+    mixup_scale: tuple[float, float] = (0.5, 1.5)
+    shear: float = 2.0
+    max_labels: int = 120
+
+    @classmethod
+    def from_config(cls, cfg: TrialConfig) -> AugmentParams:
+        return cls(
+            img_size=cfg.img_size,
+            mosaic_prob=cfg.mosaic_prob,
+            mixup_prob=cfg.mixup_prob,
+            hsv_prob=cfg.hsv_prob,
+            flip_prob=cfg.flip_prob,
+            degrees=cfg.degrees,
+            translate=cfg.translate,
+            mosaic_scale=(cfg.mosaic_scale_min, cfg.mosaic_scale_max),
+            mixup_scale=(cfg.mixup_scale_min, cfg.mixup_scale_max),
+            shear=cfg.shear,
+            max_labels=cfg.max_labels,
+        )
+
+
+def mosaic_stage(
+    source: ImageSource, index: int, rng: np.random.Generator, p: AugmentParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mosaic of ``index`` and 3 random images, random affine, then maybe mixup.
+
+    Returns ``(image (S, S, 3) uint8, labels (N, 5))``; labels may include boxes clipped to zero
+    size (dropped later by the final filter, as official).
+    """
+    size = p.img_size
+    xc, yc = random_mosaic_centre(rng, size)
+    others = rng.integers(0, len(source), 3)
+    tiles = [source.load(int(i)) for i in (index, *others)]
+    canvas, labels = compose_mosaic(tiles, xc, yc, size)
+    matrix = random_affine_matrix(
+        rng,
+        size,
+        degrees=p.degrees,
+        translate=p.translate,
+        scale_range=p.mosaic_scale,
+        shear=p.shear,
+    )
+    img, labels = warp_affine(canvas, labels, matrix, size)
+    # Official condition: mixup only when the mosaic has label rows (even clipped-away ones).
+    partners = source.labelled
+    if len(labels) and len(partners) and rng.uniform() < p.mixup_prob:
+        other, other_labels = source.load(int(partners[rng.integers(0, len(partners))]))
+        img, labels = random_mixup(rng, img, labels, other, other_labels, p.mixup_scale)
+    return img, labels
+
+
+def finish_sample(
+    img: np.ndarray, labels: np.ndarray, rng: np.random.Generator, p: AugmentParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """HSV jitter, flip, letterbox and box filtering (the official ``TrainTransform``).
+
+    Returns ``(image (S, S, 3) uint8, targets (max_labels, 5) float32 class, cx, cy, w, h)``.
+    If the filter removes every box, the sample falls back to its input without HSV and flip,
+    as official, but keeping only boxes of positive width and height: the official fallback also
+    keeps zero-size boxes, which the loss would count as objects with no area.
+    """
+    size = p.img_size
+    jitter = rng.uniform() < p.hsv_prob
+    gains = hsv_gains(rng)  # drawn either way so one switch does not shift the later draws
+    flip = rng.uniform() < p.flip_prob
+    if len(labels) == 0:
+        out, _ = letterbox(img, size)
+        return out, to_targets(labels, p.max_labels)
+    aug = apply_hsv(img, gains) if jitter else img
+    aug_labels = labels
+    if flip:
+        aug, aug_labels = hflip(aug, labels)
+    out, r = letterbox(aug, size)
+    scaled = aug_labels.astype(np.float32, copy=True)
+    scaled[:, :4] *= r
+    kept = filter_small_boxes(scaled)
+    if len(kept) == 0:
+        out, r = letterbox(img, size)
+        scaled = labels.astype(np.float32, copy=True)
+        scaled[:, :4] *= r
+        w, h = scaled[:, 2] - scaled[:, 0], scaled[:, 3] - scaled[:, 1]
+        kept = scaled[(w > 0) & (h > 0)]
+    return out, to_targets(kept, p.max_labels)
+
+
+def train_sample(
+    source: ImageSource,
+    index: int,
+    rng: np.random.Generator,
+    params: AugmentParams,
+    *,
+    augment: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One training sample for image ``index`` of ``source``.
+
+    ``augment=False`` is the no-augmentation mode of the last epochs (see the module docstring).
+    Returns ``(image (S, S, 3) BGR uint8 HWC, targets (max_labels, 5) float32)``; targets are
+    ``class, cx, cy, w, h`` in input pixels, all-zero rows are padding.
+    """
+    use_mosaic = rng.uniform() < params.mosaic_prob
+    if augment and use_mosaic:
+        img, labels = mosaic_stage(source, index, rng, params)
+    else:
+        img, labels = source.load(index)
+    return finish_sample(img, labels, rng, params)

@@ -1,0 +1,402 @@
+"""Training and evaluation data loaders over a ``DetectionSplit``.
+
+Training: :func:`build_train_loader` wraps a torch ``DataLoader`` whose batch sampler yields keys
+``(epoch, position, image index, augment)``; workers compute each sample from its key alone
+(:func:`model.data.augment.train_sample` with :func:`~model.data.augment.sample_rng`), so batches
+are identical for any worker count and survive persistent workers (the sampler runs in the main
+process, where ``set_epoch`` and ``close_mosaic`` change it). Workers send ``uint8`` images, a
+quarter of the bytes of the official float32 ones; the float conversion happens on the target
+device after the (pinned, non-blocking) copy.
+
+An epoch is ``ceil(N / batch_size)`` full batches: the shuffled order is extended by wrapping
+around, like the official infinite sampler (``drop_last=False`` on an endless stream), so every
+image is seen at least once per epoch and no batch is short.
+
+Evaluation: :func:`build_eval_loader` letterboxes each image (top-left, pad 114) and reports the
+ratio, so a box in input pixels divided by it is in original pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from model.config import TrialConfig
+from model.data.augment import STREAM_SHUFFLE, AugmentParams, sample_rng, train_sample
+from model.data.transforms import letterbox, resize_to_fit
+
+SampleKey = tuple[int, int, int, bool]  # epoch, position in the epoch, image index, augment
+SUBSET_SEED = 0  # max_train_images picks the same images for every trial seed
+
+
+def read_image(path: str) -> np.ndarray:
+    """Decode ``path`` as a BGR uint8 ``(H, W, 3)`` array; raise naming the file if it fails."""
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise FileNotFoundError(
+            f"cannot read image {path!r}: the file is missing or not an image; "
+            "check the dataset with `python -m model.data check <dataset>`"
+        )
+    return img
+
+
+def split_labels(split: Any) -> dict[int, np.ndarray]:
+    """Labels per image id: ``(N, 5)`` float32 ``x1, y1, x2, y2, class`` in original pixels.
+
+    COCO ``[x, y, w, h]`` boxes are clipped to the image; boxes left with no area are skipped;
+    ``class = category_id - 1``.
+    """
+    size = {im["id"]: (im["width"], im["height"]) for im in split.images}
+    rows: dict[int, list[list[float]]] = {im["id"]: [] for im in split.images}
+    for ann in split.annotations:
+        w_img, h_img = size[ann["image_id"]]
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        x1, y1 = min(max(x, 0.0), w_img), min(max(y, 0.0), h_img)
+        x2, y2 = min(max(x + w, 0.0), w_img), min(max(y + h, 0.0), h_img)
+        if x2 > x1 and y2 > y1:
+            rows[ann["image_id"]].append([x1, y1, x2, y2, float(ann["category_id"] - 1)])
+    return {k: np.array(v, dtype=np.float32).reshape(-1, 5) for k, v in rows.items()}
+
+
+def subset_indices(n_images: int, max_images: int) -> np.ndarray:
+    """Indices of the images a trial trains on: all, or ``max_images`` of them drawn with a
+    fixed seed (not the trial seed, so that seeds compare on the same images), in split order."""
+    if max_images <= 0 or max_images >= n_images:
+        return np.arange(n_images)
+    pick = np.random.default_rng(SUBSET_SEED).permutation(n_images)[:max_images]
+    return np.sort(pick)
+
+
+class SplitImages:
+    """The training images of a split, resized to fit ``img_size`` (an ``ImageSource``).
+
+    ``load(i)`` decodes image ``i`` (or takes it from the RAM cache) and resizes it by
+    ``r = min(S/h, S/w)`` as the official ``pull_item`` does, so mosaic and mixup work on
+    small images; labels are scaled by the same ``r``. With ``cache=True`` every resized image
+    is decoded once here, in the parent process, so forked workers share the memory.
+    """
+
+    def __init__(
+        self,
+        split: Any,
+        img_size: int,
+        *,
+        indices: np.ndarray | None = None,
+        cache: bool = False,
+        progress: bool = True,
+    ) -> None:
+        images = split.images if indices is None else [split.images[int(i)] for i in indices]
+        per_image = split_labels(split)
+        self.img_size = img_size
+        self.paths = [im["file_name"] for im in images]
+        self.image_ids = [im["id"] for im in images]
+        self.labels = [per_image[im["id"]] for im in images]  # original pixels
+        self._labelled = np.array([i for i, lab in enumerate(self.labels) if len(lab)], np.int64)
+        self._cache: list[tuple[np.ndarray, float]] | None = None
+        if cache:
+            it = tqdm(self.paths, desc="caching train images", unit="img", disable=not progress)
+            self._cache = [resize_to_fit(read_image(p), img_size) for p in it]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def labelled(self) -> np.ndarray:
+        return self._labelled
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(image (h, w, 3) uint8 with max side ~ img_size, labels (N, 5) scaled alike)``.
+
+        The image may be the cached array itself: callers must not modify it in place.
+        """
+        if self._cache is not None:
+            img, r = self._cache[index]
+        else:
+            img, r = resize_to_fit(read_image(self.paths[index]), self.img_size)
+        labels = self.labels[index].copy()
+        labels[:, :4] *= r
+        return img, labels
+
+
+class AugmentedDataset(Dataset):
+    """Map-style dataset indexed by :data:`SampleKey`; returns ``(image (3, S, S) uint8 CHW,
+    targets (max_labels, 5) float32)``."""
+
+    def __init__(self, source: SplitImages, params: AugmentParams, seed: int) -> None:
+        self.source = source
+        self.params = params
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: SampleKey) -> tuple[np.ndarray, np.ndarray]:
+        epoch, position, index, augment = key
+        rng = sample_rng(self.seed, epoch, position)
+        img, targets = train_sample(self.source, index, rng, self.params, augment=augment)
+        return np.ascontiguousarray(img.transpose(2, 0, 1)), targets
+
+
+def epoch_order(n: int, total: int, seed: int, epoch: int) -> np.ndarray:
+    """Image indices ``(total,)`` of one epoch: a seeded permutation of ``n``, wrapped around."""
+    perm = sample_rng(seed, epoch, 0, stream=STREAM_SHUFFLE).permutation(n)
+    return np.resize(perm, total)
+
+
+class EpochBatchSampler(Sampler):
+    """Yields ``ceil(n / batch_size)`` lists of :data:`SampleKey`, all full, for ``epoch``."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        if n == 0:
+            raise ValueError("the training split has no images; check the dataset and its split")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch = 0
+        self.augment = True
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        # Read the state once: an epoch started stays one epoch even if set_epoch comes early.
+        b, epoch, augment = self.batch_size, self.epoch, self.augment
+        order = epoch_order(self.n, len(self) * b, self.seed, epoch)
+        for start in range(0, len(order), b):
+            yield [(epoch, p, int(order[p]), augment) for p in range(start, start + b)]
+
+
+def _collate(batch: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.from_numpy(np.stack([b[0] for b in batch]))
+    targets = torch.from_numpy(np.stack([b[1] for b in batch]))
+    return images, targets
+
+
+def _worker_init(worker_id: int) -> None:
+    # Samples use their own generators; the globals are seeded only for code that might not.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    # One torch thread per worker process: the workers already fill the cores. (OpenCV threads
+    # were switched off in the parent before the fork; see _loader_kwargs.)
+    torch.set_num_threads(1)
+
+
+def _loader_kwargs(
+    workers: int, device: torch.device, seed: int, *, persistent: bool
+) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "num_workers": workers,
+        "pin_memory": device.type == "cuda" and torch.cuda.is_available(),
+        "worker_init_fn": _worker_init,
+        "generator": torch.Generator().manual_seed(seed),
+    }
+    if workers > 0:
+        # Training keeps its workers across epochs; evaluation (a loader per call) does not.
+        kwargs.update(persistent_workers=persistent, prefetch_factor=2)
+        # A forked worker inherits OpenCV's thread pool in whatever state the parent left it and
+        # can hang in its first threaded call (or in setNumThreads itself, which we observed).
+        # Like the official configure_module, switch OpenCV threading off in the parent before
+        # any worker exists; this is process-wide, and the workers provide the parallelism.
+        cv2.setNumThreads(0)
+    return kwargs
+
+
+def _cuda_prefetch(batches: Iterator[tuple], device: torch.device) -> Iterator[tuple]:
+    """Copy and convert the next batch on a side stream while the current one is used.
+
+    Tensors (uint8 images first) are copied ``non_blocking`` from pinned memory and cast to
+    float on the side stream; ``record_stream`` keeps the allocator from reusing their memory
+    before the compute stream is done with them.
+    """
+    stream = torch.cuda.Stream(device)
+
+    def upload(batch: tuple) -> tuple:
+        with torch.cuda.stream(stream):
+            images = batch[0].to(device, non_blocking=True).float()
+            rest = tuple(
+                t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t
+                for t in batch[1:]
+            )
+        return (images, *rest)
+
+    it = iter(batches)
+    first = next(it, None)
+    nxt = upload(first) if first is not None else None
+    while nxt is not None:
+        main = torch.cuda.current_stream(device)
+        main.wait_stream(stream)  # the copy of `cur` is complete before main uses it
+        cur = nxt
+        for t in cur:
+            if isinstance(t, torch.Tensor):
+                t.record_stream(main)
+        following = next(it, None)
+        nxt = upload(following) if following is not None else None
+        yield cur
+
+
+def _to_device(batches: Iterator[tuple], device: torch.device) -> Iterator[tuple]:
+    if device.type == "cuda" and torch.cuda.is_available():
+        yield from _cuda_prefetch(batches, device)
+        return
+    for images, *rest in batches:
+        yield (images.to(device).float(), *rest)
+
+
+class TrainLoader:
+    """Iterable over one epoch of ``(images float [B, 3, S, S] BGR 0-255 on device,
+    targets float [B, max_labels, 5] class, cx, cy, w, h in input pixels, zero rows padding)``.
+
+    ``len()`` is the number of iterations per epoch. Call ``set_epoch(e)`` before iterating
+    epoch ``e`` (shuffle and augmentation are functions of ``(cfg.seed, e)``) and
+    ``close_mosaic()`` for the last ``no_aug_epochs``.
+    """
+
+    def __init__(
+        self,
+        dataset: AugmentedDataset,
+        sampler: EpochBatchSampler,
+        workers: int,
+        device: torch.device,
+        seed: int,
+    ) -> None:
+        self.dataset = dataset
+        self.sampler = sampler
+        self.device = device
+        self._loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=_collate,
+            **_loader_kwargs(workers, device, seed, persistent=True),
+        )
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    @property
+    def augment(self) -> bool:
+        """False once :meth:`close_mosaic` has been called."""
+        return self.sampler.augment
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.epoch = epoch
+
+    def close_mosaic(self) -> None:
+        """No mosaic, affine or mixup from the next epoch on; HSV and flip stay, as official."""
+        self.sampler.augment = False
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return _to_device(iter(self._loader), self.device)
+
+
+def build_train_loader(
+    split: Any,
+    cfg: TrialConfig,
+    *,
+    device: str | torch.device = "cpu",
+    cache: bool | None = None,
+    progress: bool = True,
+) -> TrainLoader:
+    """The training loader of ``split`` (a ``DetectionSplit``) for ``cfg``.
+
+    ``cache`` (default ``cfg.cache_images``) keeps the decoded, resized images in RAM;
+    ``cfg.max_train_images > 0`` trains on a fixed subset of that many images.
+    """
+    indices = subset_indices(len(split.images), cfg.max_train_images)
+    use_cache = cfg.cache_images if cache is None else cache
+    source = SplitImages(split, cfg.img_size, indices=indices, cache=use_cache, progress=progress)
+    dataset = AugmentedDataset(source, AugmentParams.from_config(cfg), cfg.seed)
+    sampler = EpochBatchSampler(len(source), cfg.batch_size, cfg.seed)
+    return TrainLoader(dataset, sampler, cfg.workers, torch.device(device), cfg.seed)
+
+
+def random_input_size(cfg: TrialConfig, rng: np.random.Generator) -> int:
+    """A multi-scale input size: ``32 * k`` for ``k`` uniform in ``S/32 ± cfg.multiscale``
+    (both ends included, as official ``random.randint``); ``cfg.img_size`` when multiscale is 0."""
+    base = cfg.img_size // 32
+    lo, hi = max(1, base - cfg.multiscale), base + cfg.multiscale
+    return 32 * int(rng.integers(lo, hi + 1))
+
+
+def rescale_batch(
+    images: torch.Tensor, targets: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize a square batch to ``size`` (official multi-scale ``preprocess``).
+
+    ``images`` [B, 3, S, S] float are resized bilinearly (``align_corners=False``); ``targets``
+    [B, M, 5] (class, cx, cy, w, h) get their box columns scaled by ``size / S``; padding rows stay
+    zero. Returns new tensors, or the inputs themselves when ``size == S``.
+    """
+    current = images.shape[-1]
+    if size == current:
+        return images, targets
+    scale = size / current
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    targets = targets.clone()
+    targets[..., 1:5] *= scale
+    return images, targets
+
+
+class EvalDataset(Dataset):
+    """Letterboxed evaluation images: ``(image (3, S, S) uint8, image_id, ratio)``."""
+
+    def __init__(self, split: Any, img_size: int) -> None:
+        self.paths = [im["file_name"] for im in split.images]
+        self.image_ids = [int(im["id"]) for im in split.images]
+        self.img_size = img_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int, float]:
+        img, r = letterbox(read_image(self.paths[i]), self.img_size)
+        return np.ascontiguousarray(img.transpose(2, 0, 1)), self.image_ids[i], r
+
+
+def _collate_eval(
+    batch: list[tuple[np.ndarray, int, float]],
+) -> tuple[torch.Tensor, list[int], list[float]]:
+    images = torch.from_numpy(np.stack([b[0] for b in batch]))
+    return images, [b[1] for b in batch], [b[2] for b in batch]
+
+
+class EvalLoader:
+    """Iterable of ``(images float [B, 3, S, S] BGR 0-255, image_ids list[int],
+    ratios list[float])`` in split order; ``ratio = min(S / h, S / w)`` of each original image."""
+
+    def __init__(self, dataset: EvalDataset, batch_size: int, workers: int, device: torch.device):
+        self.dataset = dataset
+        self.device = device
+        kwargs = _loader_kwargs(workers, device, seed=0, persistent=False)
+        self._loader = DataLoader(
+            dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate_eval, **kwargs
+        )
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[int], list[float]]]:
+        return _to_device(iter(self._loader), self.device)
+
+
+def build_eval_loader(
+    split: Any,
+    img_size: int,
+    *,
+    batch_size: int = 8,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+) -> EvalLoader:
+    """The evaluation loader of ``split`` at input size ``img_size`` (no augmentation)."""
+    return EvalLoader(EvalDataset(split, img_size), batch_size, workers, torch.device(device))

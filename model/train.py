@@ -1,0 +1,435 @@
+"""The shared training function: every trial of a study calls :func:`train_detector`.
+
+The official YOLOX recipe (``yolox/core/trainer.py``), re-written without Ray:
+
+* SGD Nesterov over three parameter groups, per-iteration "yoloxwarmcos" lr (``model/optim.py``);
+* at the start of the last ``no_aug_epochs``: ``loader.close_mosaic()`` and ``head.use_l1 = True``;
+  like the official trainer we also evaluate after **every** one of those epochs (on top of every
+  ``eval_interval`` epochs and the last one), so ``best.pt`` can pick among the final epochs;
+* EMA of the weights, which is what gets evaluated, reported and selected;
+* multi-scale training: a new input size every 10 iterations. The official trainer draws it from
+  the global ``random`` module; we draw it from a generator seeded by
+  ``(cfg.seed, iteration // 10)``, so that a resumed run picks the sizes an uninterrupted one did;
+* AMP (float16 autocast + GradScaler) and channels_last on CUDA only.
+
+Checkpoints (``last.pt`` after every epoch, ``best.pt`` by mAP) are written atomically and hold
+everything a resume needs, so a run killed between epochs and resumed ends bit-identical on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from model.checkpoint import (
+    CHECKPOINT_FORMAT,
+    copy_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from model.config import ConfigError, TrialConfig
+from model.data.coco import DetectionDataset, load_dataset
+from model.data.embedded import embedded_dataset_dir
+from model.data.loader import build_train_loader, random_input_size, rescale_batch
+from model.evaluate import COCO_METRICS, evaluate_coco
+from model.optim import ModelEMA, YoloxWarmCos, build_optimizer, set_lr
+from model.yolox import build_yolox_from_config, load_coco_weights
+
+logger = logging.getLogger(__name__)
+
+ReportFn = Callable[[dict[str, Any], "str | None"], None]
+LOSS_KEYS = ("total_loss", "iou_loss", "l1_loss", "conf_loss", "cls_loss", "num_fg")
+MULTISCALE_EVERY = 10  # iterations between input-size changes (official)
+# Keys that may differ between a checkpoint and the config resuming it: where the data or the
+# weights live and how the run is executed, not what is trained.
+RESUME_FREE_KEYS = frozenset(
+    {"data", "workers", "device", "coco_weights", "pretrain_artifact", "cache_images"}
+)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss); the message says where and what to change."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without CUDA is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "key 'device' is 'cuda' but torch sees no CUDA device; use device: auto or cpu"
+        )
+    return torch.device(name)
+
+
+def load_trial_data(cfg: TrialConfig, *, progress: bool = False) -> DetectionDataset:
+    """The dataset of ``cfg.data`` ("" = the embedded set), checked against ``cfg.num_classes``."""
+    src = cfg.data or embedded_dataset_dir(progress=progress)
+    dataset = load_dataset(src, val_fraction=cfg.val_fraction, seed=cfg.seed, progress=progress)
+    names = dataset.train.class_names
+    if len(names) != cfg.num_classes:
+        raise ConfigError(
+            f"key 'num_classes' is {cfg.num_classes} but the dataset {src} has {len(names)} "
+            f"classes ({', '.join(names)}); set num_classes: {len(names)} in the config "
+            f"(or --set num_classes={len(names)})"
+        )
+    return dataset
+
+
+def init_pretrained(net: nn.Module, cfg: TrialConfig) -> int:
+    """Initialise ``net`` as ``cfg.pretrain`` says; returns how many tensors were loaded.
+
+    Raises ConfigError (no artifact given), ``ArtifactError`` (unreadable artifact or another
+    size) or ``WeightsUnavailableError`` (COCO weights neither on disk nor downloadable).
+    """
+    if cfg.pretrain == "none":
+        return 0
+    if cfg.pretrain == "coco":
+        rep = load_coco_weights(net, cfg.size, path=cfg.coco_weights or None)
+    else:
+        if not cfg.pretrain_artifact:
+            raise ConfigError(
+                f"key 'pretrain' is {cfg.pretrain!r} but 'pretrain_artifact' is empty; run the "
+                "trial through study/train.py (it resolves the artifact through the cache), or "
+                "make one with study/pretrain.py and pass --set pretrain_artifact=PATH"
+            )
+        # Imported here: trials without pretraining never load the pretraining code.
+        from model.pretrain.artifact import load_pretrained_backbone
+
+        rep = load_pretrained_backbone(net, cfg.pretrain_artifact, cfg.size)
+    logger.info("pretrain %s: %s", cfg.pretrain, rep.summary())
+    return len(rep.loaded)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+@contextmanager
+def _deterministic(device: torch.device):
+    """Deterministic kernels on CPU (cheap there); restored afterwards (it is process-global)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_before = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_before)
+
+
+def _loss_values(out: dict[str, Any]) -> dict[str, float]:
+    """The loss dict as floats, with one device sync instead of one per entry."""
+    keys = list(out)
+    flat = torch.stack([torch.as_tensor(out[k]).detach().float().reshape(()).cpu() for k in keys])
+    return dict(zip(keys, flat.tolist(), strict=True))
+
+
+def multiscale_size(cfg: TrialConfig, iteration: int) -> int:
+    """Input size of global ``iteration``: ``img_size`` for the first 10, then a seeded draw."""
+    block = iteration // MULTISCALE_EVERY
+    if cfg.multiscale == 0 or block == 0:
+        return cfg.img_size
+    return random_input_size(cfg, np.random.default_rng([cfg.seed, block]))
+
+
+def is_eval_epoch(cfg: TrialConfig, epoch: int) -> bool:
+    """Whether to evaluate after (0-based) ``epoch``."""
+    done = epoch + 1
+    in_no_aug = epoch >= cfg.epochs - cfg.no_aug_epochs
+    return done % cfg.eval_interval == 0 or done == cfg.epochs or in_no_aug
+
+
+def _check_resume(state: dict[str, Any], cfg: TrialConfig, path: Path, iters: int) -> None:
+    saved = state.get("config", {})
+    changed = sorted(
+        k for k, v in cfg.to_dict().items() if k not in RESUME_FREE_KEYS and saved.get(k) != v
+    )
+    if changed:
+        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in changed[:6])
+        raise ConfigError(
+            f"{path}: cannot resume, the checkpoint was trained with a different config ({diff}); "
+            "use another checkpoint_dir/--out, or resume=False / --no-resume to start over"
+        )
+    if state.get("iters_per_epoch") != iters:
+        raise ConfigError(
+            f"{path}: cannot resume, the checkpoint has {state.get('iters_per_epoch')} iterations "
+            f"per epoch but the data now gives {iters}; the dataset changed — start over with "
+            "resume=False / --no-resume"
+        )
+
+
+class _Trainer:
+    """State of one run; :func:`train_detector` is its only user."""
+
+    def __init__(self, cfg: TrialConfig, checkpoint_dir: str | Path | None, progress: bool):
+        self.cfg = cfg
+        self.progress = progress
+        self.device = resolve_device(cfg.device)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # as official; ~11 multi-scale shapes to tune
+        self.ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        seed_everything(cfg.seed)
+        self.dataset = load_trial_data(cfg, progress=progress)
+        self.net = build_yolox_from_config(cfg)
+        self.params = sum(p.numel() for p in self.net.parameters())
+        self.loader = build_train_loader(
+            self.dataset.train, cfg, device=self.device, progress=progress
+        )
+        self.iters = len(self.loader)
+        self.schedule = YoloxWarmCos.from_config(cfg, self.iters)
+        self.start_epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.best_map = -math.inf
+        self.best_epoch = 0
+        self.train_time = 0.0
+        self.images_seen = 0
+        self.summary = ""
+        self.pretrain_loaded = 0
+
+    def setup(self, resume: bool) -> None:
+        last = self.ckpt_dir / "last.pt" if self.ckpt_dir else None
+        state = load_checkpoint(last) if resume and last and last.is_file() else None
+        if state is None and self.ckpt_dir is not None:
+            # Starting over in this folder: a stale best.pt/last.pt must not outlive the new run
+            # (a crash before its first save would otherwise leave the old run to resume).
+            for name in ("last.pt", "best.pt"):
+                (self.ckpt_dir / name).unlink(missing_ok=True)
+        if state is None:  # fresh run: pretrained weights (resumed runs take all from the file)
+            self.pretrain_loaded = init_pretrained(self.net, self.cfg)
+        self.net.to(self.device)
+        if self.device.type == "cuda" and self.cfg.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.net, self.cfg)
+        self.ema = ModelEMA(self.net, self.cfg.ema_decay) if self.cfg.ema else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        if state is not None:
+            assert last is not None
+            _check_resume(state, self.cfg, last, self.iters)
+            self._restore(state)
+            self._log(f"resumed from {last} after epoch {self.start_epoch}/{self.cfg.epochs}")
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.best_map = float(state["best_mAP"])
+        self.best_epoch = int(state["best_epoch"])
+        self.train_time = float(state["train_time_s"])
+        self.images_seen = int(state["images_seen"])
+        self.summary = str(state["summary"])
+        self.pretrain_loaded = int(state["pretrain_loaded"])
+        set_rng_state(state["rng"])  # last: building the run above consumed random numbers
+
+    def _log(self, line: str) -> None:
+        if self.progress:  # above the bar instead of through it
+            tqdm.write(line)
+        else:
+            logger.info(line)
+
+    @property
+    def eval_net(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.net
+
+    def run(self, report: ReportFn | None) -> None:
+        cfg = self.cfg
+        total = self.iters * cfg.epochs
+        bar = tqdm(
+            total=total, initial=self.start_epoch * self.iters, desc="train", unit="it",
+            disable=not self.progress, dynamic_ncols=True,
+        )
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                if epoch >= cfg.epochs - cfg.no_aug_epochs:
+                    self.loader.close_mosaic()
+                    self.net.head.use_l1 = True
+                losses = self._train_epoch(epoch, bar)
+                self._end_epoch(epoch, losses, report)
+        finally:
+            bar.close()
+
+    def _train_epoch(self, epoch: int, bar: tqdm) -> dict[str, float]:
+        cfg, net = self.cfg, self.net
+        net.train()
+        self.loader.set_epoch(epoch)
+        sums = dict.fromkeys(LOSS_KEYS, 0.0)
+        autocast = (
+            torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        )
+        start = time.perf_counter()
+        images_done = 0
+        lr = self.schedule(epoch * self.iters)
+        for i, (images, targets) in zip(range(self.iters), self.loader, strict=False):
+            step = epoch * self.iters + i
+            lr = self.schedule(step)
+            set_lr(self.optimizer, lr)
+            images, targets = rescale_batch(images, targets, multiscale_size(cfg, step))
+            if self.device.type == "cuda" and cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                out = net(images, targets)
+            values = _loss_values(out)
+            if not math.isfinite(values["total_loss"]):
+                self._non_finite(step, epoch, i, values)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(out["total_loss"]).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.ema is not None:
+                self.ema.update(net)
+            for k in sums:
+                sums[k] += values.get(k, 0.0)
+            images_done += images.shape[0]
+            bar.update(1)
+            if self.progress:
+                bar.set_postfix(
+                    epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{values['total_loss']:.2f}",
+                    lr=f"{lr:.2e}", size=images.shape[-1],
+                )
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.train_time += time.perf_counter() - start
+        self.images_seen += images_done
+        means = {k: v / max(self.iters, 1) for k, v in sums.items()}
+        means["lr"] = lr
+        return means
+
+    def _non_finite(self, step: int, epoch: int, i: int, values: dict[str, float]) -> None:
+        last = self.ckpt_dir / "last.pt" if self.ckpt_dir else None
+        kept = (
+            f"the last good checkpoint {last} (after epoch {epoch}) is intact"
+            if last is not None and last.is_file() else "no checkpoint was written yet"
+        )
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+        raise TrainingError(
+            f"non-finite loss at step {step} (epoch {epoch + 1}/{self.cfg.epochs}, iteration "
+            f"{i + 1}/{self.iters}): {shown}; {kept}. Fix: lower lr (now {self.cfg.lr}), use "
+            "warmup_epochs > 0, or set amp: false"
+        )
+
+    def _end_epoch(self, epoch: int, losses: dict[str, float], report: ReportFn | None) -> None:
+        metrics: dict[str, Any] | None = None
+        improved = False
+        if is_eval_epoch(self.cfg, epoch):
+            result = evaluate_coco(self.eval_net, self.dataset.eval_split, self.cfg)
+            self.summary = result["summary"]
+            coco = {k: float(result[k]) for k in COCO_METRICS}
+            improved = coco["mAP"] > self.best_map
+            if improved:
+                self.best_map, self.best_epoch = coco["mAP"], epoch + 1
+            metrics = {
+                "epoch": epoch + 1,
+                "iteration": (epoch + 1) * self.iters,
+                **losses,
+                "images_per_s": self.images_seen / max(self.train_time, 1e-9),
+                "train_time_s": self.train_time,
+                **coco,
+                "best_mAP": self.best_map,
+            }
+            self.history.append(metrics)
+            self._log(
+                f"epoch {epoch + 1}/{self.cfg.epochs}: mAP {coco['mAP']:.4f} AP50 "
+                f"{coco['AP50']:.4f} AR_100 {coco['AR_100']:.4f} loss {losses['total_loss']:.3f}"
+            )
+        path = self._save(epoch, improved)
+        if metrics is not None and report is not None:
+            report(dict(metrics), str(path) if path else None)
+
+    def _save(self, epoch: int, improved: bool) -> Path | None:
+        if self.ckpt_dir is None:
+            return None
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch + 1,  # completed epochs
+            "iters_per_epoch": self.iters,
+            "model": self.net.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "config": self.cfg.to_dict(),
+            "history": self.history,
+            "best_mAP": self.best_map,
+            "best_epoch": self.best_epoch,
+            "train_time_s": self.train_time,
+            "images_seen": self.images_seen,
+            "summary": self.summary,
+            "pretrain_loaded": self.pretrain_loaded,
+            "params": self.params,
+            "class_names": list(self.dataset.train.class_names),
+        }
+        last = save_checkpoint(state, self.ckpt_dir / "last.pt")
+        if improved:
+            copy_checkpoint(last, self.ckpt_dir / "best.pt")
+        return last
+
+    def result(self) -> dict[str, Any]:
+        final = self.history[-1] if self.history else dict.fromkeys(COCO_METRICS, 0.0)
+        best = self.ckpt_dir / "best.pt" if self.ckpt_dir else None
+        last = self.ckpt_dir / "last.pt" if self.ckpt_dir else None
+        return {
+            **{k: float(final[k]) for k in COCO_METRICS},
+            "best_mAP": max(self.best_map, 0.0) if self.history else 0.0,
+            "best_epoch": self.best_epoch,
+            "epochs": self.cfg.epochs,
+            "resumed_from_epoch": self.start_epoch,
+            "train_time_s": self.train_time,
+            "images_per_s": self.images_seen / max(self.train_time, 1e-9),
+            "params": self.params,
+            "pretrain_loaded": self.pretrain_loaded,
+            "device": str(self.device),
+            "summary": self.summary,
+            "last_checkpoint": str(last) if last and last.is_file() else None,
+            "best_checkpoint": str(best) if best and best.is_file() else None,
+        }
+
+
+def train_detector(
+    cfg: TrialConfig,
+    report: ReportFn | None = None,
+    checkpoint_dir: str | Path | None = None,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train one YOLOX detector for ``cfg`` and evaluate its EMA weights with COCO metrics.
+
+    ``report(metrics, checkpoint_path)`` is called after each evaluation with ``epoch``,
+    ``iteration``, ``lr``, the epoch-mean losses, ``images_per_s``, ``train_time_s``, the 12
+    :data:`~model.evaluate.COCO_METRICS` and ``best_mAP``; ``checkpoint_path`` is ``last.pt``
+    (None without ``checkpoint_dir``). With ``resume`` and an existing ``checkpoint_dir/last.pt``
+    the run continues from it. Returns the final 12 numbers, ``best_mAP``, ``best_epoch``,
+    ``epochs``, ``train_time_s``, ``images_per_s``, ``params``, ``pretrain_loaded``, ``device``,
+    ``summary`` (COCO summary text) and ``last_checkpoint`` / ``best_checkpoint`` paths.
+
+    Raises :class:`~model.config.ConfigError` for config/data mismatches and
+    :class:`TrainingError` on a non-finite loss (the last good checkpoint stays intact).
+    """
+    device = resolve_device(cfg.device)
+    with _deterministic(device):
+        trainer = _Trainer(cfg, checkpoint_dir, progress)
+        trainer.setup(resume)
+        trainer.run(report)
+        return trainer.result()

@@ -1,0 +1,242 @@
+"""The study driver: plan → COCO weights → pretraining (Ray tasks) → trials (Ray Tune) → outputs.
+
+``run_study(StudyArgs(...))`` is what ``study/run.py`` calls; tests call it in-process with a fake
+training function (``train_fn=``) and a Ray session they started themselves.
+
+Study folder (``--out``, default ``studies/<space>-<timestamp>``)::
+
+    plan.json            every planned trial's config, the pretraining jobs, skips (resume reads it)
+    space.yaml           the space file as it was
+    pretrain_cache/      center_loss / ssl backbones (default cache; see study/cache.py)
+    trials/<id>/         trial.json, history.jsonl, attempts.jsonl, done.json (study/trial.py)
+    tune/                Ray Tune's experiment (checkpoints, state for --resume)
+    optuna.sqlite        the Optuna study of a sampled space
+    status.json          how Tune ended each trial
+    results.csv, report.md, *.png, best_config.yaml
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model.config import ConfigError, parse_override
+from study import outputs, pipeline
+from study.pipeline import StudyError
+from study.plan import Plan, build_plan, describe_profile, load_plan
+from study.spaces import load_space
+from study.trial import TrainFn
+
+DEFAULT_TRAIN_FN = "model.train:train_detector"
+Log = Callable[[str], None]
+
+
+@dataclass
+class StudyArgs:
+    space: str = "smoke"
+    data: str | None = None
+    out: Path | None = None
+    address: str | None = None
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float | None = None
+    max_concurrent: int | None = None
+    seeds: int = 1
+    overrides: list[str] = field(default_factory=list)
+    resume: bool = False
+    dry_run: bool = False
+    skip_unavailable: bool = False
+    dashboard_host: str = "127.0.0.1"
+    name: str | None = None
+    cache: Path | None = None
+    train_fn: str = DEFAULT_TRAIN_FN
+    max_failures: int | None = None
+    download: bool = True
+    searcher_seed: int = 0
+
+
+@dataclass
+class StudyOutcome:
+    study_dir: Path
+    rows: list[dict[str, Any]]
+    summary: str
+    exit_code: int  # 0 all finished, 1 some trial failed, 130 interrupted
+    best: dict[str, Any] | None = None
+    wall_s: float = 0.0
+
+
+def import_train_fn(spec: str) -> TrainFn:
+    """``module:function`` → the function (the training function is pluggable: tests,
+    benchmarks, a user's own trainer). The module may also live under the current folder."""
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise StudyError(f"--train-fn must be MODULE:FUNCTION, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # `python study/run.py` puts study/ on the path, not "."
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise StudyError(f"--train-fn {spec}: cannot import it ({e})") from e
+
+
+def ship_by_value(fn: TrainFn) -> None:
+    """Ray workers import pickled functions by module name; a training function from outside
+    the installed packages (a script, a test helper) travels by value instead."""
+    module = getattr(fn, "__module__", "") or ""
+    if module.split(".")[0] in ("model", "study") or module not in sys.modules:
+        return
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[module])
+
+
+def study_dir_for(args: StudyArgs, space_name: str) -> Path:
+    if args.out is not None:
+        return Path(args.out)
+    if args.name:
+        return Path("studies") / args.name
+    if args.resume:  # the latest study of this space
+        found = sorted(Path("studies").glob(f"{space_name}-*"), key=lambda p: p.stat().st_mtime)
+        found = [p for p in found if (p / "plan.json").is_file()]
+        if not found:
+            raise StudyError(f"--resume: no studies/{space_name}-* folder to resume; pass --out")
+        return found[-1]
+    return Path("studies") / f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def make_plan(args: StudyArgs) -> Plan:
+    space = load_space(args.space)
+    overrides = dict(parse_override(o) for o in args.overrides)
+    data = str(Path(args.data).expanduser().resolve()) if args.data else None
+    if data is not None and not Path(data).exists():
+        raise StudyError(f"--data {args.data}: no such file or folder")
+    return build_plan(space, data=data, overrides=overrides, seeds=args.seeds)
+
+
+def run_study(
+    args: StudyArgs, *, train_fn: TrainFn | None = None, log: Log = print
+) -> StudyOutcome:
+    """Run (or with ``args.dry_run`` only print) a study; see the module docstring."""
+    t0 = time.time()
+    if args.resume:
+        study_dir = study_dir_for(args, Path(args.space).stem)
+        if not (study_dir / "plan.json").is_file():
+            raise StudyError(f"--resume: {study_dir} has no plan.json; nothing to resume")
+        if args.overrides or args.data or args.seeds != 1:
+            raise StudyError("--resume keeps the study's own plan; drop --set/--data/--seeds")
+        plan = load_plan(study_dir / "plan.json")
+        log(f"resuming study {study_dir} ({plan.space.name})")
+    else:
+        plan = make_plan(args)
+        study_dir = study_dir_for(args, plan.space.name)
+        if (study_dir / "plan.json").exists() and not args.dry_run:
+            raise StudyError(
+                f"{study_dir} already holds a study; continue it with --resume --out {study_dir}, "
+                "or pick another --out"
+            )
+    cache_root = (Path(args.cache) if args.cache else study_dir / "pretrain_cache").resolve()
+    log(describe_profile(plan))
+    for note in plan.notes:
+        log(note)
+    if not args.resume:
+        pipeline.plan_artifacts(plan, cache_root, log)
+        needs = pipeline.check_coco(
+            plan,
+            cache_root=cache_root,
+            download=args.download,
+            skip_unavailable=args.skip_unavailable,
+            probe_only=args.dry_run,
+            log=log,
+        )
+        if args.dry_run:
+            pipeline.print_dry_run(plan, needs)
+            n = len(plan.trials) if not plan.space.sampled else plan.num_samples * plan.seeds
+            return StudyOutcome(study_dir, [], f"dry run: {n} trials planned", 0)
+    elif args.dry_run:
+        pipeline.print_dry_run(plan, {})
+        return StudyOutcome(study_dir, [], "dry run of the saved plan", 0)
+
+    study_dir.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        (study_dir / "space.yaml").write_text(plan.space.text)
+    plan.save(study_dir / "plan.json")
+    fn = train_fn or import_train_fn(args.train_fn)
+    ship_by_value(fn)
+    cluster = pipeline.start_ray(args.address, args.dashboard_host, log)
+    try:
+        res = pipeline.effective_resources(
+            plan, args.cpus_per_trial, args.gpus_per_trial, cluster, log
+        )
+        pipeline.run_pretraining(plan, cache_root, res, log)
+        plan.save(study_dir / "plan.json")
+        pipeline.run_trials(
+            plan,
+            study_dir,
+            cache_root,
+            res,
+            fn,
+            resume=args.resume,
+            max_concurrent=args.max_concurrent,
+            max_failures=args.max_failures,
+            searcher_seed=args.searcher_seed,
+            log=log,
+        )
+    finally:
+        pipeline.stop_ray()
+    return finish(plan, study_dir, time.time() - t0, log)
+
+
+def finish(plan: Plan, study_dir: Path, wall_s: float, log: Log = print) -> StudyOutcome:
+    """Write results.csv, report.md, plots and best_config.yaml; print the one-line summary."""
+    rows, best, written = outputs.write_all(plan, study_dir, wall_s)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    state = ", ".join(f"{n} {s}" for s, n in counts.items())
+    unfinished = counts.get("pending", 0) + counts.get("unfinished", 0)
+    code = 130 if unfinished else (1 if counts.get("error") else 0)
+    metric = plan.space.metric
+    best_txt = (
+        f"best {best['id']} {metric} {best[metric]:.4f}"
+        if best
+        else f"no finished trial ({metric})"
+    )
+    summary = (
+        f"study {study_dir.name}: {state} in {_duration(wall_s)}; {best_txt} — "
+        f"report {written['report']}, results {written['results']}"
+        + (f", best config {written['best_config']}" if "best_config" in written else "")
+    )
+    if unfinished:
+        summary += f"; interrupted: continue with python study/run.py --resume --out {study_dir}"
+    log(summary)
+    return StudyOutcome(study_dir, rows, summary, code, best, wall_s)
+
+
+def _duration(s: float) -> str:
+    return f"{int(s // 60)}m{int(s % 60):02d}s"
+
+
+def main_entry(args: StudyArgs) -> int:
+    """CLI wrapper: errors as one clear line, Ctrl-C as a resume hint."""
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    socket.setdefaulttimeout(60)  # a download on a black-holed network must not hang the study
+    # a dry run's stdout is JSON lines only: the human notes go to stderr
+    log: Log = (lambda line: print(line, file=sys.stderr)) if args.dry_run else print
+    try:
+        return run_study(args, log=log).exit_code
+    except (StudyError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        out = f" --out {args.out}" if args.out else ""
+        print(
+            f"\ninterrupted; continue with: python study/run.py --resume{out} --space {args.space}",
+            file=sys.stderr,
+        )
+        return 130

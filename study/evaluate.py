@@ -1,0 +1,86 @@
+"""Re-evaluate a training checkpoint: ``python study/evaluate.py --checkpoint CKPT [--data PATH]``.
+
+The config (model, input size, thresholds, data) comes from the checkpoint; ``--data``, ``--set``
+and ``--device`` override it. Prints the COCO summary and a one-line result; ``--json`` also
+writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from model.checkpoint import CheckpointError, load_trained_detector
+from model.config import ConfigError, config_from_dict, parse_override
+from model.data.raw import DataError
+from model.evaluate import COCO_METRICS, evaluate_coco
+from model.train import load_trial_data, resolve_device
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="COCO-evaluate a YOLOX training checkpoint.")
+    p.add_argument("--checkpoint", type=Path, required=True, help="last.pt or best.pt")
+    p.add_argument("--data", help="dataset folder (default: the one the checkpoint trained on)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set test_conf=0.001 or --set img_size=640",
+    )
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the config's")
+    p.add_argument("--no-ema", action="store_true", help="evaluate the raw weights, not the EMA")
+    p.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    net, cfg, state = load_trained_detector(args.checkpoint, use_ema=not args.no_ema)
+    values: dict[str, Any] = dict(parse_override(t) for t in args.overrides)
+    if args.data is not None:
+        values["data"] = str(Path(args.data).resolve())
+    if args.device is not None:
+        values["device"] = args.device
+    if values:
+        cfg = config_from_dict(values, source="command line", base=cfg)
+    device = resolve_device(cfg.device)
+    dataset = load_trial_data(cfg)
+    result = evaluate_coco(net.to(device), dataset.eval_split, cfg, progress=not args.quiet)
+    print(result["summary"])
+    metrics = {k: result[k] for k in COCO_METRICS}
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        facts = {
+            **metrics,
+            "checkpoint": str(args.checkpoint),
+            "epoch": state.get("epoch"),
+            "images": result["images"],
+            "config": cfg.to_dict(),
+        }
+        args.json.write_text(json.dumps(facts, indent=2) + "\n")
+    weights = "raw" if args.no_ema or not state.get("ema") else "EMA"
+    print(
+        f"evaluate: {args.checkpoint} (epoch {state.get('epoch')}, {weights} weights) on "
+        f"{result['images']} {dataset.eval_split.name} images at {cfg.img_size}px: "
+        f"mAP {metrics['mAP']:.4f} AP50 {metrics['AP50']:.4f} AR_100 {metrics['AR_100']:.4f}, "
+        f"{result['num_detections']} detections"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (CheckpointError, ConfigError, DataError) as e:
+        print(f"evaluate: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

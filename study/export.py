@@ -1,0 +1,103 @@
+"""``best_config.yaml``: the best trial's full config, ready for ``study/train.py --config``.
+
+Its leading comment holds the trial's metrics, how to rerun it and, for center_loss/ssl, the
+artifact it loaded and every pretraining setting that made it. ``pretrain_artifact`` keeps the
+path the trial used (inside the study folder's ``pretrain_cache/`` by default), so a rerun loads
+the very same backbone; if that file is gone, empty the key and ``study/train.py`` recomputes the
+artifact from the pretraining settings in the config (the same settings give the same cache key).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from model.config import TrialConfig, config_from_dict, save_config
+from model.evaluate import COCO_METRICS
+from study.report import RESULT_STATUSES, group_points
+from study.stats import summarize
+
+
+def _value(row: dict[str, Any], metric: str) -> float | None:
+    v = row.get(metric)
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+    return float(v) if ok else None
+
+
+def choose_best(
+    rows: Sequence[dict[str, Any]], metric: str, mode: str, axes: Sequence[str] = ()
+) -> dict[str, Any] | None:
+    """The best finished trial. Completed trials first (an ASHA-stopped trial's config would
+    train longer when rerun, so its number is not what a rerun gives); with repeated seeds, the
+    best grid point by mean, then its best seed."""
+    sign = 1.0 if mode == "max" else -1.0
+    for statuses in (("done",), RESULT_STATUSES):
+        pool = [r for r in rows if r.get("status") in statuses and _value(r, metric) is not None]
+        if not pool:
+            continue
+        points = group_points(pool, axes) if axes else []
+        if points and max(len(p.rows) for p in points) > 1:
+            best_point = max(points, key=lambda p: sign * summarize(p.metric(metric)).mean)
+            pool = best_point.rows
+        return max(pool, key=lambda r: sign * (_value(r, metric) or 0.0))
+    return None
+
+
+def _pretrain_lines(cfg: TrialConfig) -> list[str]:
+    if cfg.pretrain not in ("center_loss", "ssl") or not cfg.pretrain_artifact:
+        return []
+    artifact = Path(cfg.pretrain_artifact)
+    sidecar = artifact.with_suffix(".json")  # written next to it by the artifact cache
+    settings: dict[str, Any] | None = None
+    if sidecar.is_file():
+        settings = json.loads(sidecar.read_text()).get("settings")
+    if settings is None:
+        try:
+            from model.pretrain.artifact import pretrain_settings
+
+            settings = pretrain_settings(cfg)
+        except (OSError, ValueError):  # the dataset moved: the config keys still say it all
+            settings = {}
+    lines = [
+        f"pretraining: {cfg.pretrain} backbone {artifact}",
+        "  (if it is gone: set pretrain_artifact: '' and study/train.py recomputes it from",
+        "   these settings, which are also the pretrain_* keys below)",
+    ]
+    lines += [f"  {k}: {v}" for k, v in settings.items()]
+    return lines
+
+
+def export_best(
+    row: dict[str, Any],
+    config: dict[str, Any],
+    path: Path,
+    *,
+    metric: str,
+    study: str,
+    point_rows: Sequence[dict[str, Any]] = (),
+) -> Path:
+    """Write ``config`` (the trial's full config, as it ran) with its metrics as a comment."""
+    cfg = config_from_dict(config, source=f"trial {row['id']}")
+    figures = ", ".join(
+        f"{m} {row[m]:.4f}" for m in COCO_METRICS if isinstance(row.get(m), (int, float))
+    )
+    lines = [
+        f"Best trial of study {study}: {row['id']} ({row.get('status')}), "
+        f"{metric} {row.get(metric, float('nan')):.4f} at epoch {row.get('epoch')}",
+        figures,
+    ]
+    vals = [float(r[metric]) for r in point_rows if _value(r, metric) is not None]
+    if len(vals) > 1:
+        s = summarize(vals)
+        lines.append(
+            f"its grid point over {s.n} seeds: {metric} {s.mean:.4f} ± {s.std:.4f} "
+            f"(95% CI {s.lo:.4f}..{s.hi:.4f}); this file is its best seed ({cfg.seed})"
+        )
+    lines += [
+        f"Rerun: python study/train.py --config {path.name} --out runs/best",
+        "(same seed and settings: on CPU the rerun reproduces these numbers)",
+        *_pretrain_lines(cfg),
+    ]
+    return save_config(cfg, path, comment="\n".join(lines))

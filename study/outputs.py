@@ -1,0 +1,95 @@
+"""Everything written at the end of a study (also after an interruption, from what exists):
+``results.csv``, ``report.md``, the plots and ``best_config.yaml``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from study.export import choose_best, export_best
+from study.plan import Plan, describe_profile
+from study.plots import plot_by_axis, plot_learning_curves, plot_vs_params
+from study.report import ReportInput, render_report
+from study.results import histories, write_results
+from study.trial import trial_dir
+
+
+def report_axes(plan: Plan) -> list[str]:
+    """Row labels of the report: the grid axes that vary (an axis pinned by --set does not)."""
+    return [a for a in plan.grid_axes if a not in plan.pinned]
+
+
+def write_all(
+    plan: Plan, study_dir: Path, wall_s: float
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Path]]:
+    sp = plan.space
+    rows = write_results(plan, study_dir)
+    written: dict[str, Path] = {"results": study_dir / "results.csv"}
+    axes = report_axes(plan)
+    sampled_keys = [k for k in sp.sample if k not in plan.pinned]
+
+    best = choose_best(rows, sp.metric, sp.mode, axes)
+    best_line = ""
+    if best is not None:
+        info = json.loads((trial_dir(study_dir, best["id"]) / "trial.json").read_text())
+        point_rows = [r for r in rows if all(r.get(a) == best.get(a) for a in axes)]
+        path = export_best(
+            best,
+            info["config"],
+            study_dir / "best_config.yaml",
+            metric=sp.metric,
+            study=study_dir.name,
+            point_rows=point_rows,
+        )
+        written["best_config"] = path
+        best_line = (
+            f"**Best trial: {best['id']}** — {sp.metric} {best[sp.metric]:.4f}; its full config is "
+            f"`{path.name}` (rerun: `python study/train.py --config {path}`)."
+        )
+
+    plots: list[tuple[str, str]] = []
+    by_axis = plot_by_axis(rows, axes, sp.metric, study_dir / f"{sp.metric}_by_size.png")
+    if by_axis is not None:
+        plots.append((f"{sp.metric} by size", by_axis.name))
+    curves = plot_learning_curves(
+        histories(rows, study_dir), sp.metric, study_dir / "learning_curves.png"
+    )
+    if curves is not None:
+        plots.append((f"{sp.metric} per epoch", curves.name))
+    if sp.sampled:
+        vs = plot_vs_params(rows, sampled_keys, sp.metric, study_dir / f"{sp.metric}_vs_params.png")
+        if vs is not None:
+            plots.append((f"{sp.metric} against the sampled values", vs.name))
+
+    trial_s = sum(float(r.get("train_time_s") or 0.0) for r in rows)
+    notes = [
+        describe_profile(plan),
+        *plan.notes,
+        f"space {sp.path} ({'sampled: Optuna TPE' if sp.sampled else 'grid'}"
+        f"{', ASHA' if sp.scheduler.kind == 'asha' else ''}); metric {sp.metric} ({sp.mode})",
+        f"wall time of this run {wall_s / 60:.1f} min; training time summed over trials "
+        f"{trial_s / 60:.1f} min",
+    ]
+    if plan.seeds > 1:
+        notes.append(f"every grid point repeated with seeds 0..{plan.seeds - 1}")
+    if sp.baseline:
+        notes.append("baseline: " + ", ".join(f"{k}={v}" for k, v in sp.baseline.items()))
+    report = render_report(
+        ReportInput(
+            title=f"Study {study_dir.name} ({sp.name})",
+            rows=rows,
+            axes=axes,
+            baseline=sp.baseline,
+            metric=sp.metric,
+            mode=sp.mode,
+            sampled_keys=sampled_keys,
+            description=sp.description,
+            notes=notes,
+            plots=plots,
+            best_line=best_line,
+        )
+    )
+    written["report"] = study_dir / "report.md"
+    written["report"].write_text(report)
+    return rows, best, written

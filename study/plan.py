@@ -1,0 +1,278 @@
+"""The study plan: every trial's full config, the pretraining jobs, and what is skipped and why.
+
+The plan is computed once from the space and the command line, printed by ``--dry-run`` and
+saved as ``plan.json`` in the study directory, so that ``--resume`` reruns exactly the same study
+even if the space file changed since. Ray-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model.config import ConfigError, TrialConfig, config_from_dict
+from study.spaces import Resources, Space, parse_space
+
+PATH_KEYS = ("data", "coco_weights", "pretrain_artifact", "ssl_sources")  # made absolute: trials
+# run with the working directory set to their Ray trial folder, where relative paths would break.
+PRETRAIN_METHODS = ("center_loss", "ssl")
+
+
+@dataclass
+class PlannedTrial:
+    id: str
+    point: dict[str, Any]  # the grid values (and seed when repeated) that make this trial
+    config: TrialConfig
+    skip: str = ""  # why it will not run ("" = it runs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "point": self.point,
+            "skip": self.skip,
+            "config": self.config.to_dict(),
+        }
+
+
+@dataclass
+class PretrainJob:
+    key: str  # the artifact cache key (dedupes trials that share an artifact)
+    config: TrialConfig  # any trial's config with this key; only pretraining settings matter
+    trials: list[str]
+    path: str = ""  # filled in when computed
+    skip: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "key": self.key,
+            "method": c.pretrain,
+            "size": c.size,
+            "init": c.pretrain_init,
+            "seed": c.seed,
+            "trials": self.trials,
+            "path": self.path,
+            "skip": self.skip,
+        }
+
+
+@dataclass
+class Plan:
+    space: Space
+    quick: bool  # True = no --data: the embedded dataset and the space's quick profile
+    base: TrialConfig  # fixed + quick + --data + --set, before the axes
+    overrides: dict[str, Any]
+    seeds: int
+    trials: list[PlannedTrial] = field(default_factory=list)  # grid studies (sampled: empty)
+    pretrain_jobs: list[PretrainJob] = field(default_factory=list)
+    pinned: dict[str, Any] = field(default_factory=dict)  # axes fixed by --set
+    notes: list[str] = field(default_factory=list)  # said once in the output and the report
+
+    @property
+    def resources(self) -> Resources:
+        if self.quick and self.space.quick_resources is not None:
+            return self.space.quick_resources
+        return self.space.resources
+
+    @property
+    def num_samples(self) -> int:
+        if self.quick and self.space.quick_num_samples is not None:
+            return self.space.quick_num_samples
+        return self.space.num_samples
+
+    @property
+    def grid_axes(self) -> list[str]:
+        return list(self.space.grid)
+
+    def runnable(self) -> list[PlannedTrial]:
+        return [t for t in self.trials if not t.skip]
+
+    def trial(self, trial_id: str) -> PlannedTrial:
+        for t in self.trials:
+            if t.id == trial_id:
+                return t
+        raise KeyError(trial_id)
+
+    def baseline_ids(self) -> list[str]:
+        """Trials at the baseline grid point (one per seed)."""
+        b = self.space.baseline
+        if not b:
+            return []
+        # by config value, not grid point: an axis pinned by --set keeps its baseline
+        return [t.id for t in self.trials if all(getattr(t.config, k) == v for k, v in b.items())]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "space": {
+                "name": self.space.name,
+                "path": str(self.space.path),
+                "text": self.space.text,
+            },
+            "quick": self.quick,
+            "overrides": self.overrides,
+            "seeds": self.seeds,
+            "pinned": self.pinned,
+            "notes": self.notes,
+            "base": self.base.to_dict(),
+            "trials": [t.to_dict() for t in self.trials],
+            "pretrain_jobs": [
+                j.to_dict() | {"config": j.config.to_dict()} for j in self.pretrain_jobs
+            ],
+        }
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        tmp.replace(path)
+
+
+def load_plan(path: Path) -> Plan:
+    """Read ``plan.json`` back (the space from its saved text: an edited file changes nothing)."""
+    d = json.loads(path.read_text())
+    sp = d["space"]
+    space = parse_space(
+        sp["text"],
+        source=f"{path} (saved space {sp['path']})",
+        name=sp["name"],
+        path=Path(sp["path"]),
+    )
+    src = str(path)
+    plan = Plan(
+        space=space,
+        quick=d["quick"],
+        base=config_from_dict(d["base"], src),
+        overrides=d["overrides"],
+        seeds=d["seeds"],
+        pinned=d["pinned"],
+        notes=d["notes"],
+    )
+    plan.trials = [
+        PlannedTrial(t["id"], t["point"], config_from_dict(t["config"], src), t["skip"])
+        for t in d["trials"]
+    ]
+    plan.pretrain_jobs = [
+        PretrainJob(j["key"], config_from_dict(j["config"], src), j["trials"], j["path"], j["skip"])
+        for j in d["pretrain_jobs"]
+    ]
+    return plan
+
+
+def _absolute(values: dict[str, Any]) -> dict[str, Any]:
+    out = dict(values)
+    for key in PATH_KEYS:
+        v = out.get(key)
+        if isinstance(v, str) and v:
+            if key == "ssl_sources":
+                out[key] = ":".join(str(Path(p).expanduser().resolve()) for p in v.split(":") if p)
+            else:
+                out[key] = str(Path(v).expanduser().resolve())
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def trial_id(point: dict[str, Any]) -> str:
+    """``coco-iou-s`` (grid values in axis order), ``-seed1`` appended when repeated."""
+    parts = [f"seed{v}" if k == "seed" else _fmt(v) for k, v in point.items()]
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", "-".join(parts)) or "trial"
+
+
+def build_plan(
+    space: Space,
+    *,
+    data: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    seeds: int = 1,
+) -> Plan:
+    """Expand ``space`` into trials. ``data`` None = quick profile on the embedded dataset."""
+    overrides = dict(overrides or {})
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if seeds > 1 and "seed" in overrides:
+        raise ConfigError("--seeds N runs seeds 0..N-1; drop --set seed=… or use --seeds 1")
+    if seeds > 1 and "seed" in space.grid:
+        raise ConfigError(f"{space.path}: 'seed' is a grid axis already; drop --seeds")
+    quick = data is None
+    values: dict[str, Any] = dict(space.fixed)
+    notes: list[str] = []
+    if quick:
+        values.update(space.quick)
+        values["data"] = ""
+    else:
+        values["data"] = data
+    pinned = {k: v for k, v in overrides.items() if k in space.grid or k in space.sample}
+    values.update(overrides)
+    for k, v in pinned.items():
+        notes.append(f"axis {k} pinned to {v!r} by --set")
+    base = config_from_dict(_absolute(values), source="the study's settings (fixed/quick/--set)")
+    plan = Plan(space, quick, base, overrides, seeds, pinned=pinned, notes=notes)
+    if space.sampled:
+        return plan  # Optuna proposes the trials while the study runs
+    axes = {k: v for k, v in space.grid.items() if k not in pinned}
+    seen: set[str] = set()
+    for combo in itertools.product(*axes.values()):
+        for s in range(seeds):
+            point = dict(zip(axes, combo, strict=True))
+            cfg_values = dict(point)
+            if seeds > 1:
+                point["seed"] = s
+                cfg_values["seed"] = s
+            tid = trial_id(point)
+            if tid in seen:  # two values that print alike (0.1 and 0.10 cannot; "a b" and "a_b")
+                tid = f"{tid}-{len(plan.trials)}"
+            seen.add(tid)
+            cfg = config_from_dict(cfg_values, source=f"{space.path}: trial {tid}", base=base)
+            plan.trials.append(PlannedTrial(tid, point, cfg))
+    return plan
+
+
+def with_artifacts(plan: Plan, paths: dict[str, str], key_of: dict[str, str]) -> None:
+    """Write the computed artifact paths into the trials' configs (``key_of``: trial id → key)."""
+    for t in plan.trials:
+        key = key_of.get(t.id)
+        if key and paths.get(key):
+            t.config = dataclasses.replace(t.config, pretrain_artifact=paths[key])
+
+
+def plan_pretraining(plan: Plan, key: Any) -> dict[str, str]:
+    """Group the trials needing a center_loss/ssl artifact by cache key (``key(cfg) -> str``).
+
+    Fills ``plan.pretrain_jobs`` (skipped trials' jobs included, marked) and returns trial id →
+    key. Trials whose config already names an artifact outside the cache keep it (no job).
+    """
+    jobs: dict[str, PretrainJob] = {}
+    key_of: dict[str, str] = {}
+    for t in plan.trials:
+        c = t.config
+        if c.pretrain not in PRETRAIN_METHODS or c.pretrain_artifact:
+            continue
+        k = key(c)
+        key_of[t.id] = k
+        jobs.setdefault(k, PretrainJob(k, c, [])).trials.append(t.id)
+    for job in jobs.values():  # a job whose every trial is skipped is skipped with them
+        reasons = {plan.trial(i).skip for i in job.trials}
+        if "" not in reasons:
+            job.skip = sorted(reasons)[0]
+    plan.pretrain_jobs = list(jobs.values())
+    return key_of
+
+
+def describe_profile(plan: Plan) -> str:
+    """One line: which data and settings the trials use (the quick profile spelled out)."""
+    if not plan.quick:
+        return f"data {plan.base.data}: the space's own settings"
+    q = ", ".join(f"{k}={_fmt(v)}" for k, v in plan.space.quick.items())
+    return (
+        "no --data: the embedded floating-bottle dataset with the quick profile of "
+        f"{plan.space.path.name} ({q or 'no overrides'}); pass --data PATH for the real study"
+    )

@@ -1,0 +1,124 @@
+"""PNG plots for the report (matplotlib, Agg backend: no display needed).
+
+* ``<metric>_by_size.png`` — the metric against model size, one line per combination of the
+  other grid axes (pretraining × loss in the ablation); error bars = std over seeds;
+* ``learning_curves.png`` — the metric against epoch for every trial (from ``history.jsonl``);
+* ``<metric>_vs_params.png`` — sampled studies: the metric against each sampled value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: headless machines and Ray workers have no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from study.report import group_points  # noqa: E402
+
+SIZE_ORDER = ("nano", "tiny", "s", "m", "l", "x")
+
+
+def plot_by_axis(
+    rows: Sequence[dict[str, Any]], axes: Sequence[str], metric: str, out: Path
+) -> Path | None:
+    """The metric against ``size`` (or the first grid axis), one line per other-axes combination."""
+    if not axes:
+        return None
+    x_axis = "size" if "size" in axes else axes[0]
+    others = [a for a in axes if a != x_axis]
+    points = group_points(rows, axes)
+    if not points:
+        return None
+    xs = sorted({p.values[axes.index(x_axis)] for p in points}, key=_order_key(x_axis))
+    lines: dict[tuple[Any, ...], dict[Any, tuple[float, float]]] = {}
+    for p in points:
+        s = p.summary(metric)
+        if s is None:
+            continue
+        key = tuple(p.values[axes.index(a)] for a in others)
+        lines.setdefault(key, {})[p.values[axes.index(x_axis)]] = (s.mean, s.std or 0.0)
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, by_x in lines.items():
+        present = [x for x in xs if x in by_x]
+        idx = [xs.index(x) for x in present]
+        ax.errorbar(
+            idx,
+            [by_x[x][0] for x in present],
+            yerr=[by_x[x][1] for x in present],
+            marker="o",
+            capsize=3,
+            label=" / ".join(map(str, key)) or metric,
+        )
+    ax.set_xticks(range(len(xs)), [str(x) for x in xs])
+    ax.set_xlabel(x_axis)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} by {x_axis}" + (f" ({' × '.join(others)})" if others else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def plot_learning_curves(
+    histories: dict[str, list[dict[str, Any]]], metric: str, out: Path
+) -> Path | None:
+    curves = {
+        tid: [(h["epoch"], h[metric]) for h in hist if "epoch" in h and _num(h.get(metric))]
+        for tid, hist in histories.items()
+    }
+    curves = {k: v for k, v in curves.items() if v}
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for tid, pts in curves.items():
+        ax.plot([e for e, _ in pts], [v for _, v in pts], marker=".", label=tid)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} during training")
+    ax.grid(alpha=0.3)
+    if len(curves) <= 24:
+        ax.legend(fontsize=6, ncol=2 if len(curves) > 8 else 1, loc="best")
+    return _save(fig, out)
+
+
+def plot_vs_params(
+    rows: Sequence[dict[str, Any]], keys: Sequence[str], metric: str, out: Path
+) -> Path | None:
+    done = [r for r in rows if r.get("status") in ("done", "stopped") and _num(r.get(metric))]
+    if not keys or not done:
+        return None
+    fig, axs = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axs[0], keys, strict=True):
+        vals = [r.get(key) for r in done]
+        if all(_num(v) for v in vals):
+            ax.scatter(vals, [r[metric] for r in done], s=14)
+        else:  # categorical: positions by first appearance
+            cats = list(dict.fromkeys(map(str, vals)))
+            ax.scatter([cats.index(str(v)) for v in vals], [r[metric] for r in done], s=14)
+            ax.set_xticks(range(len(cats)), cats)
+        ax.set_xlabel(key)
+        ax.grid(alpha=0.3)
+    axs[0][0].set_ylabel(metric)
+    return _save(fig, out)
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+
+
+def _order_key(axis: str):
+    if axis == "size":
+        return lambda v: (SIZE_ORDER.index(v) if v in SIZE_ORDER else len(SIZE_ORDER), str(v))
+    return lambda v: (0, v) if _num(v) else (1, str(v))
+
+
+def _save(fig: Any, out: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

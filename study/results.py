@@ -1,0 +1,153 @@
+"""The study's results table: one row per trial, read from the files the trials and the driver
+write, so it can be rebuilt at any time (while the study runs, after a crash, after a resume).
+
+``results.csv`` columns: ``id, status, reason``, the 12 COCO numbers, ``epoch, train_time_s,
+images_per_s, params, attempts``, then every trial-config key. Status is one of
+
+* ``done`` — the training function returned (``trials/<id>/done.json``);
+* ``stopped`` — ended early by the scheduler (ASHA): metrics are its last evaluation;
+* ``error`` — failed after its retries; ``reason`` holds the error's first line;
+* ``skipped`` — never started; ``reason`` says why (e.g. COCO weights unavailable);
+* ``unfinished`` / ``pending`` — interrupted mid-way / not started yet (resume the study).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from model.config import config_keys
+from model.evaluate import COCO_METRICS
+from study.plan import Plan
+from study.trial import trial_dir
+
+RUN_COLUMNS = ("epoch", "train_time_s", "images_per_s", "params", "attempts")
+HEAD_COLUMNS = ("id", "status", "reason")
+STATUS_FILE = "status.json"  # the driver's record of how Tune ended each trial
+FINISHED = ("done", "stopped", "error", "skipped")
+
+
+def columns() -> list[str]:
+    return [*HEAD_COLUMNS, *COCO_METRICS, *RUN_COLUMNS, *config_keys()]
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """Reported evaluations in epoch order; a repeated epoch (a retry) keeps its last line."""
+    if not path.is_file():
+        return []
+    by_epoch: dict[Any, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill: the retry writes it again
+                continue
+            by_epoch[rec.get("epoch", len(by_epoch))] = rec
+    return [by_epoch[k] for k in sorted(by_epoch, key=lambda e: (e is None, e))]
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def trial_ids(plan: Plan, study_dir: Path) -> list[str]:
+    """Planned trials in plan order, then trials the searcher proposed (sampled studies)."""
+    ids = [t.id for t in plan.trials]
+    folder = study_dir / "trials"
+    extra = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return ids + [i for i in extra if i not in set(ids)]
+
+
+def collect_rows(plan: Plan, study_dir: Path) -> list[dict[str, Any]]:
+    statuses = _json(study_dir / STATUS_FILE) or {}
+    planned = {t.id: t for t in plan.trials}
+    rows = []
+    for tid in trial_ids(plan, study_dir):
+        tdir = trial_dir(study_dir, tid)
+        info = _json(tdir / "trial.json") or {}
+        cfg = info.get("config") or (planned[tid].config.to_dict() if tid in planned else {})
+        row: dict[str, Any] = {"id": tid, "status": "pending", "reason": "", **cfg}
+        attempts = tdir / "attempts.jsonl"
+        row["attempts"] = len(attempts.read_text().splitlines()) if attempts.is_file() else 0
+        history = read_history(tdir / "history.jsonl")
+        done = _json(tdir / "done.json")
+        metrics: dict[str, Any] = dict(history[-1]) if history else {}
+        tune_status = statuses.get(tid, {})
+        if tid in planned and planned[tid].skip:
+            row.update(status="skipped", reason=planned[tid].skip)
+        elif done is not None:
+            metrics = {**done.get("summary", {}), **done.get("final", {})}
+            row["status"] = "done"
+        elif tune_status.get("status") == "ERROR":
+            row.update(status="error", reason=tune_status.get("error", "")[:300])
+        elif tune_status.get("status") == "TERMINATED":
+            row.update(status="stopped", reason=f"stopped early at epoch {metrics.get('epoch')}")
+        elif history:
+            row["status"] = "unfinished"
+        for key in (*COCO_METRICS, "epoch", "train_time_s", "images_per_s", "params"):
+            if key in metrics:
+                row[key] = metrics[key]
+        rows.append(row)
+    _fill_params(rows)
+    return rows
+
+
+def _fill_params(rows: list[dict[str, Any]]) -> None:
+    """A stopped trial never returned its parameter count; its size's done trials know it."""
+    known = {(r.get("size"), r.get("num_classes")): r["params"] for r in rows if r.get("params")}
+    for r in rows:
+        if not r.get("params") and (r.get("size"), r.get("num_classes")) in known:
+            r["params"] = known[(r.get("size"), r.get("num_classes"))]
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    cols = columns()
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _cell(r.get(k)) for k in cols})
+    tmp.replace(path)  # readers (and a test polling it) never see a half-written table
+    return path
+
+
+def _cell(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    return v
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """``results.csv`` back with numbers as numbers (empty cells → None)."""
+    with open(path, newline="") as f:
+        return [{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _parse(text: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def write_results(plan: Plan, study_dir: Path) -> list[dict[str, Any]]:
+    rows = collect_rows(plan, study_dir)
+    write_csv(rows, study_dir / "results.csv")
+    return rows
+
+
+def histories(rows: list[dict[str, Any]], study_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    return {r["id"]: read_history(trial_dir(study_dir, r["id"]) / "history.jsonl") for r in rows}

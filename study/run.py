@@ -1,0 +1,68 @@
+"""Run a study: ``python study/run.py --space ablation [--data PATH] [options]``.
+
+Without ``--data`` the trials train on the embedded floating-bottle dataset with the space's quick
+profile (small images, few epochs, capped images) — a first look in minutes on a CPU; with
+``--data`` they use the space's own settings. ``--dry-run`` prints every planned trial (one JSON
+object per line, full config) and the pretraining jobs, and starts nothing.
+
+Outputs go to ``studies/<space>-<timestamp>/`` (or ``--out``): results.csv, report.md, plots,
+best_config.yaml (see study/driver.py). Ctrl-C stops cleanly; ``--resume --out DIR`` continues
+without rerunning finished trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from study.driver import DEFAULT_TRAIN_FN, StudyArgs, main_entry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Ray Tune ablation / hyperparameter study of YOLOX on small floating waste."
+    )
+    a = p.add_argument
+    a("--space", default="ablation", help="space name (search_spaces/NAME.yaml) or YAML path")
+    a("--data", help="dataset folder; without it: embedded dataset + the space's quick profile")
+    a("--out", type=Path, help="study folder (default studies/<space>-<timestamp>)")
+    a("--name", help="study name: the folder studies/NAME (when --out is not given)")
+    a("--address", help="connect to this Ray cluster (e.g. ray://host:10001 or host:6379)")
+    a("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (e.g. 0.25)")
+    a("--cpus-per-trial", type=float, help="CPUs per trial (also the trial's torch threads)")
+    a("--max-concurrent", type=int, help="at most this many trials at once")
+    a("--seeds", type=int, default=1, help="repeat every grid point with seeds 0..N-1")
+    a(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a trial-config key for every trial (repeatable); on an axis it pins it",
+    )  # fmt: skip
+    a("--resume", action="store_true", help="continue the study in --out (or the latest one)")
+    a("--dry-run", action="store_true", help="print the planned trials as JSON lines and exit")
+    a(
+        "--skip-unavailable", action="store_true",
+        help="run without the trials whose COCO weights cannot be downloaded (instead of stopping)",
+    )  # fmt: skip
+    a("--no-download", dest="download", action="store_false", help="never download COCO weights")
+    a(
+        "--dashboard-host", default="127.0.0.1",
+        help="interface of the Ray dashboard (default 127.0.0.1; it has no authentication)",
+    )  # fmt: skip
+    a("--cache", type=Path, help="pretraining artifact cache (default <study>/pretrain_cache)")
+    a("--max-failures", type=int, help="retries of a crashed trial (default: the space's)")
+    a("--searcher-seed", type=int, default=0, help="seed of the Optuna sampler")
+    a(
+        "--train-fn", default=DEFAULT_TRAIN_FN, metavar="MODULE:FUNCTION",
+        help="training function with train_detector's signature (tests and benchmarks)",
+    )  # fmt: skip
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    args = StudyArgs(**vars(ns))
+    return main_entry(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Train one trial outside Ray: ``python study/train.py --config CFG.yaml [options]``.
+
+Writes into ``--out`` (default ``runs/train/<config name>``): ``last.pt`` / ``best.pt``,
+``metrics.json`` (the 12 COCO numbers at the top level plus run facts), ``coco_summary.txt`` and
+``config.yaml`` (the exact config trained). Re-running into the same folder resumes from
+``last.pt`` unless ``--no-resume``. Without ``--data`` (and no ``data`` key) it trains on the
+embedded floating-bottle set. center_loss/ssl pretraining is resolved through the artifact cache
+(computed once when missing); COCO weights are checked before training starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.checkpoint import CheckpointError
+from model.config import (
+    ConfigError,
+    TrialConfig,
+    config_from_dict,
+    load_config,
+    parse_override,
+    save_config,
+)
+from model.data.raw import DataError
+from model.evaluate import COCO_METRICS
+from model.pretrain.artifact import ArtifactError
+from model.train import TrainingError, train_detector
+from model.yolox.weights import WeightsUnavailableError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train one YOLOX trial and write its COCO metrics.")
+    p.add_argument("--config", type=Path, help="trial config YAML (defaults for missing keys)")
+    p.add_argument("--data", help="dataset folder (overrides the config's data key)")
+    p.add_argument("--out", type=Path, help="output folder (default runs/train/<config name>)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (repeatable), e.g. --set epochs=20",
+    )
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides the config")
+    p.add_argument("--no-resume", action="store_true", help="start over even if last.pt exists")
+    p.add_argument("--cache", type=Path, help="pretraining artifact cache (default: user cache)")
+    p.add_argument(
+        "--no-download", action="store_true", help="never download COCO weights (offline)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> TrialConfig:
+    """The config file, then ``--set`` overrides, then ``--data`` / ``--device``."""
+    cfg = load_config(args.config) if args.config else TrialConfig()
+    values: dict[str, Any] = {}
+    for text in args.overrides:
+        key, value = parse_override(text)
+        values[key] = value
+    if args.data is not None:
+        values["data"] = str(Path(args.data).resolve())
+    if args.device is not None:
+        values["device"] = args.device
+    return config_from_dict(values, source="command line", base=cfg) if values else cfg
+
+
+def prepare_pretraining(cfg: TrialConfig, args: argparse.Namespace) -> TrialConfig:
+    """Fill ``pretrain_artifact`` (center_loss/ssl) and make sure COCO weights are on disk."""
+    if cfg.pretrain == "none":
+        return cfg
+    from study.cache import ArtifactCache, default_cache_root, prepare_coco_weights
+
+    cache = ArtifactCache(args.cache or default_cache_root())
+    # COCO weights first: the coco trial needs them, and so may the pretraining (pretrain_init).
+    prepare_coco_weights([cfg], download=not args.no_download, cache=cache)
+    return cache.resolve(cfg, progress=not args.quiet)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    name = args.config.stem if args.config else "default"
+    out = (args.out or Path("runs") / "train" / name).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = prepare_pretraining(cfg, args)
+    save_config(cfg, out / "config.yaml", comment=f"trained by study/train.py into {out}")
+    start = time.perf_counter()
+    result = train_detector(
+        cfg, checkpoint_dir=out, resume=not args.no_resume, progress=not args.quiet
+    )
+    (out / "coco_summary.txt").write_text(result["summary"] + "\n")
+    facts = {
+        **{k: result[k] for k in COCO_METRICS},
+        **{
+            k: result[k]
+            for k in (
+                "best_mAP",
+                "best_epoch",
+                "epochs",
+                "resumed_from_epoch",
+                "train_time_s",
+                "images_per_s",
+                "params",
+                "pretrain_loaded",
+                "device",
+            )
+        },
+        "wall_time_s": time.perf_counter() - start,
+        "torch": torch.__version__,
+        "checkpoint": result["last_checkpoint"],
+        "best_checkpoint": result["best_checkpoint"],
+        "config": cfg.to_dict(),
+    }
+    _write_json(out / "metrics.json", facts)
+    print(result["summary"])
+    resumed = (
+        f", resumed after epoch {result['resumed_from_epoch']}"
+        if (result["resumed_from_epoch"])
+        else ""
+    )
+    print(
+        f"train: YOLOX-{cfg.size} {cfg.epochs} epochs on {result['device']}{resumed}: "
+        f"mAP {result['mAP']:.4f} AP50 {result['AP50']:.4f} (best mAP {result['best_mAP']:.4f} "
+        f"at epoch {result['best_epoch']}), {_duration(result['train_time_s'])} training at "
+        f"{result['images_per_s']:.1f} img/s, {result['params'] / 1e6:.2f}M params "
+        f"-> {out / 'metrics.json'}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (
+        ConfigError,
+        DataError,
+        CheckpointError,
+        ArtifactError,
+        WeightsUnavailableError,
+        FileNotFoundError,
+    ) as e:
+        print(f"train: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f"train: training failed: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""A fake training function for the study tests and benchmarks (same signature as
+``model.train.train_detector``).
+
+Its "dataset" (``cfg.data``) is a control folder: ``fake.json`` sets the behaviour, and every call
+leaves ``calls/<trial>.<n>`` there (what epoch it started from), so a test can count how often a
+trial really trained. Metrics are a deterministic function of the config, the seed and the epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from model.config import TrialConfig
+from model.evaluate import COCO_METRICS
+
+SIZE = {"nano": 0.20, "tiny": 0.25, "s": 0.23}
+PRETRAIN = {"none": -0.01, "coco": 0.0, "center_loss": 0.02, "ssl": 0.03}
+LOSS = {"iou": 0.0, "giou": 0.002, "diou": 0.004, "ciou": 0.01}
+PARAMS = {"nano": 900_000, "tiny": 5_000_000, "s": 9_000_000}
+
+
+def fake_score(cfg: TrialConfig, epoch: int) -> float:
+    return (
+        SIZE.get(cfg.size, 0.2) + PRETRAIN[cfg.pretrain] + LOSS[cfg.reg_loss]
+        + 0.004 * ((cfg.seed * 7) % 5) + 0.01 * epoch / cfg.epochs + 0.001 * cfg.lr
+    )  # fmt: skip
+
+
+def fake_coco(score: float) -> dict[str, float]:
+    out = {m: round(min(score + 0.01 * i, 1.0), 6) for i, m in enumerate(COCO_METRICS)}
+    out["AP_large"] = -1.0  # COCO's "no ground truth in this area range"
+    out["AR_large"] = -1.0
+    return out
+
+
+def _spin(seconds: float) -> None:
+    """Busy-wait (a trial uses its CPU, like training would)."""
+    end = time.perf_counter() + seconds
+    x = 0
+    while time.perf_counter() < end:
+        x += 1
+
+
+def fake_train(
+    cfg: TrialConfig,
+    report: Any = None,
+    checkpoint_dir: str | None = None,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    ctl_dir = Path(cfg.data)
+    ctl = (
+        json.loads((ctl_dir / "fake.json").read_text()) if (ctl_dir / "fake.json").is_file() else {}
+    )
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    tid = ckpt.parent.name if ckpt else "trial"
+    calls = ctl_dir / "calls"
+    calls.mkdir(exist_ok=True)
+    n = len(list(calls.glob(f"{tid}.*")))
+    start = 0
+    if resume and ckpt and (ckpt / "last.pt").is_file():
+        start = json.loads((ckpt / "last.pt").read_text())["epoch"]
+    (calls / f"{tid}.{n}").write_text(json.dumps({"start_epoch": start, "pid": os.getpid()}))
+    t0 = time.perf_counter()
+    coco: dict[str, float] = {}
+    for epoch in range(start, cfg.epochs):
+        _spin(float(ctl.get("epoch_s", 0.0)))
+        done = epoch + 1
+        coco = fake_coco(fake_score(cfg, done))
+        path = None
+        if ckpt:
+            ckpt.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt / "last.pt.tmp"
+            tmp.write_text(json.dumps({"epoch": done}))
+            tmp.replace(ckpt / "last.pt")
+            path = str(ckpt / "last.pt")
+        if report is not None and (done % cfg.eval_interval == 0 or done == cfg.epochs):
+            metrics = {
+                "epoch": done,
+                "total_loss": 1.0 / done,
+                "lr": cfg.lr,
+                "images_per_s": 100.0,
+                "train_time_s": time.perf_counter() - t0,
+                **coco,
+            }
+            report(metrics, path)
+        if tid in ctl.get("fail_once", []) and n == 0 and done == int(ctl.get("fail_at", 1)):
+            raise RuntimeError(f"fake crash of {tid} after epoch {done}")
+    return {
+        **coco,
+        "params": PARAMS.get(cfg.size, 1),
+        "train_time_s": time.perf_counter() - t0,
+        "images_per_s": 100.0,
+        "summary": "fake\nrun",
+    }
+
+
+def flaky_train(
+    cfg: TrialConfig,
+    report: Any = None,
+    checkpoint_dir: str | None = None,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The real ``train_detector``, except that the pretrain=none / ciou trial crashes once right
+    after its first checkpoint, and loses its working copy of it (as if its node died), so the
+    retry can only continue from the checkpoint Tune kept."""
+    from model.train import train_detector
+
+    marker = Path(checkpoint_dir).parent / "crashed_once" if checkpoint_dir else None
+    if marker is None or marker.exists() or (cfg.pretrain, cfg.reg_loss) != ("none", "ciou"):
+        return train_detector(cfg, report, checkpoint_dir, resume=resume, progress=progress)
+
+    def report_then_crash(metrics: dict[str, Any], path: str | None) -> None:
+        report(metrics, path)
+        marker.write_text(str(metrics["epoch"]))
+        for f in Path(checkpoint_dir).iterdir():
+            f.unlink()
+        raise RuntimeError(f"injected crash after epoch {metrics['epoch']}")
+
+    return train_detector(cfg, report_then_crash, checkpoint_dir, resume=resume, progress=progress)

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from model.data.synth import generate_flow_like
+from model.evaluate import COCO_METRICS
+from study import detect as detect_cli
+from study import evaluate as evaluate_cli
+from study import train as train_cli
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = (
+    "size: nano\nimg_size: 64\nbatch_size: 4\nepochs: 1\nno_aug_epochs: 0\nwarmup_epochs: 0\n"
+    "workers: 0\ndevice: cpu\nmultiscale: 0\n"
+)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("flow")
+    return generate_flow_like(root, n_train=8, n_test=4, width=160, height=96, video=False)
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("cli")
+    cfg = tmp / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp / "out"
+    code = train_cli.main(
+        ["--config", str(cfg), "--data", str(data_dir), "--out", str(out), "--quiet",
+         "--set", "seed=4"]
+    )
+    assert code == 0
+    return out
+
+
+def test_train_writes_metrics_summary_config_and_checkpoint(trained: Path, capsys) -> None:
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert set(COCO_METRICS) <= set(metrics)
+    assert all(isinstance(metrics[k], float) for k in COCO_METRICS)
+    for key in ("params", "train_time_s", "images_per_s", "device", "torch", "config"):
+        assert key in metrics, key
+    assert metrics["config"]["seed"] == 4 and metrics["config"]["size"] == "nano"
+    assert metrics["device"] == "cpu" and metrics["epochs"] == 1
+    assert (trained / "last.pt").is_file()
+    assert metrics["checkpoint"] == str(trained / "last.pt")
+    summary = (trained / "coco_summary.txt").read_text().splitlines()
+    assert len(summary) == 12 and summary[0].startswith(" Average Precision  (AP) @[ IoU=0.50:0.95")
+    assert "seed: 4" in (trained / "config.yaml").read_text()
+
+
+def test_train_rerun_into_the_same_folder_resumes(trained: Path, data_dir: Path, capsys) -> None:
+    code = train_cli.main(["--config", str(trained / "config.yaml"), "--out", str(trained),
+                           "--quiet"])
+    assert code == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("train: YOLOX-nano 1 epochs on cpu, resumed after epoch 1: mAP ")
+    assert last.endswith(f"-> {trained / 'metrics.json'}")
+
+
+def test_evaluate_cli_reproduces_the_training_metrics(trained: Path, tmp_path, capsys) -> None:
+    out = tmp_path / "m.json"
+    assert evaluate_cli.main(["--checkpoint", str(trained / "last.pt"), "--json", str(out),
+                              "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets= 300 ]" in text
+    assert text.strip().splitlines()[-1].startswith(f"evaluate: {trained / 'last.pt'} (epoch 1,")
+    trained_metrics = json.loads((trained / "metrics.json").read_text())
+    again = json.loads(out.read_text())
+    assert {k: again[k] for k in COCO_METRICS} == {k: trained_metrics[k] for k in COCO_METRICS}
+
+
+def test_detect_cli_draws_images_and_video(trained: Path, data_dir: Path, tmp_path, capsys):
+    images = sorted((data_dir / "test" / "images").glob("*.jpg"))[:2]
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in images:
+        (src / p.name).write_bytes(p.read_bytes())
+    video = src / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (160, 96))
+    for _ in range(3):
+        writer.write(np.full((96, 160, 3), 90, np.uint8))
+    writer.release()
+    out = tmp_path / "det"
+    code = detect_cli.main(["--checkpoint", str(trained / "last.pt"), str(src), "--out",
+                            str(out), "--conf", "0.01"])
+    assert code == 0
+    for p in images:
+        drawn = cv2.imread(str(out / p.name))
+        assert drawn is not None and drawn.shape == (96, 160, 3)
+    assert (out / "clip_det.mp4").stat().st_size > 0
+    records = json.loads((out / "detections.json").read_text())
+    assert set(records) == {p.name for p in images} | {"clip.avi#0", "clip.avi#1", "clip.avi#2"}
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("detect: 2 images and 3 frames of 1 videos, ")
+
+
+def test_detect_cli_rejects_a_missing_source(trained: Path, tmp_path, capsys) -> None:
+    code = detect_cli.main(["--checkpoint", str(trained / "last.pt"), str(tmp_path / "nope"),
+                            "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "nope does not exist; pass an image, a video or a folder" in capsys.readouterr().err
+
+
+def test_bad_config_key_names_key_and_file_when_run_as_a_script(tmp_path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("size: nano\nlearning_rate: 0.1\n")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "study" / "train.py"), "--config", str(cfg), "--out",
+         str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert f"train: error: {cfg}: unknown key 'learning_rate'" in proc.stderr
+    assert not (tmp_path / "o" / "last.pt").exists()
+
+
+def test_bad_override_is_reported(tmp_path, capsys) -> None:
+    code = train_cli.main(["--set", "epochs=0", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "key 'epochs' must be >= 1, got 0" in capsys.readouterr().err

@@ -1,0 +1,359 @@
+"""Layout detection and the four readers: exact boxes, class order, splits, COCO export."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from model.data import DataError, load_dataset
+from model.data.raw import hash_split
+from model.data.readers import detect_layout
+from model.data.yolo_txt import label_path
+from tests.data_builders import (
+    boxes_of,
+    coco_doc,
+    make_flow,
+    make_voc_folder,
+    make_yolo,
+    write_image,
+    write_json,
+    write_voc_xml,
+)
+
+FAST = {"progress": False, "workers": 2}
+
+
+def test_flow_layout_exact_boxes_bottle_first_and_difficult(tmp_path: Path) -> None:
+    # VOC corners are 1-based (official YOLOX reader): x = xmin - 1, w = xmax - xmin.
+    make_flow(
+        tmp_path,
+        train={
+            "a": [("bottle", 11, 6, 21, 16)],
+            "b": [("bottle", 1, 1, 5, 9, 1), ("aaa", 30, 20, 40, 30), ("can", 2, 2, 4, 4)],
+        },
+        test={"c": [("bottle", 51, 31, 61, 41)], "d": []},
+    )
+    ds = load_dataset(tmp_path, **FAST)
+    assert ds.layout == "flow"
+    assert list(ds.splits) == ["train", "test"]
+    assert ds.class_names == ["bottle", "aaa", "can"]  # bottle first, then sorted
+    assert boxes_of(ds.train) == {
+        "a.jpg": [("bottle", [10.0, 5.0, 10.0, 10.0])],
+        "b.jpg": [
+            ("bottle", [0.0, 0.0, 4.0, 8.0]),
+            ("aaa", [29.0, 19.0, 10.0, 10.0]),
+            ("can", [1.0, 1.0, 2.0, 2.0]),
+        ],
+    }
+    assert ds.eval_split.name == "test"
+    assert boxes_of(ds.eval_split) == {"c.jpg": [("bottle", [50.0, 30.0, 10.0, 10.0])], "d.jpg": []}
+    assert ds.report.ok
+    assert ds.report.splits["train"].difficult == 1  # kept, and counted
+    assert ds.report.splits["test"].empty_images == 1
+    im = ds.train.images[0]
+    assert im == {
+        "id": 1,
+        "file_name": str((tmp_path / "training/images/a.jpg").resolve()),
+        "width": 64,
+        "height": 48,
+    }
+    a = ds.train.annotations[0]
+    assert a == {
+        "id": 1,
+        "image_id": 1,
+        "category_id": 1,
+        "bbox": [10.0, 5.0, 10.0, 10.0],
+        "area": 100.0,
+        "iscrowd": 0,
+    }
+
+
+def test_flow_without_test_folder_holds_out_val(tmp_path: Path) -> None:
+    make_flow(tmp_path, train={f"im{i}": [("bottle", 2, 2, 6, 6)] for i in range(5)})
+    ds = load_dataset(tmp_path, val_fraction=0.2, **FAST)
+    assert (ds.train.num_images, ds.splits["val"].num_images) == (4, 1)
+    assert ds.eval_split.name == "val"
+    assert ds.class_names == ["bottle"]
+
+
+def test_voc_imagesets_splits_and_unlisted_images(tmp_path: Path) -> None:
+    items = {
+        "a": [("dog", 1, 1, 11, 11)],
+        "b": [("cat", 5, 5, 9, 9)],
+        "c": [("dog", 2, 3, 4, 5)],
+        "d": [("cat", 1, 1, 2, 2)],
+        "e": [],
+    }
+    make_voc_folder(tmp_path / "JPEGImages", tmp_path / "Annotations", items)
+    sets = tmp_path / "ImageSets" / "Main"
+    sets.mkdir(parents=True)
+    (sets / "train.txt").write_text("a\nb\n")
+    (sets / "val.txt").write_text("c\n")
+    (sets / "test.txt").write_text("d\n")
+    (sets / "trainval.txt").write_text("a\nb\nc\n")
+    ds = load_dataset(tmp_path, **FAST)
+    assert ds.layout == "voc"
+    assert ds.class_names == ["cat", "dog"]  # sorted
+    assert {n: sorted(boxes_of(s)) for n, s in ds.splits.items()} == {
+        "train": ["a.jpg", "b.jpg"],
+        "val": ["c.jpg"],
+        "test": ["d.jpg"],
+    }
+    assert boxes_of(ds.splits["val"]) == {"c.jpg": [("dog", [1.0, 2.0, 2.0, 2.0])]}
+    assert ds.eval_split.name == "test"
+    assert any("1 images in" in n and "no ImageSets/Main list" in n for n in ds.report.notes)
+
+
+def test_voc_trainval_only_becomes_train(tmp_path: Path) -> None:
+    make_voc_folder(
+        tmp_path / "JPEGImages",
+        tmp_path / "Annotations",
+        {"a": [("dog", 1, 1, 5, 5)], "b": [], "c": []},
+    )
+    (tmp_path / "ImageSets" / "Main").mkdir(parents=True)
+    (tmp_path / "ImageSets" / "Main" / "trainval.txt").write_text("a\nb\n")
+    (tmp_path / "ImageSets" / "Main" / "test.txt").write_text("c\n")
+    ds = load_dataset(tmp_path, **FAST)
+    assert sorted(boxes_of(ds.train)) == ["a.jpg", "b.jpg"]
+    assert list(ds.splits) == ["train", "test"]
+
+
+def test_voc_imagesets_without_train_list_is_an_error(tmp_path: Path) -> None:
+    make_voc_folder(tmp_path / "JPEGImages", tmp_path / "Annotations", {"a": []})
+    (tmp_path / "ImageSets" / "Main").mkdir(parents=True)
+    (tmp_path / "ImageSets" / "Main" / "val.txt").write_text("a\n")
+    with pytest.raises(DataError, match="has val.txt but no train.txt or trainval.txt"):
+        load_dataset(tmp_path, **FAST)
+
+
+def test_flat_voc_split_is_deterministic_by_seed(tmp_path: Path) -> None:
+    make_voc_folder(
+        tmp_path / "images",
+        tmp_path / "annotations",
+        {f"im{i:02d}": [("bottle", 1, 1, 5, 5)] for i in range(10)},
+    )
+    vals = []
+    for seed in range(4):
+        ds = load_dataset(tmp_path, val_fraction=0.2, seed=seed, **FAST)
+        assert ds.layout == "voc"
+        assert (ds.train.num_images, ds.splits["val"].num_images) == (8, 2)
+        vals.append(sorted(boxes_of(ds.splits["val"])))
+    again = load_dataset(tmp_path, val_fraction=0.2, seed=0, **FAST)
+    assert sorted(boxes_of(again.splits["val"])) == vals[0]
+    assert len({tuple(v) for v in vals}) > 1  # the seed matters
+    ds0 = load_dataset(tmp_path, val_fraction=0.0, **FAST)
+    assert list(ds0.splits) == ["train"]
+    with pytest.raises(DataError, match="val_fraction > 0"):
+        _ = ds0.eval_split
+
+
+def test_hash_split_ignores_listing_order() -> None:
+    keys = [f"images/{i}.jpg" for i in range(50)]
+    shuffled = keys[:]
+    random.Random(1).shuffle(shuffled)
+    assert hash_split(keys, 0.2, seed=3) == hash_split(shuffled, 0.2, seed=3)
+    assert hash_split(keys, 0.2, seed=3) != hash_split(keys, 0.2, seed=4)
+    assert len(hash_split(keys, 0.2, seed=3)) == 10
+    assert len(hash_split(keys[:3], 0.01, seed=0)) == 1  # at least one when the fraction > 0
+    assert hash_split(keys[:1], 0.5, seed=0) == set()  # never the only image
+
+
+def test_coco_instances_layout_remaps_category_ids(tmp_path: Path) -> None:
+    for split in ("train2017", "val2017"):
+        write_image(tmp_path / split / "x.jpg")
+        write_image(tmp_path / split / "y.jpg", seed=1)
+    cats = [(7, "can"), (3, "bottle")]  # non-contiguous, not sorted
+    write_json(
+        tmp_path / "annotations" / "instances_train2017.json",
+        coco_doc(
+            [(10, "x.jpg"), (11, "y.jpg")],
+            [(100, 10, 3, [1.5, 2.0, 10.0, 5.0]), (101, 11, 7, [0, 0, 64, 48])],
+            cats,
+        ),
+    )
+    write_json(
+        tmp_path / "annotations" / "instances_val2017.json",
+        coco_doc([(5, "x.jpg")], [(1, 5, 7, [3, 4, 5, 6])], cats),
+    )
+    ds = load_dataset(tmp_path, **FAST)
+    assert ds.layout == "coco"
+    assert ds.class_names == ["bottle", "can"]  # category id order
+    assert [c["id"] for c in ds.train.categories] == [1, 2]
+    assert boxes_of(ds.train) == {
+        "x.jpg": [("bottle", [1.5, 2.0, 10.0, 5.0])],
+        "y.jpg": [("can", [0.0, 0.0, 64.0, 48.0])],
+    }
+    assert ds.splits["val"].images[0]["file_name"] == str(tmp_path / "val2017" / "x.jpg")
+    assert boxes_of(ds.splits["val"]) == {"x.jpg": [("can", [3.0, 4.0, 5.0, 6.0])]}
+
+
+def test_coco_split_files_next_to_images(tmp_path: Path) -> None:
+    write_image(tmp_path / "images" / "a.png")
+    write_image(tmp_path / "elsewhere" / "b.png", seed=2)
+    cats = [(1, "bottle")]
+    write_json(
+        tmp_path / "train.json", coco_doc([(1, "images/a.png")], [(1, 1, 1, [4, 4, 8, 8])], cats)
+    )
+    write_json(
+        tmp_path / "test.json", coco_doc([(1, str(tmp_path / "elsewhere" / "b.png"))], [], cats)
+    )
+    ds = load_dataset(tmp_path, **FAST)
+    assert list(ds.splits) == ["train", "test"]
+    assert boxes_of(ds.train) == {"a.png": [("bottle", [4.0, 4.0, 8.0, 8.0])]}
+    assert boxes_of(ds.eval_split) == {"b.png": []}
+
+
+def test_coco_single_json_file_as_source(tmp_path: Path) -> None:
+    write_image(tmp_path / "a.png")
+    path = write_json(
+        tmp_path / "val.json", coco_doc([(1, "a.png")], [(1, 1, 1, [1, 1, 2, 2])], [(1, "bottle")])
+    )
+    ds = load_dataset(path, **FAST)
+    assert list(ds.splits) == ["val"]
+
+
+def test_yolo_data_yaml_normalised_to_pixels(tmp_path: Path) -> None:
+    make_yolo(
+        tmp_path,
+        {
+            "train": {
+                "a": ["0 0.5 0.5 0.25 0.5", "1 0.25 0.25 0.5 0.25 0.5 0.75 0.25 0.75"],
+                "b": [],
+            },
+            "val": {"c": ["1 0.125 0.25 0.25 0.5"]},
+        },
+        names={0: "bottle", 1: "can"},
+    )
+    ds = load_dataset(tmp_path, **FAST)
+    assert ds.layout == "yolo"
+    assert ds.class_names == ["bottle", "can"]
+    # 64x48: cx 0.5 w 0.25 -> x 24 w 16; cy 0.5 h 0.5 -> y 12 h 24; the polygon's bounding box.
+    assert boxes_of(ds.train) == {
+        "a.png": [("bottle", [24.0, 12.0, 16.0, 24.0]), ("can", [16.0, 12.0, 16.0, 24.0])],
+        "b.png": [],
+    }
+    assert boxes_of(ds.splits["val"]) == {"c.png": [("can", [0.0, 0.0, 16.0, 24.0])]}
+    assert any("empty label files" in n for n in ds.report.notes)
+
+
+def test_yolo_yaml_list_file_and_foreign_path(tmp_path: Path) -> None:
+    make_yolo(tmp_path, {"train": {"a": ["0 0.5 0.5 0.5 0.5"]}, "val": {"b": []}}, names=None)
+    (tmp_path / "train.txt").write_text("./images/train/a.png\n")
+    doc = {
+        "path": "/nonexistent/machine/path",
+        "train": "train.txt",
+        "val": "images/val",
+        "names": ["bottle"],
+    }
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump(doc))
+    ds = load_dataset(tmp_path / "data.yaml", **FAST)
+    assert boxes_of(ds.train) == {"a.png": [("bottle", [16.0, 12.0, 32.0, 24.0])]}
+    assert list(ds.splits) == ["train", "val"]
+
+
+def test_yolo_folders_with_classes_txt(tmp_path: Path) -> None:
+    make_yolo(tmp_path, {"train": {"a": ["0 0.5 0.5 0.5 0.5"]}}, names=None)
+    with pytest.raises(DataError, match="no class names.*data.yaml.*classes.txt"):
+        load_dataset(tmp_path, **FAST)
+    (tmp_path / "classes.txt").write_text("bottle\n")
+    ds = load_dataset(tmp_path, val_fraction=0.0, **FAST)
+    assert ds.layout == "yolo" and ds.class_names == ["bottle"]
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        ({0: "a", 2: "b"}, "key 'names' must map 0..1"),
+        ("bottle", "key 'names' must be a non-empty list"),
+    ],
+)
+def test_yolo_bad_names_name_the_key_and_file(tmp_path: Path, names: object, message: str) -> None:
+    make_yolo(tmp_path, {"train": {"a": []}}, names=names)
+    with pytest.raises(DataError, match=message) as err:
+        load_dataset(tmp_path, **FAST)
+    assert "data.yaml" in str(err.value)
+
+
+def test_yolo_missing_split_folder_is_named(tmp_path: Path) -> None:
+    make_yolo(
+        tmp_path,
+        {"train": {"a": []}},
+        yaml_doc={"train": "images/train", "val": "images/nope", "names": ["x"]},
+    )
+    with pytest.raises(DataError, match="key 'val' points to .*images/nope"):
+        load_dataset(tmp_path, **FAST)
+
+
+def test_label_path_rule() -> None:
+    assert label_path(Path("/d/images/train/images/a.jpg")) == Path("/d/images/train/labels/a.txt")
+    assert label_path(Path("/d/x/a.png")) == Path("/d/x/a.txt")
+
+
+def test_unrecognised_folder_lists_every_layout(tmp_path: Path) -> None:
+    (tmp_path / "pictures").mkdir()
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(DataError) as err:
+        load_dataset(tmp_path)
+    text = str(err.value)
+    assert "unrecognised dataset layout" in text and "found: notes.txt, pictures/" in text
+    for expected in (
+        "flow",
+        "training/{images,annotations}",
+        "JPEGImages/",
+        "Annotations/",
+        "instances_{train,val}",
+        "train.json",
+        "data.yaml",
+        "labels/{train,val}",
+    ):
+        assert expected in text
+    with pytest.raises(DataError, match="does not exist"):
+        detect_layout(tmp_path / "missing")
+
+
+def test_to_coco_dict_loads_in_pycocotools_and_scores_itself_perfectly(tmp_path: Path) -> None:
+    make_flow(
+        tmp_path,
+        train={"a": [("bottle", 11, 6, 21, 16)]},
+        test={"c": [("bottle", 11, 11, 51, 41), ("can", 2, 2, 30, 30)], "d": []},
+    )
+    split = load_dataset(tmp_path, **FAST).eval_split
+    doc = split.to_coco_dict()
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(doc))
+    gt = COCO(str(path))
+    assert sorted(gt.getImgIds()) == [1, 2] and gt.loadCats([2])[0]["name"] == "can"
+    dets = [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": 1.0,
+        }
+        for a in split.annotations
+    ]
+    ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    assert ev.stats[0] == pytest.approx(1.0)
+    # the split itself is not changed by what pycocotools does with the copy
+    assert split.annotations_by_image() == {1: split.annotations, 2: []}
+
+
+def test_voc_xml_with_another_stem_pairs_by_filename(tmp_path: Path) -> None:
+    write_image(tmp_path / "images" / "photo.jpg")
+    write_image(tmp_path / "images" / "other.jpg", seed=1)
+    write_voc_xml(
+        tmp_path / "annotations" / "label1.xml", [("bottle", 2, 2, 5, 5)], filename="photo.jpg"
+    )
+    ds = load_dataset(tmp_path, val_fraction=0, **FAST)
+    assert ds.report.ok
+    assert boxes_of(ds.train) == {"photo.jpg": [("bottle", [1.0, 1.0, 3.0, 3.0])], "other.jpg": []}
+    assert "1 images without an annotation file (kept with zero boxes)" in ds.report.notes

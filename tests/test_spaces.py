@@ -1,0 +1,134 @@
+"""Search spaces (study/spaces.py) and the plan built from them (study/plan.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from model.config import ConfigError
+from study.plan import build_plan, load_plan, trial_id
+from study.spaces import SpaceError, load_space, shipped_spaces
+
+SHIPPED = {p.stem: p for p in shipped_spaces()}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_spaces_load_and_plan(name: str) -> None:
+    space = load_space(name)
+    assert space.path == SHIPPED[name]
+    assert space.metric == "mAP" and space.mode == "max"
+    for data in (None, "/tmp"):  # quick profile and the space's own settings
+        plan = build_plan(space, data=data)
+        if space.grid:
+            n = 1
+            for values in space.grid.values():
+                n *= len(values)
+            assert len(plan.trials) == n
+            assert len(plan.baseline_ids()) == 1
+
+
+def test_ablation_space_is_the_flow_study() -> None:
+    space = load_space("ablation")
+    assert space.grid == {
+        "pretrain": ["coco", "center_loss", "ssl"],
+        "reg_loss": ["iou", "ciou"],
+        "size": ["nano", "tiny", "s"],
+    }
+    assert space.baseline == {"pretrain": "coco", "reg_loss": "iou", "size": "s"}
+    full = build_plan(space, data="/data/flow")
+    cfg = full.trial("ssl-ciou-tiny").config
+    assert (cfg.img_size, cfg.epochs, cfg.batch_size, cfg.data) == (640, 300, 64, "/data/flow")
+    quick = build_plan(space).trial("ssl-ciou-tiny").config
+    assert quick.data == "" and quick.epochs < 10 and quick.img_size < 640
+    assert quick.max_train_images > 0 and quick.workers == 0
+    assert (quick.pretrain, quick.reg_loss, quick.size) == ("ssl", "ciou", "tiny")
+
+
+def test_hparams_space_samples_with_asha() -> None:
+    space = load_space("hparams")
+    assert space.sampled and not space.grid
+    assert {"lr", "weight_decay", "mosaic_prob", "mixup_prob", "multiscale"} <= set(space.sample)
+    assert space.sample["lr"].kind == "loguniform"
+    assert space.scheduler.kind == "asha" and space.scheduler.max_t == 300
+    assert space.quick_num_samples is not None and space.quick_num_samples < space.num_samples
+    dist = space.sample["multiscale"].to_optuna()
+    assert (dist.low, dist.high, dist.step) == (0, 5, 1)
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("grid: {size: [nano]}\nsurprise: 1\n", "surprise"),  # unknown top-level key
+        ("fixed: {epoch: 3}\n", "epoch"),  # unknown config key (did you mean 'epochs')
+        ("grid: {sizes: [nano, s]}\n", "sizes"),
+        ("fixed: {epochs: ten}\n", "epochs"),  # wrong type
+        ("grid: {size: [nano, huge]}\n", "size"),  # not an allowed value
+        ("grid: {lr: [0.01, fast]}\n", "lr"),
+        ("grid: {size: []}\n", "size"),  # empty grid
+        ("grid: {size: nano}\n", "size"),  # not a list
+        ("sample: {lr: {type: gaussian, low: 0.1, high: 1}}\n", "lr"),  # bad distribution
+        ("sample: {lr: {type: loguniform, low: 0.0, high: 1}}\n", "lr"),
+        ("sample: {lr: {type: uniform, low: 0.5, high: 0.1}}\n", "lr"),
+        ("sample: {lr: {type: uniform, low: 0.1}}\n", "lr"),
+        ("sample: {lr: {type: uniform, low: 0.1, high: 1, step: 2}}\n", "lr"),
+        ("sample: {size: {type: choice, values: []}}\n", "size"),
+        ("sample: {epochs: {type: uniform, low: 1, high: 9}}\n", "epochs"),  # float for an int
+        ("sample: {mosaic_prob: {type: uniform, low: 0.5, high: 1.5}}\n", "mosaic_prob"),
+        ("sample: {lr: 0.01}\n", "lr"),
+        ("grid: {size: [nano]}\nsample: {lr: {type: uniform, low: 0.1, high: 1}}\n", "sample"),
+        ("grid: {size: [nano, s]}\nbaseline: {size: tiny}\n", "baseline.size"),
+        ("grid: {size: [nano, s]}\nbaseline: {reg_loss: iou}\n", "baseline.reg_loss"),
+        ("grid: {size: [nano]}\nnum_samples: 4\n", "num_samples"),
+        ("grid: {size: [nano]}\nscheduler: {type: hyperband}\n", "scheduler"),
+        ("grid: {size: [nano]}\nscheduler: {type: asha, max_t: 5, grace_period: 9}\n",
+         "scheduler.grace_period"),  # fmt: skip
+        ("grid: {size: [nano]}\nresources: {cpus: 1, tpus: 1}\n", "resources.tpus"),
+        ("grid: {size: [nano]}\nquick: {epochs: -1}\n", "epochs"),
+        ("grid: {size: [nano]}\nmetric: accuracy\n", "metric"),
+        # a cross-key rule only a combination of axis values breaks
+        ("grid: {epochs: [5, 20]}\nfixed: {no_aug_epochs: 10}\n", "no_aug_epochs"),
+    ],
+)
+def test_bad_space_names_file_and_key(tmp_path: Path, text: str, key: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(SpaceError if "surprise" in text else ConfigError) as info:
+        load_space(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert f"'{key}'" in message or f"{key}:" in message or f".{key}" in message, message
+
+
+def test_unknown_space_name_lists_the_shipped_ones() -> None:
+    with pytest.raises(SpaceError, match="ablation"):
+        load_space("no_such_space")
+
+
+def test_seeds_pin_and_ids() -> None:
+    space = load_space("ablation")
+    plan = build_plan(space, data="/d", seeds=3, overrides={"size": "tiny", "epochs": 20})
+    assert len(plan.trials) == 3 * 2 * 3  # size pinned: pretrain x loss x seeds
+    assert {t.config.seed for t in plan.trials} == {0, 1, 2}
+    assert all(t.config.size == "tiny" and t.config.epochs == 20 for t in plan.trials)
+    assert plan.trials[0].id == "coco-iou-seed0" and plan.pinned == {"size": "tiny"}
+    # the baseline is found by config value, so pinning size=tiny loses it (baseline is s)
+    assert plan.baseline_ids() == []
+    assert trial_id({"lr": 0.001, "ema": True, "seed": 2}) == "0.001-true-seed2"
+    with pytest.raises(ConfigError, match="seeds"):
+        build_plan(space, seeds=2, overrides={"seed": 3})
+
+
+def test_plan_json_round_trip(tmp_path: Path) -> None:
+    plan = build_plan(load_space("ablation"), seeds=2)
+    plan.trials[0].skip = "because"
+    plan.save(tmp_path / "plan.json")
+    back = load_plan(tmp_path / "plan.json")
+    assert [t.to_dict() for t in back.trials] == [t.to_dict() for t in plan.trials]
+    assert back.space.grid == plan.space.grid and back.quick and back.seeds == 2
+    assert back.base == plan.base

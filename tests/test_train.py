@@ -1,0 +1,198 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+import model.train as train_mod
+from model.checkpoint import load_checkpoint, load_trained_detector
+from model.config import ConfigError, TrialConfig
+from model.data.synth import generate_flow_like
+from model.evaluate import COCO_METRICS
+from model.train import TrainingError, is_eval_epoch, multiscale_size, train_detector
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("flow")
+    return generate_flow_like(root, n_train=8, n_test=4, width=160, height=96, video=False)
+
+
+def tiny(data: Path, **overrides) -> TrialConfig:
+    """2 images a batch, 4 iterations an epoch; 12 iterations over 3 epochs cross the first
+    multi-scale change (iteration 10) and the no-aug switch (epoch 3)."""
+    cfg = TrialConfig(
+        size="nano", data=str(data), img_size=64, batch_size=2, epochs=3, no_aug_epochs=1,
+        warmup_epochs=1, eval_interval=2, workers=0, multiscale=1, device="cpu", seed=3,
+        lr=0.02,
+    )
+    return dataclasses.replace(cfg, **overrides)
+
+
+class Killed(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("run_a")
+    reports: list[tuple[dict, str | None]] = []
+    result = train_detector(
+        tiny(data_dir), report=lambda m, p: reports.append((m, p)), checkpoint_dir=out,
+        progress=False,
+    )
+    return result, reports, out
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    state = load_checkpoint(path)
+    return {**{f"model.{k}": v for k, v in state["model"].items()},
+            **{f"ema.{k}": v for k, v in state["ema"]["module"].items()}}
+
+
+def test_reports_after_each_evaluation_with_losses_and_coco_numbers(uninterrupted) -> None:
+    result, reports, out = uninterrupted
+    # eval_interval 2 -> epoch 2; the last (no-aug) epoch is always evaluated
+    assert [m["epoch"] for m, _ in reports] == [2, 3]
+    assert [m["iteration"] for m, _ in reports] == [8, 12]
+    first, last = reports[0][0], reports[1][0]
+    for key in ("lr", "total_loss", "iou_loss", "conf_loss", "cls_loss", "l1_loss",
+                "images_per_s", "train_time_s", *COCO_METRICS):
+        assert isinstance(first[key], float), key
+    # the L1 term is switched on for the no-aug epoch only
+    assert first["l1_loss"] == 0.0 and last["l1_loss"] > 0.0
+    assert last["lr"] == pytest.approx(0.02 * 2 / 64 * 0.05)  # constant min lr in no-aug epochs
+    assert reports[1][1] == str(out / "last.pt")
+    assert {k: result[k] for k in COCO_METRICS} == {k: last[k] for k in COCO_METRICS}
+    assert result["epochs"] == 3 and result["params"] > 0
+    assert result["last_checkpoint"] == str(out / "last.pt")
+    assert Path(result["best_checkpoint"]).is_file()
+    assert result["summary"].count("\n") == 11
+    state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] == 3 and len(state["history"]) == 2
+    assert state["config"] == tiny(Path(state["config"]["data"])).to_dict()
+
+
+def test_killed_and_resumed_run_ends_identical(uninterrupted, data_dir, tmp_path) -> None:
+    result_a, reports_a, out_a = uninterrupted
+
+    def kill(metrics: dict, path: str | None) -> None:
+        raise Killed(f"stopped after epoch {metrics['epoch']}")
+
+    with pytest.raises(Killed, match="after epoch 2"):
+        train_detector(tiny(data_dir), report=kill, checkpoint_dir=tmp_path, progress=False)
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
+    reports_b: list[dict] = []
+    result_b = train_detector(
+        tiny(data_dir), report=lambda m, p: reports_b.append(m), checkpoint_dir=tmp_path,
+        progress=False,
+    )
+    assert result_b["resumed_from_epoch"] == 2
+    assert [m["epoch"] for m in reports_b] == [3]
+    for key in (*COCO_METRICS, "total_loss", "iou_loss", "conf_loss", "l1_loss", "lr"):
+        assert reports_b[0][key] == reports_a[1][0][key], key
+    wa, wb = _weights(out_a / "last.pt"), _weights(tmp_path / "last.pt")
+    assert wa.keys() == wb.keys()
+    assert [k for k in wa if not torch.equal(wa[k], wb[k])] == []
+    # a finished run resumed again trains nothing and returns the same result
+    again = train_detector(tiny(data_dir), checkpoint_dir=tmp_path, progress=False)
+    assert {k: again[k] for k in COCO_METRICS} == {k: result_a[k] for k in COCO_METRICS}
+
+
+def test_same_config_and_seed_reproduce_the_run(uninterrupted, data_dir, tmp_path) -> None:
+    _, reports_a, out_a = uninterrupted
+    reports: list[dict] = []
+    train_detector(tiny(data_dir), report=lambda m, p: reports.append(m), checkpoint_dir=tmp_path,
+                   progress=False)
+    for key in (*COCO_METRICS, "total_loss", "conf_loss"):
+        assert [m[key] for m in reports] == [m[key] for m, _ in reports_a], key
+    wa, wb = _weights(out_a / "last.pt"), _weights(tmp_path / "last.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(uninterrupted, data_dir) -> None:
+    _, _, out = uninterrupted
+    with pytest.raises(ConfigError, match=r"lr: 0.02 -> 0.01.*--no-resume"):
+        train_detector(tiny(data_dir, lr=0.01), checkpoint_dir=out, progress=False)
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(
+    data_dir, tmp_path, monkeypatch
+) -> None:
+    build = train_mod.build_yolox_from_config
+    calls = {"n": 0}
+
+    def build_poisoned(cfg: TrialConfig):
+        net = build(cfg)
+
+        class Poisoned(type(net)):  # a subclass, so the EMA deep copy stays consistent
+            def forward(self, images, targets=None):
+                out = super().forward(images, targets)
+                if targets is not None:
+                    calls["n"] += 1
+                    if calls["n"] == 6:  # second iteration of epoch 2
+                        out = {**out, "total_loss": out["total_loss"] * float("nan")}
+                return out
+
+        net.__class__ = Poisoned
+        return net
+
+    monkeypatch.setattr(train_mod, "build_yolox_from_config", build_poisoned)
+    cfg = tiny(data_dir, epochs=2, eval_interval=1, no_aug_epochs=0)
+    with pytest.raises(TrainingError) as err:
+        train_detector(cfg, checkpoint_dir=tmp_path, progress=False)
+    msg = str(err.value)
+    assert "non-finite loss at step 5 (epoch 2/2, iteration 2/4)" in msg
+    assert "total_loss=nan" in msg and "iou_loss=" in msg
+    assert f"{tmp_path / 'last.pt'} (after epoch 1) is intact" in msg
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["epoch"] == 1
+    net, loaded_cfg, _ = load_trained_detector(tmp_path / "last.pt")
+    assert loaded_cfg == cfg
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+def test_num_classes_mismatch_names_both_values(data_dir) -> None:
+    with pytest.raises(ConfigError, match=r"'num_classes' is 3 but the dataset .* has 1 classes"
+                       r" \(bottle\); set num_classes: 1"):
+        train_detector(tiny(data_dir, num_classes=3), progress=False)
+
+
+def test_ssl_without_artifact_points_to_the_cli(data_dir) -> None:
+    with pytest.raises(ConfigError, match="pretrain_artifact.*study/train.py.*study/pretrain.py"):
+        train_detector(tiny(data_dir, pretrain="ssl"), progress=False)
+
+
+def test_backbone_artifact_is_loaded_and_counted(data_dir, tmp_path) -> None:
+    from model.pretrain.artifact import FORMAT_VERSION, ArtifactError
+    from model.yolox import build_yolox_from_config
+
+    cfg = tiny(data_dir, pretrain="center_loss", epochs=1, no_aug_epochs=0, warmup_epochs=0)
+    backbone = build_yolox_from_config(cfg).backbone.backbone.state_dict()
+    art = tmp_path / "art.pt"
+    torch.save({"method": "center_loss", "size": "nano", "backbone": backbone,
+                "format_version": FORMAT_VERSION}, art)
+    result = train_detector(
+        dataclasses.replace(cfg, pretrain_artifact=str(art)), progress=False
+    )
+    assert result["pretrain_loaded"] == len(backbone)
+    torch.save({"size": "s", "backbone": backbone, "format_version": FORMAT_VERSION}, art)
+    with pytest.raises(ArtifactError, match="holds a YOLOX-s backbone but the trial is YOLOX-nano"):
+        train_detector(dataclasses.replace(cfg, pretrain_artifact=str(art)), progress=False)
+
+
+def test_multiscale_sizes_are_seeded_and_in_range() -> None:
+    cfg = TrialConfig(img_size=320, multiscale=2, seed=5)
+    assert [multiscale_size(cfg, i) for i in range(10)] == [320] * 10
+    sizes = [multiscale_size(cfg, i) for i in range(10, 400)]
+    assert set(sizes) <= {256, 288, 320, 352, 384} and len(set(sizes)) == 5
+    assert sizes == [multiscale_size(cfg, i) for i in range(10, 400)]  # a function of iteration
+    assert len(set(sizes[:10])) == 1  # constant within a block of 10
+    assert multiscale_size(dataclasses.replace(cfg, multiscale=0), 55) == 320
+
+
+def test_eval_epochs_every_interval_every_no_aug_epoch_and_the_last() -> None:
+    cfg = TrialConfig(epochs=12, eval_interval=5, no_aug_epochs=3)
+    assert [e + 1 for e in range(12) if is_eval_epoch(cfg, e)] == [5, 10, 11, 12]
