@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.dataloader import default_collate
+from tqdm import tqdm
 
 from model.config import TrialConfig
 from model.data.coco import DetectionSplit
@@ -70,10 +72,10 @@ def generate_split(root: Path, n: int, width: int, height: int, seed: int = 0) -
 class OfficialStructure(Dataset):
     """Per-sample pipeline with the official structure and costs (see the module docstring)."""
 
-    def __init__(self, split: DetectionSplit, cfg: TrialConfig) -> None:
-        self.source = SplitImages(
-            split, cfg.img_size, progress=False
-        )  # decode + resize as pull_item
+    def __init__(self, split: DetectionSplit, cfg: TrialConfig, cache: bool = False) -> None:
+        # paths and labels; with cache=True also the resized images (official cache_img="ram")
+        self.source = SplitImages(split, cfg.img_size, cache=cache, progress=False)
+        self.cache = cache
         self.cfg = cfg
         self.size = cfg.img_size
 
@@ -81,6 +83,8 @@ class OfficialStructure(Dataset):
         return len(self.source)
 
     def pull_item(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.cache:
+            return self.source.load(i)
         img = read_image(self.source.paths[i])
         r = min(self.size / img.shape[0], self.size / img.shape[1])
         img = cv2.resize(img, (int(img.shape[1] * r), int(img.shape[0] * r)))
@@ -191,33 +195,37 @@ def _official_worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def official_loader(split: DetectionSplit, cfg: TrialConfig) -> DataLoader:
+def official_loader(split: DetectionSplit, cfg: TrialConfig, cache: bool = False) -> DataLoader:
     kwargs: dict = {"num_workers": cfg.workers, "worker_init_fn": _official_worker_init}
     if cfg.workers:
         cv2.setNumThreads(0)  # as the official configure_module
         kwargs.update(persistent_workers=True)
     return DataLoader(
-        OfficialStructure(split, cfg), batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-        collate_fn=default_collate, **kwargs,
+        OfficialStructure(split, cfg, cache), batch_size=cfg.batch_size, shuffle=True,
+        drop_last=True, collate_fn=default_collate, **kwargs,
     )  # fmt: skip
 
 
 # --- timing -----------------------------------------------------------------------------------
 
 
-def images_per_second(loader, batches: int, batch_size: int) -> float:
-    """Images/s over ``batches`` batches after one warm-up batch (worker start-up excluded)."""
-    done, start = 0, 0.0
+def measure(loader, batches: int, batch_size: int) -> tuple[float, float]:
+    """``(images/s wall clock, main-process CPU ms per image)`` over ``batches`` batches after
+    one warm-up batch (worker start-up excluded). With workers 0 the CPU figure is the whole
+    pipeline's cost and barely depends on what else the machine runs; with workers it is only
+    the main process's share (collate, float conversion)."""
+    done, start, cpu0 = 0, 0.0, 0.0
     while done < batches:
         for i, (images, _targets) in enumerate(loader):
             images.float()  # ours already is; makes both ends produce float batches
             if i == 0 and start == 0.0:
-                start = time.perf_counter()
+                start, cpu0 = time.perf_counter(), time.process_time()
                 continue
             done += 1
             if done == batches:
                 break
-    return batches * batch_size / (time.perf_counter() - start)
+    n = batches * batch_size
+    return n / (time.perf_counter() - start), (time.process_time() - cpu0) * 1000 / n
 
 
 def main() -> None:
@@ -230,11 +238,15 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=640)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=6, help="timed batches per run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats; median shown")
     parser.add_argument("--workers", default="0,1,2")
     parser.add_argument("--cache", action="store_true", help="also time ours with cache_images")
     parser.add_argument("--no-official", action="store_true", help="skip the official stand-in")
     args = parser.parse_args()
 
+    # Loaders with workers switch OpenCV threading off process-wide (see model.data.loader);
+    # off from the start, every round of the workers-0 runs is measured the same way.
+    cv2.setNumThreads(0)
     with tempfile.TemporaryDirectory() as tmp:
         if args.data is not None:
             from model.data.coco import load_dataset
@@ -247,25 +259,36 @@ def main() -> None:
             what = f"{args.images} generated {w}x{h} JPEG frames"
         print(
             f"data: {what}; input {args.img_size}, batch {args.batch_size}, "
-            f"{args.batches} timed batches, torch threads {torch.get_num_threads()}"
+            f"{args.batches} timed batches x {args.rounds} rounds (median)"
         )
-        print(f"{'pipeline':<28}{'workers':>8}{'img/s':>9}{'img/s/worker':>14}")
+        runs = []
         for workers in (int(v) for v in args.workers.split(",")):
             cfg = TrialConfig(img_size=args.img_size, batch_size=args.batch_size, workers=workers)
-            runs = [("ours", lambda c=cfg: build_train_loader(split, c, progress=False))]
+            runs.append(("ours", cfg, lambda c=cfg: build_train_loader(split, c, progress=False)))
             if args.cache:
-                runs.append(("ours, cache_images", lambda c=cfg: build_train_loader(
+                runs.append(("ours, cache_images", cfg, lambda c=cfg: build_train_loader(
                     split, c, cache=True, progress=False)))  # fmt: skip
             if not args.no_official:
                 runs.append(
-                    ("official-structure stand-in", lambda c=cfg: official_loader(split, c))
+                    ("official-structure stand-in", cfg, lambda c=cfg: official_loader(split, c))
                 )
-            for name, make in runs:
+            if not args.no_official and args.cache:
+                runs.append(("official stand-in, cached", cfg, lambda c=cfg: official_loader(
+                    split, c, cache=True)))  # fmt: skip
+        results: dict[int, list[tuple[float, float]]] = {k: [] for k in range(len(runs))}
+        for _ in tqdm(range(args.rounds), desc="rounds"):
+            for k, (_name, _cfg, make) in enumerate(runs):
                 loader = make()
-                rate = images_per_second(loader, args.batches, args.batch_size)
-                per = rate / max(workers, 1)
-                print(f"{name:<28}{workers:>8}{rate:>9.1f}{per:>14.1f}", flush=True)
+                results[k].append(measure(loader, args.batches, args.batch_size))
                 del loader
+        print(
+            f"{'pipeline':<28}{'workers':>8}{'img/s':>9}{'img/s/worker':>14}{'main CPU ms/img':>17}"
+        )
+        for k, (name, cfg, _make) in enumerate(runs):
+            rate = statistics.median(r for r, _ in results[k])
+            cpu = statistics.median(c for _, c in results[k])
+            per = rate / max(cfg.workers, 1)
+            print(f"{name:<28}{cfg.workers:>8}{rate:>9.1f}{per:>14.1f}{cpu:>17.1f}")
         print(f"(wall clock on {os.cpu_count()} CPU cores; other processes share them)")
 
 

@@ -9,6 +9,8 @@ official package cannot be installed here, so that loop is our stand-in for it).
     python benchmarks/train_step.py --size tiny --img 416 --batch 4 --device cuda
 
 On CUDA the step runs under torch.autocast (fp16) with a GradScaler, in channels_last.
+On a shared CPU machine use ``--threads 1``: with more threads than idle cores every small op
+waits on a descheduled thread, and the many small ops of the assignment suffer most.
 """
 
 from __future__ import annotations

@@ -90,10 +90,10 @@ class TrialConfig:
     coco_weights: str = ""  # local path of the official yolox_<size>.pth; "" = torch hub cache
     pretrain_artifact: str = ""  # backbone .pt for center_loss/ssl (filled in by the study cache)
     pretrain_init: PretrainInit = "scratch"  # where the pretraining starts: scratch or COCO weights
-    pretrain_epochs: int = 30
+    pretrain_epochs: int = 10  # (issue 5: was 30) 10 reach >= 0.94 fg/bg accuracy on embedded data
     pretrain_batch_size: int = 32
     pretrain_lr: float = 0.01
-    crop_size: int = 224  # center-loss crops (square, pixels)
+    crop_size: int = 64  # center-loss crops (square px; issue 5: was 224, FloW boxes are < 32 px)
     center_loss_weight: float = 0.01  # 0 = cross-entropy only (the ablation)
     center_lr: float = 0.5  # SGD lr of the learnable class centres
     ssl_patch_size: int = 64

@@ -34,17 +34,20 @@ def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
     a: (..., N, 4) and b: (..., M, 4) cx, cy, w, h (leading dims broadcast) -> (..., N, M).
     Per element the same float operations as the official ``bboxes_iou(xyxy=False)``, so values
     are bit-identical; the only addition is a floor on the union so that two zero-size boxes give
-    0 instead of 0/0 = NaN. Written axis by axis with in-place steps: at (16, 30, 1000) the
-    temporaries, not the arithmetic, dominate the time.
+    0 instead of 0/0 = NaN. Written with in-place steps into few buffers: at (16, 30, 600) a
+    fresh 1 MB temporary costs more (page faults) than the arithmetic done in it.
     """
     a_lo, a_hi = a[..., :2] - a[..., 2:] / 2, a[..., :2] + a[..., 2:] / 2  # (..., N, 2)
     b_lo, b_hi = b[..., :2] - b[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2  # (..., M, 2)
-    inter = None
-    for k in (0, 1):  # overlap along x, then y: (min of highs - max of lows) clamped at 0
-        side = torch.minimum(a_hi[..., k, None], b_hi[..., None, :, k])  # (..., N, M)
-        side.sub_(torch.maximum(a_lo[..., k, None], b_lo[..., None, :, k])).clamp_(min=0)
-        inter = side if inter is None else inter.mul_(side)
-    union = (a[..., 2] * a[..., 3]).unsqueeze(-1) + (b[..., 2] * b[..., 3]).unsqueeze(-2)
+    # overlap along x, then y: min of the high edges - max of the low edges, clamped at 0
+    inter = torch.minimum(a_hi[..., 0, None], b_hi[..., None, :, 0])  # (..., N, M)
+    buf = torch.maximum(a_lo[..., 0, None], b_lo[..., None, :, 0])
+    inter.sub_(buf).clamp_(min=0)
+    torch.maximum(a_lo[..., 1, None], b_lo[..., None, :, 1], out=buf)
+    inter.mul_(torch.minimum(a_hi[..., 1, None], b_hi[..., None, :, 1]).sub_(buf).clamp_(min=0))
+    union = torch.add(
+        (a[..., 2] * a[..., 3]).unsqueeze(-1), (b[..., 2] * b[..., 3]).unsqueeze(-2), out=buf
+    )
     union.sub_(inter).clamp_(min=torch.finfo(union.dtype).tiny)
     return inter.div_(union)
 

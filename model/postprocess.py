@@ -11,6 +11,7 @@ not modified in place.
 from __future__ import annotations
 
 from functools import cache
+from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -19,7 +20,7 @@ NMS_BACKENDS: tuple[str, ...] = ("torchvision", "opencv", "torch")
 
 
 @cache
-def _torchvision_ops():  # noqa: ANN202 - a module or None
+def _torchvision_ops() -> ModuleType | None:
     try:
         import torchvision.ops as ops
     except (ImportError, RuntimeError, OSError):  # absent, or built for another torch
@@ -28,7 +29,7 @@ def _torchvision_ops():  # noqa: ANN202 - a module or None
 
 
 @cache
-def _cv2_dnn():  # noqa: ANN202 - a module or None
+def _cv2_dnn() -> ModuleType | None:
     try:
         import cv2
     except ImportError:
@@ -56,9 +57,10 @@ def box_iou_xyxy(a: Tensor, b: Tensor) -> Tensor:
     return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
 
 
-def nms_torch(boxes: Tensor, scores: Tensor, iou_threshold: float,
-              classes: Tensor | None = None) -> Tensor:
-    """Greedy NMS, exact, without a Python loop over boxes.
+def nms_torch(
+    boxes: Tensor, scores: Tensor, iou_threshold: float, classes: Tensor | None = None
+) -> Tensor:
+    """Greedy NMS, exact, vectorised (a loop over rounds, not over boxes).
 
     boxes: (N, 4) x1, y1, x2, y2; scores: (N,); classes: (N,) or None (class-agnostic).
     Returns kept indices (K,) int64 by decreasing score (ties: lower index first).
@@ -82,8 +84,9 @@ def nms_torch(boxes: Tensor, scores: Tensor, iou_threshold: float,
     return order[keep]
 
 
-def _nms_opencv(boxes: Tensor, scores: Tensor, iou_threshold: float,
-                classes: Tensor | None) -> Tensor:
+def _nms_opencv(
+    boxes: Tensor, scores: Tensor, iou_threshold: float, classes: Tensor | None
+) -> Tensor:
     """cv2.dnn NMS. It takes (x, y, w, h) boxes and keeps only scores strictly above its score
     threshold, which must be >= 0; ours is applied before (>= conf_thre), so it gets 0 and any
     zero score (conf_thre <= 0 only) goes to :func:`nms_torch` instead."""
@@ -102,26 +105,36 @@ def _nms_opencv(boxes: Tensor, scores: Tensor, iou_threshold: float,
     return keep[torch.argsort(scores[keep], descending=True, stable=True)]
 
 
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, classes: Tensor | None = None,
-        backend: str | None = None) -> Tensor:
+def nms(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float,
+    classes: Tensor | None = None,
+    backend: str | None = None,
+) -> Tensor:
     """Class-aware (or, with ``classes=None``, class-agnostic) NMS through ``backend``
     (default :func:`nms_backend`). boxes (N, 4) x1, y1, x2, y2 -> kept indices (K,)."""
     backend = backend or nms_backend()
     if backend not in NMS_BACKENDS:
-        raise ValueError(f"unknown NMS backend {backend!r}; use one of "
-                         f"{', '.join(map(repr, NMS_BACKENDS))}")
+        raise ValueError(
+            f"unknown NMS backend {backend!r}; use one of {', '.join(map(repr, NMS_BACKENDS))}"
+        )
     if backend == "torchvision":
         ops = _torchvision_ops()
         if ops is None:
-            raise ValueError("NMS backend 'torchvision' requested but torchvision does not import; "
-                             "install it (pip install torchvision) or use 'opencv' or 'torch'")
+            raise ValueError(
+                "NMS backend 'torchvision' requested but torchvision does not import; "
+                "install it (pip install torchvision) or use 'opencv' or 'torch'"
+            )
         if classes is None:
             return ops.nms(boxes, scores, iou_threshold)
         return ops.batched_nms(boxes, scores, classes, iou_threshold)
     if backend == "opencv":
         if _cv2_dnn() is None:
-            raise ValueError("NMS backend 'opencv' needs cv2.dnn.NMSBoxesBatched (OpenCV >= 4.7); "
-                             "upgrade opencv-python-headless or use 'torch'")
+            raise ValueError(
+                "NMS backend 'opencv' needs cv2.dnn.NMSBoxesBatched (OpenCV >= 4.7); "
+                "upgrade opencv-python-headless or use 'torch'"
+            )
         return _nms_opencv(boxes, scores, iou_threshold, classes)
     return nms_torch(boxes, scores, iou_threshold, classes)
 
@@ -143,8 +156,10 @@ def postprocess(
     ``backend`` forces an NMS implementation (see :func:`nms_backend`).
     """
     if prediction.dim() != 3 or prediction.shape[-1] < 5 + num_classes:
-        raise ValueError(f"postprocess: prediction must be (B, A, 5 + num_classes="
-                         f"{5 + num_classes}); got {tuple(prediction.shape)}")
+        raise ValueError(
+            f"postprocess: prediction must be (B, A, 5 + num_classes="
+            f"{5 + num_classes}); got {tuple(prediction.shape)}"
+        )
     out: list[Tensor | None] = []
     for image_pred in prediction:  # (A, 5 + C); few images, NMS is per image anyway
         cxcy, wh = image_pred[:, :2], image_pred[:, 2:4]

@@ -162,14 +162,14 @@ def run_study(
         pipeline.print_dry_run(plan, {})
         return StudyOutcome(study_dir, [], "dry run of the saved plan", 0)
 
-    study_dir.mkdir(parents=True, exist_ok=True)
-    if not args.resume:
-        (study_dir / "space.yaml").write_text(plan.space.text)
-    plan.save(study_dir / "plan.json")
     fn = train_fn or import_train_fn(args.train_fn)
     ship_by_value(fn)
     cluster = pipeline.start_ray(args.address, args.dashboard_host, log)
-    try:
+    try:  # the folder appears once Ray is up: a failed start leaves nothing to --resume
+        study_dir.mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            (study_dir / "space.yaml").write_text(plan.space.text)
+        plan.save(study_dir / "plan.json")
         res = pipeline.effective_resources(
             plan, args.cpus_per_trial, args.gpus_per_trial, cluster, log
         )

@@ -77,6 +77,7 @@ def export_best(
     metric: str,
     study: str,
     point_rows: Sequence[dict[str, Any]] = (),
+    weights: Path | None = None,
 ) -> Path:
     """Write ``config`` (the trial's full config, as it ran) with its metrics as a comment."""
     cfg = config_from_dict(config, source=f"trial {row['id']}")
@@ -98,6 +99,7 @@ def export_best(
     lines += [
         f"Rerun: python study/train.py --config {path.name} --out runs/best",
         "(same seed and settings: on CPU the rerun reproduces these numbers)",
+        *([f"trained weights (Tune's last checkpoint): {weights}"] if weights else []),
         *_pretrain_lines(cfg),
     ]
     return save_config(cfg, path, comment="\n".join(lines))

@@ -34,6 +34,7 @@ def write_all(
     if best is not None:
         info = json.loads((trial_dir(study_dir, best["id"]) / "trial.json").read_text())
         point_rows = [r for r in rows if all(r.get(a) == best.get(a) for a in axes)]
+        ckpts = sorted((study_dir / "tune" / best["id"]).glob("checkpoint_*/last.pt"))
         path = export_best(
             best,
             info["config"],
@@ -41,6 +42,7 @@ def write_all(
             metric=sp.metric,
             study=study_dir.name,
             point_rows=point_rows,
+            weights=ckpts[-1] if ckpts else None,
         )
         written["best_config"] = path
         best_line = (

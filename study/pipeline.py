@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -236,7 +237,16 @@ def start_ray(address: str | None, dashboard_host: str, log: Log) -> dict[str, f
         return dict(ray.cluster_resources())
     quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
-        ctx = ray.init(address=address, **quiet)
+        try:
+            ctx = ray.init(address=address, **quiet)
+        except ConnectionError as e:
+            auth = os.environ.get("RAY_AUTH_MODE", "unset")
+            raise StudyError(
+                f"cannot connect to the Ray cluster at {address} ({e}). Ray turns token "
+                "authentication on for clusters it starts, but never for an explicit address: "
+                f"run with RAY_AUTH_MODE=token (now {auth}) and the cluster's token in "
+                "~/.ray/auth_token or RAY_AUTH_TOKEN"
+            ) from e
         log(f"connected to the Ray cluster at {address}")
     else:
         if dashboard_host not in ("127.0.0.1", "localhost"):
@@ -364,6 +374,9 @@ def run_trials(
 
     from study.progress import StudyCallback
 
+    # Tune's legacy reporter is silent at verbose=0 (the new one still prints each trial
+    # error's result table); our callback prints one line per trial instead
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     study_dir = study_dir.resolve()
     trainable = tune.with_parameters(
         run_trial,
@@ -400,6 +413,11 @@ def run_trials(
                 ),
                 # last.pt per evaluation; keep 2 so one is always complete while the next copies
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                # the trial's working folder holds the training function's own last.pt/best.pt:
+                # Tune's checkpoints already keep last.pt, do not copy that folder to storage too
+                sync_config=tune.SyncConfig(
+                    sync_artifacts=False, sync_artifacts_on_checkpoint=False
+                ),
                 callbacks=[StudyCallback(str(study_dir), total)],
                 verbose=0,
             ),

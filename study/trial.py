@@ -11,18 +11,21 @@ sees, as for Ray's own local ``storage_path``):
   is snapshotted every few seconds, so a study killed right after a trial finished may not know it
   finished — this file makes sure a resume never reruns it.
 
-Tune checkpoints: after each evaluation the training function's ``last.pt`` is handed to
-``tune.report`` (Tune copies it to the trial's storage folder); on a retry or a resume the latest
-one is copied back into the working folder and the training function resumes from it.
+Tune checkpoints: after each evaluation the training function's ``last.pt`` (written to a
+node-local scratch folder) is handed to ``tune.report`` (Tune copies it to the trial's storage
+folder); on a retry or a resume the latest one is copied back into the scratch folder and the
+training function resumes from it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +40,14 @@ TRIAL_INDEX = "__trial_index__"  # set by tune.search.Repeater: the seed of a re
 
 def trial_dir(study_dir: str | Path, trial_id: str) -> Path:
     return Path(study_dir) / "trials" / trial_id
+
+
+def scratch_dir(study_dir: str | Path, trial_id: str) -> Path:
+    """Node-local folder for the training function's checkpoints. Not Tune's trial folder: Tune
+    uploads that to storage with every experiment snapshot (hundreds of MB per trial, copied
+    again and again); Tune's own checkpoints already keep every reported last.pt."""
+    study = hashlib.sha1(str(Path(study_dir).resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / "yolox-flow-trials" / f"{study}-{trial_id}"
 
 
 def scalar_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -125,7 +136,7 @@ def run_trial(
         tune.report(record["final"])
         return
 
-    work = Path(ctx.get_trial_dir()) / "work"  # node-local copy the training function writes
+    work = scratch_dir(study_dir, tid) / "work"  # what the training function writes
     work.mkdir(parents=True, exist_ok=True)
     restored = None
     ckpt = tune.get_checkpoint()
@@ -136,7 +147,7 @@ def run_trial(
                     shutil.copy2(f, work / f.name)
         restored = ckpt.path
     _append(out / "attempts.jsonl", {"time": time.time(), "restored_from": restored})
-    stage = Path(ctx.get_trial_dir()) / "stage"
+    stage = scratch_dir(study_dir, tid) / "stage"
     last: dict[str, Any] = {}
 
     def report(metrics: dict[str, Any], checkpoint_path: str | None = None) -> None:
@@ -149,11 +160,26 @@ def run_trial(
         _append(out / "history.jsonl", flat)
         tune.report(flat, checkpoint=_stage(checkpoint_path, stage))
 
-    summary = train_fn(cfg, report, str(work), resume=True, progress=False)
-    final = dict(last) if last else scalar_metrics(summary)
-    _write_json(done, {"id": tid, "final": final, "summary": scalar_metrics(summary or {})})
-    if not last:  # the training function reported nothing: give Tune the summary
+    summary = scalar_metrics(train_fn(cfg, report, str(work), resume=True, progress=False) or {})
+    final = dict(last)
+    if not final:  # nothing reported by this attempt (it resumed a finished run): the last
+        # evaluation an earlier attempt reported, completed by the returned summary
+        history = _read_last(out / "history.jsonl")
+        final = {**summary, **history}
         tune.report(final)
+    _write_json(done, {"id": tid, "final": final, "summary": summary})
+    shutil.rmtree(scratch_dir(study_dir, tid), ignore_errors=True)  # Tune keeps the checkpoints
+
+
+def _read_last(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    for line in reversed(path.read_text().splitlines()):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a crash
+            continue
+    return {}
 
 
 def _stage(checkpoint_path: str | None, stage: Path) -> Any:

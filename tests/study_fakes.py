@@ -8,8 +8,10 @@ trial really trained. Metrics are a deterministic function of the config, the se
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -111,14 +113,21 @@ def flaky_train(
     """The real ``train_detector``, except that the pretrain=none / ciou trial crashes once right
     after its first checkpoint, and loses its working copy of it (as if its node died), so the
     retry can only continue from the checkpoint Tune kept."""
+    # the marker lives outside the trial folders (Tune may recreate those between attempts),
+    # keyed by the config and the Ray node (new for every Ray session, so test runs never share)
+    import ray
+
     from model.train import train_detector
 
-    marker = Path(checkpoint_dir).parent / "crashed_once" if checkpoint_dir else None
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "-"
+    key = hashlib.sha1(f"{sorted(cfg.to_dict().items())}{node}".encode()).hexdigest()[:16]
+    marker = Path(tempfile.gettempdir()) / "flaky_train" / key if checkpoint_dir else None
     if marker is None or marker.exists() or (cfg.pretrain, cfg.reg_loss) != ("none", "ciou"):
         return train_detector(cfg, report, checkpoint_dir, resume=resume, progress=progress)
 
     def report_then_crash(metrics: dict[str, Any], path: str | None) -> None:
         report(metrics, path)
+        marker.parent.mkdir(exist_ok=True)
         marker.write_text(str(metrics["epoch"]))
         for f in Path(checkpoint_dir).iterdir():
             f.unlink()

@@ -15,8 +15,17 @@ CASES = torch.load(Path(__file__).parent / "fixtures" / "simota_cases.pt", weigh
 
 
 def run_case(case: dict, **kw) -> Assignment:
-    return simota(case["gt_bboxes"], case["gt_classes"], case["pred_bboxes"], case["cls_preds"],
-                  case["obj_preds"], case["x_shifts"], case["y_shifts"], case["strides"], **kw)
+    return simota(
+        case["gt_bboxes"],
+        case["gt_classes"],
+        case["pred_bboxes"],
+        case["cls_preds"],
+        case["obj_preds"],
+        case["x_shifts"],
+        case["y_shifts"],
+        case["strides"],
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("i", range(len(CASES)), ids=[f"case{i}" for i in range(len(CASES))])
@@ -41,10 +50,17 @@ def test_official_cases_also_identical_through_batched() -> None:
         n = c["gt_bboxes"].shape[0]
         gt[i, :n], cls[i, :n], valid[i, :n] = c["gt_bboxes"], c["gt_classes"], True
     c0 = CASES[0]
-    got = simota_batched(gt, cls, valid, torch.stack([c["pred_bboxes"] for c in CASES]),
-                         torch.stack([c["cls_preds"] for c in CASES]),
-                         torch.stack([c["obj_preds"] for c in CASES]),
-                         c0["x_shifts"], c0["y_shifts"], c0["strides"])
+    got = simota_batched(
+        gt,
+        cls,
+        valid,
+        torch.stack([c["pred_bboxes"] for c in CASES]),
+        torch.stack([c["cls_preds"] for c in CASES]),
+        torch.stack([c["obj_preds"] for c in CASES]),
+        c0["x_shifts"],
+        c0["y_shifts"],
+        c0["strides"],
+    )
     for i, c in enumerate(CASES):
         one = got.image(i)
         assert torch.equal(one.fg_mask, c["fg_mask"])
@@ -104,8 +120,9 @@ def test_batched_handles_picks_beyond_the_radius_and_padding() -> None:
     valid = torch.zeros(2, 3, dtype=torch.bool)
     valid[1, [0, 2]] = True
     pred = torch.tensor([16.0, 4.0, 8.0, 8.0]).repeat(2, 6, 1)
-    got = simota_batched(gt, torch.zeros(2, 3), valid, pred, torch.zeros(2, 6, 1),
-                         torch.zeros(2, 6), X, Y, S)
+    got = simota_batched(
+        gt, torch.zeros(2, 3), valid, pred, torch.zeros(2, 6, 1), torch.zeros(2, 6), X, Y, S
+    )
     assert got.fg_mask.tolist() == [[False] * 6, [False, True, True, False, True, True]]
     assert got.matched_gt_inds.tolist() == [[-1] * 6, [-1, 2, 2, -1, 0, 2]]
     assert got.pred_ious[1].tolist() == [0.0, 1.0, 1.0, 0.0, 0.0, 1.0]
@@ -118,8 +135,16 @@ def test_contested_anchor_goes_to_least_cost_object() -> None:
     # Both dynamic k = max(1, int(IoU sum < 1)) = 1, both pick anchor 2 (IoU cost lowest);
     # the conflict goes to object 1 (same class cost, lower -log IoU); object 0 gets nothing.
     gt = torch.tensor([[16.0, 4.0, 8.0, 8.0], [20.0, 4.0, 8.0, 8.0]])
-    pred = torch.tensor([[4.0, 200, 8, 8], [12, 200, 8, 8], [18.5, 4, 8, 8], [28, 200, 8, 8],
-                         [36, 200, 8, 8], [44, 200, 8, 8]])
+    pred = torch.tensor(
+        [
+            [4.0, 200, 8, 8],
+            [12, 200, 8, 8],
+            [18.5, 4, 8, 8],
+            [28, 200, 8, 8],
+            [36, 200, 8, 8],
+            [44, 200, 8, 8],
+        ]
+    )
     got = simota(gt, torch.zeros(2), pred, LOGITS, LOGITS, X, Y, S)
     assert got.fg_mask.tolist() == [False, False, True, False, False, False]
     assert got.matched_gt_inds.tolist() == [1]
@@ -136,9 +161,17 @@ def test_contested_anchor_goes_to_least_cost_object() -> None:
 def test_zero_objects_all_background() -> None:
     got = simota(torch.zeros(0, 4), torch.zeros(0), torch.rand(6, 4), LOGITS, LOGITS, X, Y, S)
     assert got.fg_mask.tolist() == [False] * 6 and got.num_fg == 0
-    batched = simota_batched(torch.zeros(2, 3, 4), torch.zeros(2, 3),
-                             torch.zeros(2, 3, dtype=torch.bool), torch.rand(2, 6, 4),
-                             torch.zeros(2, 6, 1), torch.zeros(2, 6), X, Y, S)
+    batched = simota_batched(
+        torch.zeros(2, 3, 4),
+        torch.zeros(2, 3),
+        torch.zeros(2, 3, dtype=torch.bool),
+        torch.rand(2, 6, 4),
+        torch.zeros(2, 6, 1),
+        torch.zeros(2, 6),
+        X,
+        Y,
+        S,
+    )
     assert not batched.fg_mask.any()
     assert (batched.matched_gt_inds == -1).all() and (batched.pred_ious == 0).all()
 
@@ -205,24 +238,54 @@ def random_batch(seed: int, size: int = 128, classes: int = 3) -> dict:
         cls[i, rows] = torch.randint(0, classes, (n,), generator=g).float()
         valid[i, rows] = True
     cell = torch.stack([(x + 0.5) * s, (y + 0.5) * s], 1)
-    pred = torch.cat([cell + torch.randn(b, a, 2, generator=g) * s[:, None],
-                      s[:, None] * torch.exp(torch.randn(b, a, 2, generator=g) * 0.7)], -1)
-    return {"gt": gt, "cls": cls, "valid": valid, "pred": pred, "x": x, "y": y, "s": s,
-            "cls_logits": torch.randn(b, a, classes, generator=g) * 3,
-            "obj_logits": torch.randn(b, a, 1, generator=g) * 3}
+    pred = torch.cat(
+        [
+            cell + torch.randn(b, a, 2, generator=g) * s[:, None],
+            s[:, None] * torch.exp(torch.randn(b, a, 2, generator=g) * 0.7),
+        ],
+        -1,
+    )
+    return {
+        "gt": gt,
+        "cls": cls,
+        "valid": valid,
+        "pred": pred,
+        "x": x,
+        "y": y,
+        "s": s,
+        "cls_logits": torch.randn(b, a, classes, generator=g) * 3,
+        "obj_logits": torch.randn(b, a, 1, generator=g) * 3,
+    }
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_batched_equals_per_image(seed: int) -> None:
     d = random_batch(seed)
-    got = simota_batched(d["gt"], d["cls"], d["valid"], d["pred"], d["cls_logits"],
-                         d["obj_logits"], d["x"], d["y"], d["s"])
+    got = simota_batched(
+        d["gt"],
+        d["cls"],
+        d["valid"],
+        d["pred"],
+        d["cls_logits"],
+        d["obj_logits"],
+        d["x"],
+        d["y"],
+        d["s"],
+    )
     assert isinstance(got, BatchAssignment)
     total_fg = 0
     for i in range(d["gt"].shape[0]):
         rows = d["valid"][i].nonzero().squeeze(1)
-        ref = simota(d["gt"][i, rows], d["cls"][i, rows], d["pred"][i], d["cls_logits"][i],
-                     d["obj_logits"][i], d["x"], d["y"], d["s"])
+        ref = simota(
+            d["gt"][i, rows],
+            d["cls"][i, rows],
+            d["pred"][i],
+            d["cls_logits"][i],
+            d["obj_logits"][i],
+            d["x"],
+            d["y"],
+            d["s"],
+        )
         one = got.image(i)
         assert torch.equal(one.fg_mask, ref.fg_mask), i
         assert torch.equal(one.matched_gt_inds, rows[ref.matched_gt_inds]), i  # padded indices
@@ -236,12 +299,31 @@ def test_batched_equals_per_image(seed: int) -> None:
 def test_batched_equals_per_image_with_custom_constants() -> None:
     d = random_batch(5)
     kw = {"center_radius": 2.5, "topk": 4, "iou_weight": 1.0}
-    got = simota_batched(d["gt"], d["cls"], d["valid"], d["pred"], d["cls_logits"],
-                         d["obj_logits"], d["x"], d["y"], d["s"], **kw)
+    got = simota_batched(
+        d["gt"],
+        d["cls"],
+        d["valid"],
+        d["pred"],
+        d["cls_logits"],
+        d["obj_logits"],
+        d["x"],
+        d["y"],
+        d["s"],
+        **kw,
+    )
     for i in range(d["gt"].shape[0]):
         rows = d["valid"][i].nonzero().squeeze(1)
-        ref = simota(d["gt"][i, rows], d["cls"][i, rows], d["pred"][i], d["cls_logits"][i],
-                     d["obj_logits"][i], d["x"], d["y"], d["s"], **kw)
+        ref = simota(
+            d["gt"][i, rows],
+            d["cls"][i, rows],
+            d["pred"][i],
+            d["cls_logits"][i],
+            d["obj_logits"][i],
+            d["x"],
+            d["y"],
+            d["s"],
+            **kw,
+        )
         assert torch.equal(got.image(i).fg_mask, ref.fg_mask)
         assert torch.equal(got.image(i).matched_gt_inds, rows[ref.matched_gt_inds])
 
@@ -256,7 +338,11 @@ def test_cuda_matches_cpu() -> None:
     for a, b in zip(cpu, gpu, strict=True):
         assert torch.equal(a, b.cpu())
     rows = d["valid"][3].nonzero().squeeze(1)
-    one = simota(*(d[k][3, rows].cuda() for k in ("gt", "cls")),
-                 *(d[k][3].cuda() for k in ("pred", "cls_logits", "obj_logits")),
-                 d["x"].cuda(), d["y"].cuda(), d["s"].cuda())
+    one = simota(
+        *(d[k][3, rows].cuda() for k in ("gt", "cls")),
+        *(d[k][3].cuda() for k in ("pred", "cls_logits", "obj_logits")),
+        d["x"].cuda(),
+        d["y"].cuda(),
+        d["s"].cuda(),
+    )
     assert torch.equal(one.fg_mask.cpu(), cpu.fg_mask[3])

@@ -237,6 +237,15 @@ def test_mosaic_boxes_land_on_their_quadrants_pixels():
     assert (canvas[:30] == 114).all()  # above the top tiles
 
 
+def test_mosaic_cut_tiles_keep_boxes_on_their_pixels():
+    # centre (60, 40): the top-left tile loses its left 40 and top 10 px
+    tile = rect_image(50, 100, (50, 20, 70, 30), 200)
+    tiles = [(tile, labels((50, 20, 70, 30, 0)))] + [(tile, labels())] * 3
+    canvas, lab = compose_mosaic(tiles, xc=60, yc=40, size=100)
+    np.testing.assert_array_equal(lab, labels((10, 10, 30, 20, 0)))
+    assert_box_on_rect(canvas, lab[0], colour=200)
+
+
 def test_mosaic_resizes_tiles_to_fit():
     big = rect_image(100, 200, (20, 40, 60, 80))  # fits 100 with r = 0.5
     tiles = [(big, labels((20, 40, 60, 80, 0)))] * 4

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from model.data.synth import generate_flow_like
 from model.evaluate import COCO_METRICS
@@ -20,6 +21,16 @@ TINY = (
     "size: nano\nimg_size: 64\nbatch_size: 4\nepochs: 1\nno_aug_epochs: 0\nwarmup_epochs: 0\n"
     "workers: 0\ndevice: cpu\nmultiscale: 0\n"
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from a second thread, and on a shared 2-core machine the
+    OpenMP spin-waits of two threads make a run several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

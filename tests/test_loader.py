@@ -17,6 +17,7 @@ from model.data.loader import (
     SplitImages,
     build_eval_loader,
     build_train_loader,
+    epoch_order,
     random_input_size,
     read_image,
     rescale_batch,
@@ -138,13 +139,26 @@ def test_set_epoch_is_deterministic_and_changes_the_epoch(split):
     )
     e0 = collect(a)
     assert_same_batches(e0, collect(b))
+    order0 = [k[2] for batch in a.sampler for k in batch]
     a.set_epoch(1)
     e1 = collect(a)
+    assert [k[2] for batch in a.sampler for k in batch] != order0
     assert not torch.equal(e0[0][0], e1[0][0])
     a.set_epoch(0)
     assert_same_batches(e0, collect(a))
     other_seed = build_train_loader(split, small_cfg(seed=6), progress=False)
     assert not torch.equal(e0[0][0], collect(other_seed)[0][0])
+
+
+def test_shuffle_and_augmentation_both_follow_the_epoch(split):
+    orders = [epoch_order(50, 50, seed=5, epoch=e) for e in (0, 1)]
+    assert all(sorted(o) == list(range(50)) for o in orders)
+    assert not np.array_equal(*orders)
+    np.testing.assert_array_equal(orders[0], epoch_order(50, 50, seed=5, epoch=0))
+    dataset = build_train_loader(split, small_cfg(), progress=False).dataset
+    same_image_and_slot = [dataset[(e, 3, 2, True)] for e in (0, 0, 1)]
+    np.testing.assert_array_equal(same_image_and_slot[0][0], same_image_and_slot[1][0])
+    assert not np.array_equal(same_image_and_slot[0][0], same_image_and_slot[2][0])
 
 
 def test_batches_do_not_depend_on_worker_count_or_cache(split):
@@ -242,3 +256,15 @@ def test_eval_loader_with_workers_matches_in_process(split):
 def test_missing_image_error_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jpg"):
         read_image(str(tmp_path / "nope.jpg"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_loaders_prefetch_the_same_batches(split):
+    cpu = collect(build_train_loader(split, small_cfg(workers=1), progress=False))
+    gpu = build_train_loader(split, small_cfg(workers=1), device="cuda", progress=False)
+    assert gpu._loader.pin_memory
+    batches = [(im.cpu(), t.cpu()) for im, t in gpu if im.is_cuda and im.dtype == torch.float32]
+    assert_same_batches(cpu, batches)
+    ev = build_eval_loader(split, 64, batch_size=3, device="cuda")
+    assert all(im.is_cuda and im.dtype == torch.float32 for im, _, _ in ev)

@@ -113,10 +113,14 @@ DEGENERATE = {
     "zero_size_pred": (boxes((5, 5, 0, 0), (5, 5, 0, 3)), boxes((5, 5, 4, 4), (6, 5, 4, 4))),
     "zero_size_target": (boxes((5, 5, 4, 4), (5, 5, 4, 4)), boxes((5, 5, 0, 0), (5, 5, 4, 0))),
     "same_centre": (boxes((5, 5, 4, 2)), boxes((5, 5, 4, 2))),
-    "huge": (boxes((5e4, 5e4, 1e5, 1e5), (1e5, 1e5, 1e5, 2e4)),
-             boxes((5e4 + 3, 5e4, 1e5, 9e4), (1, 1, 2, 2))),
-    "float16": (boxes((300, 200, 400, 300), (10, 10, 4, 4), dtype=torch.float16),
-                boxes((310, 205, 380, 320), (10, 10, 0, 0), dtype=torch.float16)),
+    "huge": (
+        boxes((5e4, 5e4, 1e5, 1e5), (1e5, 1e5, 1e5, 2e4)),
+        boxes((5e4 + 3, 5e4, 1e5, 9e4), (1, 1, 2, 2)),
+    ),
+    "float16": (
+        boxes((300, 200, 400, 300), (10, 10, 4, 4), dtype=torch.float16),
+        boxes((310, 205, 380, 320), (10, 10, 0, 0), dtype=torch.float16),
+    ),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from model.config import TrialConfig
+from model.data.raw import DataError
+from model.data.synth import generate_flow_like
 from model.pretrain import (
     ArtifactError,
     PretrainDataError,
@@ -30,6 +33,7 @@ from model.pretrain.ssl import (
     infonce_loss,
     pretrain_ssl,
 )
+from model.train import init_pretrained
 from model.yolox import build_yolox
 
 # --- center loss -------------------------------------------------------------------------------
@@ -136,3 +140,152 @@ def test_a_lone_small_frame_is_a_data_error_naming_it() -> None:
     cfg = TrialConfig(size="nano", ssl_patch_size=32, pretrain_epochs=1, device="cpu")
     with pytest.raises(PretrainDataError, match="lone.jpg"):
         pretrain_ssl(cfg, [Frame("lone.jpg", 96, 96, img)], progress=False)
+
+
+# --- one tiny epoch of each method, end to end -------------------------------------------------
+
+MANIFEST = Path(__file__).parent / "fixtures" / "yolox_state_dict_manifest.json"
+PREFIX = "backbone.backbone."
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 training images of 256x160 (with bottles) and one 10-frame unlabeled clip."""
+    out = tmp_path_factory.mktemp("pretrain") / "flow"
+    return generate_flow_like(
+        out, n_train=6, n_test=2, width=256, height=160, n_clips=1, clip_frames=10, progress=False
+    )
+
+
+def _tiny_cfg(data: Path, method: str, **kw: object) -> TrialConfig:
+    return TrialConfig(
+        pretrain=method,
+        size="nano",
+        data=str(data),
+        device="cpu",
+        pretrain_epochs=1,
+        pretrain_batch_size=8,
+        crop_size=64,
+        ssl_patch_size=32,
+        ssl_video_every=5,
+        ssl_triplets_per_frame=2,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("artifacts")
+    paths = {}
+    for method in ("center_loss", "ssl"):
+        paths[method] = out / f"{method}.pt"
+        run_pretraining(_tiny_cfg(tiny_data, method), paths[method], progress=False)
+    return paths
+
+
+def _manifest_backbone_keys(size: str) -> list[str]:
+    entries = json.loads(MANIFEST.read_text())[size]["state_dict"]
+    return [k[len(PREFIX) :] for k, _ in entries if k.startswith(PREFIX)]
+
+
+@pytest.mark.parametrize("method", ["center_loss", "ssl"])
+def test_artifact_holds_the_cspdarknet_of_its_size(
+    artifacts: dict[str, Path], tiny_data: Path, method: str
+) -> None:
+    path = artifacts[method]
+    art = torch.load(path, map_location="cpu", weights_only=True)
+    assert art["method"] == method and art["size"] == "nano" and art["format_version"] == 1
+    # Keys exactly those of the official YOLOX-nano CSPDarknet (and of ours), in order.
+    keys = list(art["backbone"])
+    assert keys == _manifest_backbone_keys("nano")
+    assert keys == list(build_yolox("nano").backbone.backbone.state_dict())
+    cfg = _tiny_cfg(tiny_data, method)
+    assert art["settings"] == pretrain_settings(cfg)
+    assert art["data_fingerprint"] == art["settings"]["data_fingerprint"]
+    assert all(math.isfinite(v) for v in art["metrics"].values())
+    assert not list(path.parent.glob("*.tmp"))  # the atomic write left nothing behind
+
+
+def test_center_loss_figures(artifacts: dict[str, Path]) -> None:
+    m = load_artifact(artifacts["center_loss"])["metrics"]
+    for key in ("accuracy", "fg_accuracy", "bg_accuracy"):
+        assert 0.0 <= m[key] <= 1.0
+    # One crop per bottle and as many background crops; 20 % of each kind held out.
+    assert m["n_crops"] == 2 * m["n_positive"]
+    assert m["n_held_out"] == 2 * round(0.2 * m["n_positive"])
+
+
+def test_ssl_figures(artifacts: dict[str, Path]) -> None:
+    m = load_artifact(artifacts["ssl"])["metrics"]
+    assert 0.0 <= m["triplet_accuracy"] <= 1.0 and -2.0 <= m["cos_gap"] <= 2.0
+    assert -1.0 <= m["loss"] <= 1.0  # the cosine loss is bounded by +-2, averaged per triplet
+    assert m["n_frames"] == 6 + 2  # 6 training images + frames 0 and 5 of the 10-frame clip
+
+
+@pytest.mark.parametrize("method", ["center_loss", "ssl"])
+def test_artifact_loads_into_a_detector_and_reports_the_count(
+    artifacts: dict[str, Path], tiny_data: Path, method: str
+) -> None:
+    state = load_artifact(artifacts[method])["backbone"]
+    net = build_yolox("nano", num_classes=1)
+    report = load_pretrained_backbone(net, artifacts[method], "nano")
+    assert len(report.loaded) == len(state) and not report.missing
+    assert f"loaded {len(state)}/{len(state)} tensors" in report.summary()
+    for key, value in state.items():
+        torch.testing.assert_close(net.backbone.backbone.state_dict()[key], value)
+    # The trainer's own initialisation takes the artifact too and returns the same count.
+    cfg = dataclasses.replace(
+        _tiny_cfg(tiny_data, method), pretrain_artifact=str(artifacts[method])
+    )
+    assert init_pretrained(build_yolox("nano", num_classes=1), cfg) == len(state)
+
+
+def test_the_saved_backbone_is_the_trained_one(artifacts: dict[str, Path]) -> None:
+    torch.manual_seed(0)  # the pretraining's seed: this is the backbone it started from
+    start = build_yolox("nano").backbone.backbone.state_dict()
+    trained = load_artifact(artifacts["center_loss"])["backbone"]
+    changed = [
+        k for k, v in trained.items() if v.is_floating_point() and not torch.equal(v, start[k])
+    ]
+    assert len(changed) > len(trained) // 2
+
+
+def test_an_artifact_of_another_size_is_refused_naming_the_file(
+    artifacts: dict[str, Path],
+) -> None:
+    with pytest.raises(ArtifactError, match=r"center_loss\.pt holds a YOLOX-nano backbone"):
+        load_pretrained_backbone(build_yolox("tiny"), artifacts["center_loss"], "tiny")
+
+
+def test_infonce_variant_runs(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = _tiny_cfg(tiny_data, "ssl", ssl_loss="infonce", ssl_temperature=0.2)
+    m = run_pretraining(cfg, tmp_path / "infonce.pt", progress=False)
+    # InfoNCE over 2B candidates: log(2 * 8) at chance; a finite loss near it after 1 step.
+    assert 0.0 < m["loss"] < 2 * math.log(16)
+
+
+def test_dataset_without_boxes_is_an_error_naming_it(tiny_data: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    generate_flow_like(
+        empty, n_train=2, n_test=0, width=128, height=96, video=False, progress=False
+    )
+    for xml in (empty / "training" / "annotations").glob("*.xml"):
+        xml.write_text(re.sub(r"<object>.*?</object>", "", xml.read_text(), flags=re.S))
+    cfg = _tiny_cfg(empty, "center_loss")
+    with pytest.raises(PretrainDataError, match=rf"no objects to crop.*{empty}.*0 boxes"):
+        run_pretraining(cfg, tmp_path / "x.pt", progress=False)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_unreadable_video_is_an_error_naming_it(tiny_data: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 1000)
+    cfg = _tiny_cfg(tiny_data, "ssl", ssl_sources=str(bad))
+    with pytest.raises(DataError, match="broken.mp4"):
+        run_pretraining(cfg, tmp_path / "x.pt", progress=False)
+
+
+def test_frames_below_the_patch_grid_name_a_training_image(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = dataclasses.replace(_tiny_cfg(tiny_data, "ssl"), ssl_patch_size=64)  # 192 > 160 px
+    with pytest.raises(PretrainDataError, match=r"train_\d+\.jpg is 256x160.*ssl_patch_size 64"):
+        run_pretraining(cfg, tmp_path / "x.pt", progress=False)

@@ -14,6 +14,16 @@ from model.evaluate import COCO_METRICS
 from model.train import TrainingError, is_eval_epoch, multiscale_size, train_detector
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from a second thread, and on a shared 2-core machine the
+    OpenMP spin-waits of two threads make a run several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("flow")

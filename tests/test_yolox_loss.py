@@ -17,14 +17,29 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # ----------------------------------------------------------------------------- official parity
 
 
+@pytest.fixture
+def one_thread():
+    """A 128 px forward is tiny: on a busy 2-core machine two OpenMP threads wait on each other
+    for seconds, one thread takes 30 ms."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("name", ["parity_nano", "parity_w0125"])
-def test_parity_with_official_losses(name: str) -> None:
+def test_parity_with_official_losses(name: str, one_thread: None) -> None:
     from model.yolox import build_yolox
 
     ref = torch.load(FIXTURES / f"{name}.pt", weights_only=True)
     arch = ref["arch"]
-    net = build_yolox(num_classes=arch["num_classes"], depth=arch["depth"], width=arch["width"],
-                      depthwise=arch["depthwise"], act=arch.get("act", "silu"))
+    net = build_yolox(
+        num_classes=arch["num_classes"],
+        depth=arch["depth"],
+        width=arch["width"],
+        depthwise=arch["depthwise"],
+        act=arch.get("act", "silu"),
+    )
     net.load_state_dict(ref["state_dict"], strict=True)
     net.train()  # batch statistics; the running ones it updates do not enter the loss
     for assign_mode in ("batched", "per_image"):
@@ -36,7 +51,10 @@ def test_parity_with_official_losses(name: str) -> None:
             assert set(got) == set(LOSS_KEYS)
             for k, want in ref["train_losses"][key].items():
                 assert float(got[k]) == pytest.approx(float(want), rel=1e-4, abs=1e-6), (
-                    assign_mode, key, k)
+                    assign_mode,
+                    key,
+                    k,
+                )
 
 
 # ----------------------------------------------------------------------------- hand-worked
@@ -72,8 +90,9 @@ def test_hand_worked_terms() -> None:
         "l1_loss": 1.0 + 0.5,
         "num_fg": 1.0,
     }
-    expected["total_loss"] = sum(expected[k] for k in ("iou_loss", "conf_loss", "cls_loss",
-                                                       "l1_loss"))
+    expected["total_loss"] = sum(
+        expected[k] for k in ("iou_loss", "conf_loss", "cls_loss", "l1_loss")
+    )
     for k, want in expected.items():
         assert float(got[k]) == pytest.approx(want, rel=1e-6), k
     # reg_weight scales only the IoU term
@@ -85,8 +104,9 @@ def test_hand_worked_terms() -> None:
 def test_zero_object_batch_has_only_the_objectness_loss() -> None:
     boxes = torch.rand(2, 6, 4) * 40 + 1
     outputs = head_outputs(boxes, obj=0.5).requires_grad_(True)
-    got = yolox_loss(outputs, torch.zeros(2, 6, 4), X, Y, S, torch.zeros(2, 3, 5), num_classes=1,
-                     use_l1=True)
+    got = yolox_loss(
+        outputs, torch.zeros(2, 6, 4), X, Y, S, torch.zeros(2, 3, 5), num_classes=1, use_l1=True
+    )
     got["total_loss"].backward()
     assert torch.isfinite(outputs.grad).all()
     got = {k: v.detach() for k, v in got.items()}
@@ -113,8 +133,9 @@ def synthetic(seed: int, classes: int = 3, size: int = 128) -> dict:
     counts = [0, 1, 4, 7]
     b, a = len(counts), x.numel()
     raw = torch.randn(b, a, 4 + 1 + classes, generator=g)
-    boxes = torch.cat([(raw[..., :2] + torch.stack([x, y], 1)) * s[:, None],
-                       raw[..., 2:4].exp() * s[:, None]], -1)
+    boxes = torch.cat(
+        [(raw[..., :2] + torch.stack([x, y], 1)) * s[:, None], raw[..., 2:4].exp() * s[:, None]], -1
+    )
     outputs = torch.cat([boxes, raw[..., 4:]], -1)
     targets = torch.zeros(b, 9, 5)
     for i, n in enumerate(counts):
@@ -122,13 +143,21 @@ def synthetic(seed: int, classes: int = 3, size: int = 128) -> dict:
             targets[i, :n, 0] = torch.randint(0, classes, (n,), generator=g).float()
             targets[i, :n, 1:3] = 8 + torch.rand(n, 2, generator=g) * (size - 16)
             targets[i, :n, 3:] = 3 + torch.rand(n, 2, generator=g) * 40
-    return {"outputs": outputs, "raw": raw[..., :4].clone(), "x": x, "y": y, "s": s,
-            "targets": targets, "classes": classes}
+    return {
+        "outputs": outputs,
+        "raw": raw[..., :4].clone(),
+        "x": x,
+        "y": y,
+        "s": s,
+        "targets": targets,
+        "classes": classes,
+    }
 
 
 def run(d: dict, **kw) -> dict[str, torch.Tensor]:
-    return yolox_loss(d["outputs"], d["raw"], d["x"], d["y"], d["s"], d["targets"],
-                      num_classes=d["classes"], **kw)
+    return yolox_loss(
+        d["outputs"], d["raw"], d["x"], d["y"], d["s"], d["targets"], num_classes=d["classes"], **kw
+    )
 
 
 @pytest.mark.parametrize("use_l1", [False, True])
@@ -143,8 +172,9 @@ def test_batched_and_per_image_modes_agree_exactly(use_l1: bool) -> None:
 
 def test_padding_rows_anywhere_are_ignored() -> None:
     d = synthetic(1)
-    shuffled = dict(d, targets=d["targets"][:, torch.randperm(9, generator=torch.Generator()
-                                                               .manual_seed(3))])
+    shuffled = dict(
+        d, targets=d["targets"][:, torch.randperm(9, generator=torch.Generator().manual_seed(3))]
+    )
     a, b = run(d), run(shuffled)
     # same objects, other row order: the object order changes only the tie-breaking among
     # objects of exactly equal cost, which random data never has
@@ -157,8 +187,17 @@ def test_every_regression_loss_gives_finite_gradients(kind: str) -> None:
     d = synthetic(2)
     outputs = d["outputs"].clone().requires_grad_(True)
     raw = d["raw"].clone().requires_grad_(True)
-    got = yolox_loss(outputs, raw, d["x"], d["y"], d["s"], d["targets"], num_classes=3,
-                     use_l1=True, reg_loss=kind)
+    got = yolox_loss(
+        outputs,
+        raw,
+        d["x"],
+        d["y"],
+        d["s"],
+        d["targets"],
+        num_classes=3,
+        use_l1=True,
+        reg_loss=kind,
+    )
     assert all(torch.isfinite(v).all() for v in got.values())
     got["total_loss"].backward()
     assert torch.isfinite(outputs.grad).all() and torch.isfinite(raw.grad).all()
@@ -172,10 +211,12 @@ def test_bad_options_and_inputs_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="'batched', 'per_image'"):
         run(d, assign_mode="loop")
     with pytest.raises(ValueError, match=r"targets must be \(B=4, max_objects, 5\)"):
-        yolox_loss(d["outputs"], d["raw"], d["x"], d["y"], d["s"], d["targets"][..., :4],
-                   num_classes=3)
+        yolox_loss(
+            d["outputs"], d["raw"], d["x"], d["y"], d["s"], d["targets"][..., :4], num_classes=3
+        )
     with pytest.raises(ValueError, match=r"5 \+ num_classes=7"):
         yolox_loss(d["outputs"], d["raw"], d["x"], d["y"], d["s"], d["targets"], num_classes=2)
     with pytest.raises(ValueError, match="use_l1 needs raw_reg"):
-        yolox_loss(d["outputs"], None, d["x"], d["y"], d["s"], d["targets"], num_classes=3,
-                   use_l1=True)
+        yolox_loss(
+            d["outputs"], None, d["x"], d["y"], d["s"], d["targets"], num_classes=3, use_l1=True
+        )

@@ -4,9 +4,10 @@ Training: :func:`build_train_loader` wraps a torch ``DataLoader`` whose batch sa
 ``(epoch, position, image index, augment)``; workers compute each sample from its key alone
 (:func:`model.data.augment.train_sample` with :func:`~model.data.augment.sample_rng`), so batches
 are identical for any worker count and survive persistent workers (the sampler runs in the main
-process, where ``set_epoch`` and ``close_mosaic`` change it). Workers send ``uint8`` images, a
-quarter of the bytes of the official float32 ones; the float conversion happens on the target
-device after the (pinned, non-blocking) copy.
+process, where ``set_epoch`` and ``close_mosaic`` change it). For a CUDA device, workers send
+``uint8`` batches, a quarter of the bytes of the official float32 ones, and the float conversion
+happens on the GPU after the pinned, non-blocking copy. For the CPU, workers convert (in their
+collate), which keeps that work off the training process.
 
 An epoch is ``ceil(N / batch_size)`` full batches: the shuffled order is extended by wrapping
 around, like the official infinite sampler (``drop_last=False`` on an endless stream), so every
@@ -18,6 +19,7 @@ ratio, so a box in input pixels divided by it is in original pixels.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Iterator
@@ -173,8 +175,13 @@ class EpochBatchSampler(Sampler):
             yield [(epoch, p, int(order[p]), augment) for p in range(start, start + b)]
 
 
-def _collate(batch: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _collate(
+    batch: list[tuple[np.ndarray, np.ndarray]], to_float: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack samples into ``(images [B, 3, S, S] uint8 or float32, targets [B, M, 5])``."""
     images = torch.from_numpy(np.stack([b[0] for b in batch]))
+    if to_float:
+        images = images.float()
     targets = torch.from_numpy(np.stack([b[1] for b in batch]))
     return images, targets
 
@@ -273,7 +280,7 @@ class TrainLoader:
         self._loader = DataLoader(
             dataset,
             batch_sampler=sampler,
-            collate_fn=_collate,
+            collate_fn=functools.partial(_collate, to_float=device.type != "cuda"),
             **_loader_kwargs(workers, device, seed, persistent=True),
         )
 

@@ -71,7 +71,8 @@ def generate_flow_like(
     from tqdm import tqdm
 
     total = n_train + n_test + (n_clips * clip_frames if video else 0)
-    bar = tqdm(total=total, desc="synth", unit="img", disable=not progress)
+    # disable=None: no bar when stderr is not a terminal (Ray worker logs)
+    bar = tqdm(total=total, desc="synth", unit="img", disable=None if progress else True)
     counts: dict[str, dict[str, int]] = {}
     for (folder, prefix, code), n in zip(_SPLITS, (n_train, n_test), strict=True):
         if n > 0:
@@ -90,6 +91,7 @@ def generate_flow_like(
         "width": width,
         "height": height,
         "class_names": [CLASS_NAME],
+        "box_convention": "VOC corners read as x = xmin - 1, w = xmax - xmin (official YOLOX)",
         "splits": counts,
         "video": {"codec": codec[0] if codec else None, "fps": VIDEO_FPS, "frames": clips},
         "annotations_sha256": annotations_hash(out),
@@ -216,7 +218,8 @@ def _readme(m: dict) -> str:
     splits = "; ".join(f"{k}: {v['images']} images, {v['objects']} bottles "
                        f"({v['empty_images']} images without any)" for k, v in m["splits"].items())
     video = m["video"]
-    clips = ", ".join(video["frames"]) or "none"
+    clips = (f"{', '.join(video['frames'])} ({video['codec']}, {VIDEO_FPS:g} fps, "
+             f"{sum(video['frames'].values())} frames)" if video["frames"] else "none")
     n = {k: v["images"] for k, v in m["splits"].items()}
     return (
         "FloW-like floating-bottle dataset (synthetic), written by yolox-flow-study\n"
@@ -225,12 +228,15 @@ def _readme(m: dict) -> str:
         f"seed: {m['seed']}\n"
         f"images: {m['width']}x{m['height']} JPEG (quality {JPEG_QUALITY})\n"
         f"{splits}\n"
-        f"unlabeled video: {clips} ({video['codec']}, {VIDEO_FPS:g} fps)\n"
+        f"unlabeled video: {clips}\n"
         f"annotations sha256: {m['annotations_sha256']}\n\n"
         "Layout as FloW-Img: <split>/images/*.jpg with <split>/annotations/*.xml (Pascal VOC, one\n"
         "per image, class 'bottle'). Box corners are written as the official YOLOX VOC reader\n"
         "reads them: a box (x, y, w, h) in pixel edges has xmin = x + 1, xmax = x + w + 1.\n"
         "Each box is the tight box of the rendered visible (above-water) bottle pixels.\n\n"
         f"Regenerate: python -m model.data synth OUT --seed {m['seed']} "
-        f"--train {n.get('training', 0)} --test {n.get('test', 0)}\n"
+        f"--train {n.get('training', 0)} --test {n.get('test', 0)}"
+        + ("" if (m["width"], m["height"]) == (640, 360)
+           else f" (and width={m['width']}, height={m['height']} in generate_flow_like)")
+        + "\n"
     )

@@ -11,6 +11,7 @@ strong colour is plainly visible, so an annotator would include it).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -109,6 +110,29 @@ def bottle_outline(b: Bottle, t: float = 0.0) -> np.ndarray:
     return to_image(_outline(b), b.cx + b.vx * t, b.cy + b.vy * t, b.angle + b.spin * t, b.squash)
 
 
+def _coverages(
+    b: Bottle, patch: Patch, outline: np.ndarray, place: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Covered sub-pixels per pixel (h, w) of: the whole bottle, its above-water part, and the
+    above-water parts of the cap and of the label band. ``place`` maps local points to the image.
+    """
+    L, r = b.length, b.radius
+    full = new_canvas(patch)
+    fill_polys(full, patch, [outline])
+    above = full.copy()
+    if b.sub_level > -1.0:
+        fill_polys(above, patch, [place(_submerged(b))], value=0)
+    cap = new_canvas(patch)
+    fill_polys(cap, patch, [place(_rect(_CAP_START * L, L / 2.0, -_CAP * r, _CAP * r))])
+    n_label = np.zeros((patch.h, patch.w), np.int32)
+    if b.label is not None:
+        lab = new_canvas(patch)
+        u0, u1 = b.label_span  # within the straight body, so the rectangle needs no clipping
+        fill_polys(lab, patch, [place(_rect(u0 * L, u1 * L, -r, r))])
+        n_label = coverage(lab & above, patch)
+    return coverage(full, patch), coverage(above, patch), coverage(cap & above, patch), n_label
+
+
 def draw_bottle(img: np.ndarray, b: Bottle, t: float = 0.0) -> BottleDraw | None:
     """Render ``b`` at frame time ``t`` into ``img`` (H, W, 3) float32 BGR in place.
 
@@ -126,23 +150,8 @@ def draw_bottle(img: np.ndarray, b: Bottle, t: float = 0.0) -> BottleDraw | None
         return None
     truncated = bool(outline[:, 0].min() < 0 or outline[:, 1].min() < 0
                      or outline[:, 0].max() > width or outline[:, 1].max() > height)
-    L, r = b.length, b.radius
-
-    full = new_canvas(patch)
-    fill_polys(full, patch, [outline])
-    above = full.copy()
-    if b.sub_level > -1.0:
-        fill_polys(above, patch, [place(_submerged(b))], value=0)
-    cap = new_canvas(patch)
-    fill_polys(cap, patch, [place(_rect(_CAP_START * L, L / 2.0, -_CAP * r, _CAP * r))])
-    cap &= above
-    n_full, n_above, n_cap = coverage(full, patch), coverage(above, patch), coverage(cap, patch)
-    n_label = np.zeros_like(n_full)
-    if b.label is not None:
-        lab = new_canvas(patch)
-        u0, u1 = b.label_span
-        fill_polys(lab, patch, [place(_rect(u0 * L, u1 * L, -r, r))])
-        n_label = coverage(lab & above, patch)
+    n_full, n_above, n_cap, n_label = _coverages(b, patch, outline, place)
+    r = b.radius
 
     # Cylinder shading across the axis, a specular stripe, and bright rims for clear plastic.
     xs, ys = pixel_grid(patch)

@@ -196,7 +196,8 @@ def pretrain_ssl(
     train_frames, held_frames = split_frames(len(frames), cfg.seed)
     try:  # a lone frame too small for any far negative is a data error naming it
         eval_rng = np.random.default_rng([cfg.seed, 11])
-        per_held = max(1, -(-HELD_OUT_TRIPLETS // len(held_frames)))
+        # 4x the training draws per held-out frame, at most HELD_OUT_TRIPLETS in all.
+        per_held = 4 * cfg.ssl_triplets_per_frame
         held = plan_triplets(eval_rng, sizes, held_frames, per_held, p)[:HELD_OUT_TRIPLETS]
         plan_triplets(np.random.default_rng(0), sizes, train_frames, 1, p)  # feasibility
     except ValueError as e:
@@ -216,7 +217,7 @@ def pretrain_ssl(
     metrics = {f"{k}_init": v for k, v in _evaluate(model, held_batches, cfg).items()}
     per_frame = cfg.ssl_triplets_per_frame
     n_triplets = len(train_frames) * per_frame
-    steps_per_epoch = max(1, n_triplets // batch) if n_triplets >= 2 else 1
+    steps_per_epoch = max(1, n_triplets // batch)
     total = steps_per_epoch * cfg.pretrain_epochs
     bar = tqdm(
         total=total, desc=f"ssl pretraining ({cfg.ssl_loss})", unit="it", disable=not progress

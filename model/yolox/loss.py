@@ -18,7 +18,12 @@ from model.losses import check_iou_kind, iou_family_loss
 
 ASSIGN_MODES: tuple[str, ...] = ("batched", "per_image")
 LOSS_KEYS: tuple[str, ...] = (
-    "total_loss", "iou_loss", "l1_loss", "conf_loss", "cls_loss", "num_fg"
+    "total_loss",
+    "iou_loss",
+    "l1_loss",
+    "conf_loss",
+    "cls_loss",
+    "num_fg",
 )
 
 
@@ -65,12 +70,34 @@ def yolox_loss(
     boxes, obj, cls = outputs[..., :4], outputs[..., 4], outputs[..., 5:]  # (B,A,4) (B,A) (B,A,C)
     gt, gt_valid = _pack_targets(targets.detach().float())  # (B, G, 5), (B, G)
     if assign_mode == "batched":
-        asg = simota_batched(gt[..., 1:], gt[..., 0], gt_valid, boxes.detach(), cls.detach(),
-                             obj.detach(), x_shifts, y_shifts, strides, center_radius=center_radius,
-                             topk=topk, iou_weight=iou_weight)
+        asg = simota_batched(
+            gt[..., 1:],
+            gt[..., 0],
+            gt_valid,
+            boxes.detach(),
+            cls.detach(),
+            obj.detach(),
+            x_shifts,
+            y_shifts,
+            strides,
+            center_radius=center_radius,
+            topk=topk,
+            iou_weight=iou_weight,
+        )
     else:
-        asg = _assign_per_image(gt, gt_valid, boxes.detach(), cls.detach(), obj.detach(),
-                                x_shifts, y_shifts, strides, center_radius, topk, iou_weight)
+        asg = _assign_per_image(
+            gt,
+            gt_valid,
+            boxes.detach(),
+            cls.detach(),
+            obj.detach(),
+            x_shifts,
+            y_shifts,
+            strides,
+            center_radius,
+            topk,
+            iou_weight,
+        )
 
     img, anchor = asg.fg_mask.nonzero(as_tuple=True)  # (F,) foregrounds, image-major as official
     matched = gt[img, asg.matched_gt_inds[img, anchor]]  # (F, 5) class, cx, cy, w, h
@@ -78,14 +105,14 @@ def yolox_loss(
     denom = float(max(num_fg, 1))
 
     iou_loss = iou_family_loss(boxes[img, anchor], matched[:, 1:], reg_loss).sum() / denom
-    conf_loss = F.binary_cross_entropy_with_logits(
-        obj, asg.fg_mask.float(), reduction="sum"
-    ) / denom
+    conf_loss = (
+        F.binary_cross_entropy_with_logits(obj, asg.fg_mask.float(), reduction="sum") / denom
+    )
     cls_target = F.one_hot(matched[:, 0].long(), num_classes).float()
     cls_target *= asg.pred_ious[img, anchor].unsqueeze(-1)  # (F, C) IoU-scaled one-hot
-    cls_loss = F.binary_cross_entropy_with_logits(
-        cls[img, anchor], cls_target, reduction="sum"
-    ) / denom
+    cls_loss = (
+        F.binary_cross_entropy_with_logits(cls[img, anchor], cls_target, reduction="sum") / denom
+    )
     if use_l1:
         assert raw_reg is not None  # checked above
         l1_target = _l1_target(matched[:, 1:], x_shifts[anchor], y_shifts[anchor], strides[anchor])
@@ -105,8 +132,14 @@ def yolox_loss(
     }
 
 
-def _check_inputs(outputs: Tensor, raw_reg: Tensor | None, x_shifts: Tensor, targets: Tensor,
-                  num_classes: int, use_l1: bool) -> None:
+def _check_inputs(
+    outputs: Tensor,
+    raw_reg: Tensor | None,
+    x_shifts: Tensor,
+    targets: Tensor,
+    num_classes: int,
+    use_l1: bool,
+) -> None:
     if outputs.dim() != 3 or outputs.shape[-1] != 5 + num_classes:
         raise ValueError(
             f"yolox_loss: outputs must be (B, A, 5 + num_classes={5 + num_classes}); "
@@ -119,8 +152,9 @@ def _check_inputs(outputs: Tensor, raw_reg: Tensor | None, x_shifts: Tensor, tar
             f"got {tuple(targets.shape)}"
         )
     if x_shifts.shape != (a,):
-        raise ValueError(f"yolox_loss: x_shifts/y_shifts/strides must be ({a},); "
-                         f"got {tuple(x_shifts.shape)}")
+        raise ValueError(
+            f"yolox_loss: x_shifts/y_shifts/strides must be ({a},); got {tuple(x_shifts.shape)}"
+        )
     if use_l1 and (raw_reg is None or raw_reg.shape != (b, a, 4)):
         got = None if raw_reg is None else tuple(raw_reg.shape)
         raise ValueError(f"yolox_loss: use_l1 needs raw_reg of shape ({b}, {a}, 4); got {got}")
@@ -136,9 +170,19 @@ def _pack_targets(targets: Tensor) -> tuple[Tensor, Tensor]:
     return packed, valid.gather(1, order)
 
 
-def _assign_per_image(gt: Tensor, gt_valid: Tensor, boxes: Tensor, cls: Tensor, obj: Tensor,
-                      x_shifts: Tensor, y_shifts: Tensor, strides: Tensor, center_radius: float,
-                      topk: int, iou_weight: float) -> BatchAssignment:
+def _assign_per_image(
+    gt: Tensor,
+    gt_valid: Tensor,
+    boxes: Tensor,
+    cls: Tensor,
+    obj: Tensor,
+    x_shifts: Tensor,
+    y_shifts: Tensor,
+    strides: Tensor,
+    center_radius: float,
+    topk: int,
+    iou_weight: float,
+) -> BatchAssignment:
     """``simota`` image by image (the official loop), in the layout of ``simota_batched``."""
     b, a = obj.shape
     fg_mask = torch.zeros(b, a, dtype=torch.bool, device=obj.device)
@@ -147,8 +191,19 @@ def _assign_per_image(gt: Tensor, gt_valid: Tensor, boxes: Tensor, cls: Tensor, 
     for i, n in enumerate(gt_valid.sum(1).tolist()):
         if n == 0:
             continue
-        r = simota(gt[i, :n, 1:], gt[i, :n, 0], boxes[i], cls[i], obj[i], x_shifts, y_shifts,
-                   strides, center_radius=center_radius, topk=topk, iou_weight=iou_weight)
+        r = simota(
+            gt[i, :n, 1:],
+            gt[i, :n, 0],
+            boxes[i],
+            cls[i],
+            obj[i],
+            x_shifts,
+            y_shifts,
+            strides,
+            center_radius=center_radius,
+            topk=topk,
+            iou_weight=iou_weight,
+        )
         fg_mask[i] = r.fg_mask
         matched[i, r.fg_mask] = r.matched_gt_inds
         pred_ious[i, r.fg_mask] = r.pred_ious

@@ -1,0 +1,244 @@
+"""The study driver (study/run.py, study/driver.py): dry run, COCO weights, and Ray end to end.
+
+One local Ray session for the module (2 CPUs, no dashboard). End-to-end runs: the smoke space
+with the real training function (one trial crashes once and must continue from Tune's
+checkpoint), and an interrupted-then-resumed study driven through the CLI in a subprocess (it
+joins this module's Ray session through --address) with a fake training function.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from model.config import config_keys, load_config
+from model.yolox.weights import WeightsUnavailableError
+from study import pipeline
+from study.driver import StudyArgs, run_study
+from study.pipeline import StudyError
+from study.plan import build_plan
+from study.results import read_csv, read_history
+from study.spaces import load_space
+
+REPO = Path(__file__).resolve().parent.parent
+RUN = [sys.executable, str(REPO / "study" / "run.py")]
+ENV = {**os.environ, "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+# Ray enables token authentication on the clusters ray.init starts, and a driver joining one by
+# an explicit --address must ask for it (the token is in ~/.ray/auth_token)
+AUTH_ENV = {**ENV, "RAY_AUTH_MODE": "token"}
+
+
+def jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+# --- dry run and COCO weights (no Ray) --------------------------------------------------------
+
+
+def test_dry_run_cli_prints_every_planned_trial(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*RUN, "--space", "ablation", "--dry-run", "--no-download"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=ENV,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    records = jsonl(proc.stdout)  # stdout is JSON lines only
+    trials = [r for r in records if r["kind"] == "trial"]
+    jobs = [r for r in records if r["kind"] == "pretrain"]
+    assert len(trials) == 18 and len({t["id"] for t in trials}) == 18
+    assert all(set(t["config"]) == set(config_keys()) for t in trials)  # full configs
+    points = {(t["point"]["pretrain"], t["point"]["reg_loss"], t["point"]["size"]) for t in trials}
+    assert len(points) == 18
+    # center_loss/ssl × 3 sizes: 6 distinct artifacts, each shared by the iou and ciou trials
+    assert len(jobs) == 6 and len({j["key"] for j in jobs}) == 6
+    assert all(len(j["trials"]) == 2 for j in jobs)
+    by_id = {t["id"]: t for t in trials}
+    for j in jobs:
+        assert {by_id[i]["pretrain_job"] for i in j["trials"]} == {j["key"]}
+    assert by_id["coco-iou-s"]["pretrain_job"] is None
+    assert "quick profile" in proc.stderr  # said plainly, on stderr
+    assert not (tmp_path / "studies").exists()  # a dry run writes nothing
+
+
+def test_dry_run_with_seeds_repeats_points_and_artifacts(capsys: pytest.CaptureFixture) -> None:
+    out = run_study(StudyArgs(space="ablation", seeds=2, dry_run=True, download=False),
+                    log=lambda s: None)  # fmt: skip
+    records = jsonl(capsys.readouterr().out)
+    trials = [r for r in records if r["kind"] == "trial"]
+    assert len(trials) == 36 and out.exit_code == 0
+    assert sorted({t["config"]["seed"] for t in trials}) == [0, 1]
+    # the seed is a pretraining setting: one artifact per method x size x seed
+    assert len([r for r in records if r["kind"] == "pretrain"]) == 12
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No COCO checkpoint on disk and no network."""
+    import study.cache
+
+    def refuse(size: str, *args: object, **kwargs: object) -> Path:
+        raise WeightsUnavailableError(f"no network for yolox_{size}.pth")
+
+    monkeypatch.setattr(study.cache, "coco_weights_available", lambda *a, **k: False)
+    monkeypatch.setattr(study.cache, "resolve_coco_checkpoint", refuse)
+
+
+COCO_SPACE = """
+fixed: {epochs: 2, no_aug_epochs: 1, warmup_epochs: 1}
+grid: {pretrain: [none, coco], size: [nano, tiny]}
+baseline: {pretrain: none, size: nano}
+"""
+
+
+def test_missing_coco_weights_stop_before_any_trial(tmp_path: Path, offline: None) -> None:
+    space = tmp_path / "coco.yaml"
+    space.write_text(COCO_SPACE)
+    with pytest.raises(StudyError) as info:
+        run_study(StudyArgs(space=str(space), data=str(tmp_path), out=tmp_path / "s"),
+                  log=lambda s: None)  # fmt: skip
+    msg = str(info.value)
+    for part in ("yolox_nano.pth", "yolox_tiny.pth", "checkpoints/yolox_nano.pth",
+                 "--skip-unavailable", "needed by 1 trials"):  # fmt: skip
+        assert part in msg, msg
+    assert not (tmp_path / "s").exists()  # stopped before anything ran
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_missing_coco_weights_skip_offline_quick_start_or_on_request(
+    tmp_path: Path, offline: None, quick: bool
+) -> None:
+    space = tmp_path / "coco.yaml"
+    space.write_text(COCO_SPACE)
+    plan = build_plan(load_space(space), data=None if quick else str(tmp_path))
+    lines: list[str] = []
+    pipeline.check_coco(plan, cache_root=tmp_path / "c", download=True,
+                        skip_unavailable=not quick, probe_only=False, log=lines.append)  # fmt: skip
+    skipped = {t.id: t.skip for t in plan.trials if t.skip}
+    assert set(skipped) == {"coco-nano", "coco-tiny"}
+    assert "COCO weights for YOLOX-tiny unavailable" in skipped["coco-tiny"]
+    assert ("quick start without --data" if quick else "--skip-unavailable") in lines[-1]
+
+
+# --- Ray end to end ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> str:
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def test_smoke_study_end_to_end_with_a_crash_and_retry(ray_address: str, tmp_path: Path) -> None:
+    from tests.study_fakes import flaky_train
+
+    study = tmp_path / "smoke"
+    out = run_study(StudyArgs(space="smoke", out=study), train_fn=flaky_train)
+    assert out.exit_code == 0, out.summary
+    rows = read_csv(study / "results.csv")
+    assert [r["status"] for r in rows] == ["done"] * 4
+    assert {(r["pretrain"], r["reg_loss"]) for r in rows} == {
+        ("none", "iou"), ("none", "ciou"), ("center_loss", "iou"), ("center_loss", "ciou")
+    }  # fmt: skip
+    assert all(r["epoch"] == 2 and r["params"] > 0 and r["mAP"] is not None for r in rows)
+
+    # the center-loss artifact was computed once (a Ray task) and both trials loaded it
+    plan = json.loads((study / "plan.json").read_text())
+    (job,) = plan["pretrain_jobs"]
+    assert Path(job["path"]).is_file() and job["path"].startswith(str(study / "pretrain_cache"))
+    for tid in ("center_loss-iou", "center_loss-ciou"):
+        ran = json.loads((study / "trials" / tid / "trial.json").read_text())["config"]
+        assert ran["pretrain_artifact"] == job["path"]
+
+    # none-ciou crashed after epoch 1 and lost its working copy: the retry must have continued
+    # from Tune's checkpoint, not started over
+    trial = study / "trials" / "none-ciou"
+    attempts = jsonl((trial / "attempts.jsonl").read_text())
+    assert len(attempts) == 2 and attempts[0]["restored_from"] is None
+    assert "checkpoint_000000" in attempts[1]["restored_from"]
+    assert [h["epoch"] for h in read_history(trial / "history.jsonl")] == [1, 2]
+    done = json.loads((trial / "done.json").read_text())
+    assert done["summary"]["resumed_from_epoch"] == 1
+
+    report = (study / "report.md").read_text()
+    assert "| none (baseline) | iou |" in report and "| center_loss | ciou |" in report
+    for png in ("mAP_by_size.png", "learning_curves.png"):
+        assert png in report and (study / png).stat().st_size > 1000
+    assert out.best is not None and out.best["id"] in out.summary
+
+    # best_config.yaml reruns the best trial to the same numbers on CPU
+    from model.train import train_detector
+
+    best_cfg = load_config(study / "best_config.yaml")
+    history = read_history(study / "trials" / out.best["id"] / "history.jsonl")
+    rerun: list[dict] = []
+    result = train_detector(best_cfg, lambda m, p: rerun.append(m), progress=False)
+    assert result["mAP"] == pytest.approx(out.best["mAP"], abs=1e-9)
+    assert rerun[-1]["total_loss"] == pytest.approx(history[-1]["total_loss"], rel=1e-5)
+
+
+INTERRUPT_SPACE = """
+fixed: {epochs: 3, eval_interval: 1, no_aug_epochs: 1, workers: 0}
+grid: {reg_loss: [iou, giou, diou, ciou], size: [nano, tiny]}
+baseline: {reg_loss: iou, size: nano}
+resources: {cpus: 1}
+"""
+
+
+def test_interrupted_study_resumes_without_rerunning_finished_trials(
+    ray_address: str, tmp_path: Path
+) -> None:
+    space = tmp_path / "interrupt.yaml"
+    space.write_text(INTERRUPT_SPACE)
+    ctl = tmp_path / "ctl"  # the fake training function's "dataset": behaviour + call log
+    ctl.mkdir()
+    (ctl / "fake.json").write_text(json.dumps({"epoch_s": 1.0}))
+    study = tmp_path / "study"
+    common = ["--address", ray_address, "--train-fn", "tests.study_fakes:fake_train"]
+    first = subprocess.Popen(
+        [*RUN, "--space", str(space), "--data", str(ctl), "--out", str(study), *common],
+        cwd=REPO, env=AUTH_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    finished: set[str] = set()
+    while time.time() < deadline and not finished and first.poll() is None:
+        time.sleep(0.5)
+        if (study / "results.csv").is_file():
+            finished = {r["id"] for r in read_csv(study / "results.csv") if r["status"] == "done"}
+    assert finished, "no trial finished in time"
+    first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops the trials
+    log1 = first.communicate(timeout=90)[0]
+    assert first.returncode == 130, log1
+    assert "--resume" in log1
+    finished = {r["id"] for r in read_csv(study / "results.csv") if r["status"] == "done"}
+    assert 0 < len(finished) < 8, log1
+
+    second = subprocess.run(
+        [*RUN, "--resume", "--out", str(study), *common],
+        cwd=REPO, env=AUTH_ENV, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stdout + second.stderr
+    rows = read_csv(study / "results.csv")
+    assert [r["status"] for r in rows] == ["done"] * 8
+    calls: dict[str, list[dict]] = {}
+    for f in sorted((ctl / "calls").iterdir()):
+        tid, n = f.name.rsplit(".", 1)
+        calls.setdefault(tid, []).append(json.loads(f.read_text()))
+    for tid in finished:  # trained exactly once, before the interruption
+        assert len(calls[tid]) == 1, (tid, calls[tid])
+    assert set(calls) == {r["id"] for r in rows}
+    for r in rows:
+        assert [h["epoch"] for h in read_history(study / "trials" / r["id"] / "history.jsonl")] == [
+            1, 2, 3,
+        ]  # fmt: skip
+    resumed = [c[-1]["start_epoch"] for tid, c in calls.items() if len(c) > 1]
+    assert all(0 <= s < 3 for s in resumed)
