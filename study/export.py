@@ -69,6 +69,22 @@ def _pretrain_lines(cfg: TrialConfig) -> list[str]:
     return lines
 
 
+def _rerun_lines(name: str, device: str | None, threads: int | None) -> list[str]:
+    cmd = f"python study/train.py --config {name} --out runs/best"
+    if device != "cpu" or not threads:
+        return [
+            f"Rerun: {cmd}",
+            "(same seed and settings; bit-identical numbers need the same "
+            "device, and on CPU the same number of torch threads)",
+        ]
+    # CPU float sums depend on how many threads split them: same threads, same numbers
+    return [
+        f"Rerun: OMP_NUM_THREADS={threads} {cmd}",
+        f"(trained on CPU with {threads} torch thread(s); with that many the rerun "
+        "reproduces these numbers exactly)",
+    ]
+
+
 def export_best(
     row: dict[str, Any],
     config: dict[str, Any],
@@ -78,6 +94,8 @@ def export_best(
     study: str,
     point_rows: Sequence[dict[str, Any]] = (),
     weights: Path | None = None,
+    threads: int | None = None,
+    device: str | None = None,
 ) -> Path:
     """Write ``config`` (the trial's full config, as it ran) with its metrics as a comment."""
     cfg = config_from_dict(config, source=f"trial {row['id']}")
@@ -97,8 +115,7 @@ def export_best(
             f"(95% CI {s.lo:.4f}..{s.hi:.4f}); this file is its best seed ({cfg.seed})"
         )
     lines += [
-        f"Rerun: python study/train.py --config {path.name} --out runs/best",
-        "(same seed and settings: on CPU the rerun reproduces these numbers)",
+        *_rerun_lines(path.name, device, threads),
         *([f"trained weights (Tune's last checkpoint): {weights}"] if weights else []),
         *_pretrain_lines(cfg),
     ]

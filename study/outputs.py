@@ -15,6 +15,14 @@ from study.results import histories, write_results
 from study.trial import trial_dir
 
 
+def _ran_on(study_dir: Path, trial_id: str) -> str | None:
+    """The device the training function says it used (its returned summary)."""
+    done = trial_dir(study_dir, trial_id) / "done.json"
+    if not done.is_file():
+        return None
+    return json.loads(done.read_text()).get("summary", {}).get("device")
+
+
 def report_axes(plan: Plan) -> list[str]:
     """Row labels of the report: the grid axes that vary (an axis pinned by --set does not)."""
     return [a for a in plan.grid_axes if a not in plan.pinned]
@@ -43,6 +51,8 @@ def write_all(
             study=study_dir.name,
             point_rows=point_rows,
             weights=ckpts[-1] if ckpts else None,
+            threads=info.get("torch_threads"),
+            device=_ran_on(study_dir, best["id"]),
         )
         written["best_config"] = path
         best_line = (

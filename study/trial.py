@@ -127,7 +127,12 @@ def run_trial(
     out.mkdir(parents=True, exist_ok=True)
     _write_json(
         out / "trial.json",
-        {"id": tid, "tune_trial_id": ctx.get_trial_id(), "config": cfg.to_dict()},
+        {
+            "id": tid,
+            "tune_trial_id": ctx.get_trial_id(),
+            "torch_threads": torch.get_num_threads(),
+            "config": cfg.to_dict(),
+        },
     )
     done = out / "done.json"
     if done.is_file():  # finished before an interruption: report it again, do not retrain
