@@ -141,10 +141,16 @@ def run_trial(
         tune.report(record["final"])
         return
 
-    work = scratch_dir(study_dir, tid) / "work"  # what the training function writes
+    scratch = scratch_dir(study_dir, tid)
+    work = scratch / "work"  # what the training function writes
+    ckpt = tune.get_checkpoint()
+    if ckpt is None and not (out / "attempts.jsonl").is_file():
+        # this study's first attempt: anything there is left from a deleted study of that path
+        shutil.rmtree(scratch, ignore_errors=True)
+    # else, without a Tune checkpoint, a scratch last.pt is this trial's own, newer than what
+    # Tune registered before an interruption: the training function resumes from it
     work.mkdir(parents=True, exist_ok=True)
     restored = None
-    ckpt = tune.get_checkpoint()
     if ckpt is not None:  # a retry or a resume: continue from Tune's latest checkpoint
         with ckpt.as_directory() as d:
             for f in Path(d).iterdir():
@@ -152,7 +158,7 @@ def run_trial(
                     shutil.copy2(f, work / f.name)
         restored = ckpt.path
     _append(out / "attempts.jsonl", {"time": time.time(), "restored_from": restored})
-    stage = scratch_dir(study_dir, tid) / "stage"
+    stage = scratch / "stage"
     last: dict[str, Any] = {}
 
     def report(metrics: dict[str, Any], checkpoint_path: str | None = None) -> None:
@@ -173,7 +179,7 @@ def run_trial(
         final = {**summary, **history}
         tune.report(final)
     _write_json(done, {"id": tid, "final": final, "summary": summary})
-    shutil.rmtree(scratch_dir(study_dir, tid), ignore_errors=True)  # Tune keeps the checkpoints
+    shutil.rmtree(scratch, ignore_errors=True)  # Tune keeps the checkpoints
 
 
 def _read_last(path: Path) -> dict[str, Any]:

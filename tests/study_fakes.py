@@ -60,7 +60,7 @@ def fake_train(
         json.loads((ctl_dir / "fake.json").read_text()) if (ctl_dir / "fake.json").is_file() else {}
     )
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    tid = ckpt.parent.name if ckpt else "trial"
+    tid = ckpt.parent.name.split("-", 1)[-1] if ckpt else "trial"  # <study hash>-<trial id>
     calls = ctl_dir / "calls"
     calls.mkdir(exist_ok=True)
     n = len(list(calls.glob(f"{tid}.*")))
