@@ -161,9 +161,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    torch.set_grad_enabled(False)
     try:
-        return run(args)
+        with torch.inference_mode():
+            return run(args)
     except (CheckpointError, SourceError) as e:
         print(f"detect: error: {e}", file=sys.stderr)
         return 2

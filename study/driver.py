@@ -1,5 +1,8 @@
 """The study driver: plan → COCO weights → pretraining (Ray tasks) → trials (Ray Tune) → outputs.
 
+The steps live in study/prepare.py (before the trials), study/pipeline.py (Ray and Tune),
+study/trial.py (one trial) and study/outputs.py (results, report, plots, best config).
+
 ``run_study(StudyArgs(...))`` is what ``study/run.py`` calls; tests call it in-process with a fake
 training function (``train_fn=``) and a Ray session they started themselves.
 
@@ -28,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from model.config import ConfigError, parse_override
-from study import outputs, pipeline
-from study.pipeline import StudyError
+from study import outputs, pipeline, prepare
 from study.plan import Plan, build_plan, describe_profile, load_plan
+from study.prepare import StudyError
 from study.spaces import load_space
 from study.trial import TrainFn
 
@@ -145,8 +148,8 @@ def run_study(
     for note in plan.notes:
         log(note)
     if not args.resume:
-        pipeline.plan_artifacts(plan, cache_root, log)
-        needs = pipeline.check_coco(
+        prepare.plan_artifacts(plan, cache_root, log)
+        needs = prepare.check_coco(
             plan,
             cache_root=cache_root,
             download=args.download,
@@ -155,11 +158,11 @@ def run_study(
             log=log,
         )
         if args.dry_run:
-            pipeline.print_dry_run(plan, needs)
+            prepare.print_dry_run(plan, needs)
             n = len(plan.trials) if not plan.space.sampled else plan.num_samples * plan.seeds
             return StudyOutcome(study_dir, [], f"dry run: {n} trials planned", 0)
     elif args.dry_run:
-        pipeline.print_dry_run(plan, {})
+        prepare.print_dry_run(plan, {})
         return StudyOutcome(study_dir, [], "dry run of the saved plan", 0)
 
     fn = train_fn or import_train_fn(args.train_fn)
@@ -173,7 +176,7 @@ def run_study(
         res = pipeline.effective_resources(
             plan, args.cpus_per_trial, args.gpus_per_trial, cluster, log
         )
-        pipeline.run_pretraining(plan, cache_root, res, log)
+        prepare.run_pretraining(plan, cache_root, res, log)
         plan.save(study_dir / "plan.json")
         pipeline.run_trials(
             plan,

@@ -41,8 +41,14 @@ def choose_best(
         if points and max(len(p.rows) for p in points) > 1:
             best_point = max(points, key=lambda p: sign * summarize(p.metric(metric)).mean)
             pool = best_point.rows
-        return max(pool, key=lambda r: sign * (_value(r, metric) or 0.0))
+        return max(pool, key=lambda r: _rank(r, metric, sign))
     return None
+
+
+def _rank(row: dict[str, Any], metric: str, sign: float) -> tuple[float, float]:
+    """The metric, then (ties: e.g. every quick trial at mAP 0) the mean of the other numbers."""
+    others = [v for m in COCO_METRICS if m != metric and (v := _value(row, m)) is not None]
+    return sign * (_value(row, metric) or 0.0), sum(others) / max(len(others), 1)
 
 
 def _pretrain_lines(cfg: TrialConfig) -> list[str]:

@@ -57,7 +57,7 @@ def write_all(
         written["best_config"] = path
         best_line = (
             f"**Best trial: {best['id']}** — {sp.metric} {best[sp.metric]:.4f}; its full config is "
-            f"`{path.name}` (rerun: `python study/train.py --config {path}`)."
+            f"`{path.name}`, whose header gives the exact rerun command."
         )
 
     plots: list[tuple[str, str]] = []
@@ -84,7 +84,8 @@ def write_all(
         f"{trial_s / 60:.1f} min",
     ]
     if plan.seeds > 1:
-        notes.append(f"every grid point repeated with seeds 0..{plan.seeds - 1}")
+        what = "sampled configuration" if sp.sampled else "grid point"
+        notes.append(f"every {what} repeated with seeds 0..{plan.seeds - 1}")
     if sp.baseline:
         notes.append("baseline: " + ", ".join(f"{k}={v}" for k, v in sp.baseline.items()))
     report = render_report(

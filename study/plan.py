@@ -7,10 +7,10 @@ even if the space file changed since. Ray-free.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,15 +236,7 @@ def build_plan(
     return plan
 
 
-def with_artifacts(plan: Plan, paths: dict[str, str], key_of: dict[str, str]) -> None:
-    """Write the computed artifact paths into the trials' configs (``key_of``: trial id → key)."""
-    for t in plan.trials:
-        key = key_of.get(t.id)
-        if key and paths.get(key):
-            t.config = dataclasses.replace(t.config, pretrain_artifact=paths[key])
-
-
-def plan_pretraining(plan: Plan, key: Any) -> dict[str, str]:
+def plan_pretraining(plan: Plan, key: Callable[[TrialConfig], str]) -> dict[str, str]:
     """Group the trials needing a center_loss/ssl artifact by cache key (``key(cfg) -> str``).
 
     Fills ``plan.pretrain_jobs`` (skipped trials' jobs included, marked) and returns trial id →

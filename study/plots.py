@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +111,7 @@ def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
 
 
-def _order_key(axis: str):
+def _order_key(axis: str) -> Callable[[Any], tuple[Any, ...]]:
     if axis == "size":
         return lambda v: (SIZE_ORDER.index(v) if v in SIZE_ORDER else len(SIZE_ORDER), str(v))
     return lambda v: (0, v) if _num(v) else (1, str(v))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from ray.tune import Callback
 from study.pipeline import trial_dirname
 from study.plan import load_plan
 from study.results import FINISHED, STATUS_FILE, write_results
+from study.trial import scratch_dir
 
 
 class StudyCallback(Callback):
@@ -49,6 +51,9 @@ class StudyCallback(Callback):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=1))
         tmp.replace(path)
+        # a trial stopped by ASHA (or failed for good) never cleans its scratch folder itself;
+        # Tune keeps its checkpoints. (Only reachable here when it ran on this node.)
+        shutil.rmtree(scratch_dir(self.study_dir, tid), ignore_errors=True)
         rows = write_results(load_plan(Path(self.study_dir) / "plan.json"), Path(self.study_dir))
         row = next((r for r in rows if r["id"] == tid), {})
         if tid in self.started:

@@ -79,8 +79,10 @@ def fmt(v: float | None, digits: int = DIGITS, sign: bool = False) -> str:
 
 
 def _best(values: list[float | None], mode: str = "max") -> float | None:
+    """The best value as shown (ties all bold); None when every row shows the same number,
+    as a "best" that is everyone's says nothing."""
     shown = [round(v, DIGITS) for v in values if v is not None]
-    if not shown:
+    if len(set(shown)) < 2:
         return None
     return max(shown) if mode == "max" else min(shown)
 

@@ -87,7 +87,12 @@ def collect_rows(plan: Plan, study_dir: Path) -> list[dict[str, Any]]:
         elif tune_status.get("status") == "ERROR":
             row.update(status="error", reason=tune_status.get("error", "")[:300])
         elif tune_status.get("status") == "TERMINATED":
-            row.update(status="stopped", reason=f"stopped early at epoch {metrics.get('epoch')}")
+            if metrics.get("epoch") is not None and metrics["epoch"] >= row.get("epochs", 0):
+                row["status"] = "done"  # ended at its last epoch before recording done.json
+            else:
+                row.update(
+                    status="stopped", reason=f"stopped early at epoch {metrics.get('epoch')}"
+                )
         elif history:
             row["status"] = "unfinished"
         for key in (*COCO_METRICS, "epoch", "train_time_s", "images_per_s", "params"):

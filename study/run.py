@@ -16,7 +16,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from study.driver import DEFAULT_TRAIN_FN, StudyArgs, main_entry
+# `python study/run.py` puts study/ first on sys.path (and Ray copies it to its workers), where
+# train.py, report.py, … would shadow top-level modules of those names: import them as study.*
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from study.driver import DEFAULT_TRAIN_FN, StudyArgs, main_entry  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,33 +32,41 @@ def build_parser() -> argparse.ArgumentParser:
     a("--data", help="dataset folder; without it: embedded dataset + the space's quick profile")
     a("--out", type=Path, help="study folder (default studies/<space>-<timestamp>)")
     a("--name", help="study name: the folder studies/NAME (when --out is not given)")
-    a("--address", help="connect to this Ray cluster (e.g. ray://host:10001 or host:6379)")
+    a("--address", help="join this running Ray cluster (its head node, e.g. 10.0.0.5:6379)")
     a("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (e.g. 0.25)")
     a("--cpus-per-trial", type=float, help="CPUs per trial (also the trial's torch threads)")
     a("--max-concurrent", type=int, help="at most this many trials at once")
     a("--seeds", type=int, default=1, help="repeat every grid point with seeds 0..N-1")
     a(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a trial-config key for every trial (repeatable); on an axis it pins it",
-    )  # fmt: skip
+    )
     a("--resume", action="store_true", help="continue the study in --out (or the latest one)")
     a("--dry-run", action="store_true", help="print the planned trials as JSON lines and exit")
     a(
-        "--skip-unavailable", action="store_true",
+        "--skip-unavailable",
+        action="store_true",
         help="run without the trials whose COCO weights cannot be downloaded (instead of stopping)",
-    )  # fmt: skip
+    )
     a("--no-download", dest="download", action="store_false", help="never download COCO weights")
     a(
-        "--dashboard-host", default="127.0.0.1",
+        "--dashboard-host",
+        default="127.0.0.1",
         help="interface of the Ray dashboard (default 127.0.0.1; it has no authentication)",
-    )  # fmt: skip
+    )
     a("--cache", type=Path, help="pretraining artifact cache (default <study>/pretrain_cache)")
     a("--max-failures", type=int, help="retries of a crashed trial (default: the space's)")
     a("--searcher-seed", type=int, default=0, help="seed of the Optuna sampler")
     a(
-        "--train-fn", default=DEFAULT_TRAIN_FN, metavar="MODULE:FUNCTION",
+        "--train-fn",
+        default=DEFAULT_TRAIN_FN,
+        metavar="MODULE:FUNCTION",
         help="training function with train_detector's signature (tests and benchmarks)",
-    )  # fmt: skip
+    )
     return p
 
 

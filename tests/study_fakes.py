@@ -27,9 +27,13 @@ PARAMS = {"nano": 900_000, "tiny": 5_000_000, "s": 9_000_000}
 
 def fake_score(cfg: TrialConfig, epoch: int) -> float:
     return (
-        SIZE.get(cfg.size, 0.2) + PRETRAIN[cfg.pretrain] + LOSS[cfg.reg_loss]
-        + 0.004 * ((cfg.seed * 7) % 5) + 0.01 * epoch / cfg.epochs + 0.001 * cfg.lr
-    )  # fmt: skip
+        SIZE.get(cfg.size, 0.2)
+        + PRETRAIN[cfg.pretrain]
+        + LOSS[cfg.reg_loss]
+        + 0.004 * ((cfg.seed * 7) % 5)
+        + 0.01 * epoch / cfg.epochs
+        + 0.001 * cfg.lr
+    )
 
 
 def fake_coco(score: float) -> dict[str, float]:

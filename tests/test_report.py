@@ -23,9 +23,18 @@ def row(tid: str, pretrain: str, loss: str, status: str = "done", **metrics: flo
     base = {m: 0.5 for m in COCO_METRICS}
     base.update(AP_large=-1.0, AR_large=-1.0)  # COCO: no large objects in the eval set
     base.update(metrics)
-    return {"id": tid, "status": status, "reason": "", "pretrain": pretrain, "reg_loss": loss,
-            "epoch": 300, "train_time_s": 600.0, "images_per_s": 50.0, "params": 9_000_000,
-            **base}  # fmt: skip
+    return {
+        "id": tid,
+        "status": status,
+        "reason": "",
+        "pretrain": pretrain,
+        "reg_loss": loss,
+        "epoch": 300,
+        "train_time_s": 600.0,
+        "images_per_s": 50.0,
+        "params": 9_000_000,
+        **base,
+    }
 
 
 def table_row(report: str, startswith: str) -> list[str]:
@@ -95,22 +104,26 @@ def single_seed_rows() -> list[dict[str, Any]]:
             "pretrain": "center_loss",
             "reg_loss": "iou",
             "reason": "COCO weights for YOLOX-s unavailable",
-        },  # fmt: skip
+        },
         {
             "id": "center-ciou",
             "status": "error",
             "pretrain": "center_loss",
             "reg_loss": "ciou",
             "reason": "RuntimeError: boom",
-        },  # fmt: skip
+        },
     ]
 
 
 def test_report_delta_bold_and_missing_values() -> None:
-    report = render_report(ReportInput(
-        title="t", rows=single_seed_rows(), axes=AXES,
-        baseline={"pretrain": "coco", "reg_loss": "iou"},
-    ))  # fmt: skip
+    report = render_report(
+        ReportInput(
+            title="t",
+            rows=single_seed_rows(),
+            axes=AXES,
+            baseline={"pretrain": "coco", "reg_loss": "iou"},
+        )
+    )
     base = table_row(report, "coco (baseline)")
     assert base[col("mAP")] == "0.325" and base[col("AP50")] == "0.700"
     ciou = table_row(report, "ssl | ciou")
@@ -119,8 +132,15 @@ def test_report_delta_bold_and_missing_values() -> None:
     iou = table_row(report, "ssl | iou")
     assert iou[col("mAP")] == "0.350 (+0.025)"
     assert iou[col("AP50")] == "**0.720** (+0.020)"  # best AP50 is another row
+    tie = render_report(
+        ReportInput(
+            title="t", rows=[*single_seed_rows(), row("x", "x", "iou", mAP=0.383)], axes=AXES
+        )
+    )
+    assert table_row(tie, "ssl | ciou")[col("mAP")] == "**0.383**"  # tied best: both bold
+    assert table_row(tie, "x")[col("mAP")] == "**0.383**"
     assert ciou[col("AP_large")] == "–"  # COCO's -1: not a number to compare
-    assert iou[col("AR_100")] == "**0.500** (+0.000)"  # ties are all bold, never "-0.000"
+    assert iou[col("AR_100")] == "0.500 (+0.000)"  # every row ties: no bold; never "-0.000"
     assert base[len(AXES) + len(COCO_METRICS) :] == ["10.0", "50.0", "9.00"]
     assert "| center-iou | skipped | COCO weights for YOLOX-s unavailable |" in report
     assert "| center-ciou | error | RuntimeError: boom |" in report
@@ -129,17 +149,22 @@ def test_report_delta_bold_and_missing_values() -> None:
 
 def test_report_without_the_baseline_says_so() -> None:
     rows = [r for r in single_seed_rows() if r["id"] != "coco-iou"]
-    report = render_report(ReportInput(
-        title="t", rows=rows, axes=AXES, baseline={"pretrain": "coco", "reg_loss": "iou"}
-    ))  # fmt: skip
+    report = render_report(
+        ReportInput(
+            title="t", rows=rows, axes=AXES, baseline={"pretrain": "coco", "reg_loss": "iou"}
+        )
+    )
     assert table_row(report, "ssl | ciou")[col("mAP")] == "**0.383**"
     assert "the baseline {'pretrain': 'coco', 'reg_loss': 'iou'} has no finished trial" in report
 
 
 def seeded_rows() -> list[dict[str, Any]]:
     rows = []
-    for name, values in {"base": [0.30, 0.32, 0.34], "b": [0.35, 0.36, 0.37],
-                         "c": [0.40, 0.41, 0.42]}.items():  # fmt: skip
+    for name, values in {
+        "base": [0.30, 0.32, 0.34],
+        "b": [0.35, 0.36, 0.37],
+        "c": [0.40, 0.41, 0.42],
+    }.items():
         for seed, v in enumerate(values):
             r = row(f"{name}-seed{seed}", name, "iou", mAP=v)
             r["seed"] = seed
@@ -148,9 +173,14 @@ def seeded_rows() -> list[dict[str, Any]]:
 
 
 def test_report_with_seeds_mean_std_ci_and_welch() -> None:
-    report = render_report(ReportInput(
-        title="t", rows=seeded_rows(), axes=AXES, baseline={"pretrain": "base", "reg_loss": "iou"}
-    ))  # fmt: skip
+    report = render_report(
+        ReportInput(
+            title="t",
+            rows=seeded_rows(),
+            axes=AXES,
+            baseline={"pretrain": "base", "reg_loss": "iou"},
+        )
+    )
     lines = report.split("### ")
     main, ci, diff = lines[0], lines[1], lines[2]
     assert table_row(main, "base (baseline)")[col("mAP")] == "0.320 ± 0.020"
@@ -201,12 +231,26 @@ def test_choose_best_single_and_seeded() -> None:
 
 
 def test_best_config_round_trip(tmp_path: Path) -> None:
-    cfg = config_from_dict({"size": "tiny", "pretrain": "ssl", "reg_loss": "ciou", "lr": 0.02,
-                            "seed": 2, "pretrain_artifact": str(tmp_path / "a.pt")})  # fmt: skip
+    cfg = config_from_dict(
+        {
+            "size": "tiny",
+            "pretrain": "ssl",
+            "reg_loss": "ciou",
+            "lr": 0.02,
+            "seed": 2,
+            "pretrain_artifact": str(tmp_path / "a.pt"),
+        }
+    )
     (tmp_path / "a.json").write_text('{"settings": {"method": "ssl", "pretrain_epochs": 30}}')
     best = row("ssl-ciou-tiny", "ssl", "ciou", mAP=0.383)
-    path = export_best(best, cfg.to_dict(), tmp_path / "best_config.yaml", metric="mAP",
-                       study="s1", point_rows=[best, {**best, "mAP": 0.381}])  # fmt: skip
+    path = export_best(
+        best,
+        cfg.to_dict(),
+        tmp_path / "best_config.yaml",
+        metric="mAP",
+        study="s1",
+        point_rows=[best, {**best, "mAP": 0.381}],
+    )
     assert load_config(path) == cfg
     text = path.read_text()
     assert text.startswith("# Best trial of study s1: ssl-ciou-tiny (done), mAP 0.3830")

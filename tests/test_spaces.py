@@ -87,8 +87,10 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("grid: {size: [nano, s]}\nbaseline: {reg_loss: iou}\n", "baseline.reg_loss"),
         ("grid: {size: [nano]}\nnum_samples: 4\n", "num_samples"),
         ("grid: {size: [nano]}\nscheduler: {type: hyperband}\n", "scheduler"),
-        ("grid: {size: [nano]}\nscheduler: {type: asha, max_t: 5, grace_period: 9}\n",
-         "scheduler.grace_period"),  # fmt: skip
+        (
+            "grid: {size: [nano]}\nscheduler: {type: asha, max_t: 5, grace_period: 9}\n",
+            "scheduler.grace_period",
+        ),
         ("grid: {size: [nano]}\nresources: {cpus: 1, tpus: 1}\n", "resources.tpus"),
         ("grid: {size: [nano]}\nquick: {epochs: -1}\n", "epochs"),
         ("grid: {size: [nano]}\nmetric: accuracy\n", "metric"),

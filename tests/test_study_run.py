@@ -21,10 +21,10 @@ import pytest
 
 from model.config import config_keys, load_config
 from model.yolox.weights import WeightsUnavailableError
-from study import pipeline
+from study import pipeline, prepare
 from study.driver import StudyArgs, run_study
-from study.pipeline import StudyError
 from study.plan import build_plan
+from study.prepare import StudyError
 from study.results import read_csv, read_history
 from study.spaces import load_space
 
@@ -46,8 +46,12 @@ def jsonl(text: str) -> list[dict]:
 def test_dry_run_cli_prints_every_planned_trial(tmp_path: Path) -> None:
     proc = subprocess.run(
         [*RUN, "--space", "ablation", "--dry-run", "--no-download"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=ENV,
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
     assert proc.returncode == 0, proc.stderr
     records = jsonl(proc.stdout)  # stdout is JSON lines only
     trials = [r for r in records if r["kind"] == "trial"]
@@ -68,8 +72,9 @@ def test_dry_run_cli_prints_every_planned_trial(tmp_path: Path) -> None:
 
 
 def test_dry_run_with_seeds_repeats_points_and_artifacts(capsys: pytest.CaptureFixture) -> None:
-    out = run_study(StudyArgs(space="ablation", seeds=2, dry_run=True, download=False),
-                    log=lambda s: None)  # fmt: skip
+    out = run_study(
+        StudyArgs(space="ablation", seeds=2, dry_run=True, download=False), log=lambda s: None
+    )
     records = jsonl(capsys.readouterr().out)
     trials = [r for r in records if r["kind"] == "trial"]
     assert len(trials) == 36 and out.exit_code == 0
@@ -101,11 +106,17 @@ def test_missing_coco_weights_stop_before_any_trial(tmp_path: Path, offline: Non
     space = tmp_path / "coco.yaml"
     space.write_text(COCO_SPACE)
     with pytest.raises(StudyError) as info:
-        run_study(StudyArgs(space=str(space), data=str(tmp_path), out=tmp_path / "s"),
-                  log=lambda s: None)  # fmt: skip
+        run_study(
+            StudyArgs(space=str(space), data=str(tmp_path), out=tmp_path / "s"), log=lambda s: None
+        )
     msg = str(info.value)
-    for part in ("yolox_nano.pth", "yolox_tiny.pth", "checkpoints/yolox_nano.pth",
-                 "--skip-unavailable", "needed by 1 trials"):  # fmt: skip
+    for part in (
+        "yolox_nano.pth",
+        "yolox_tiny.pth",
+        "checkpoints/yolox_nano.pth",
+        "--skip-unavailable",
+        "needed by 1 trials",
+    ):
         assert part in msg, msg
     assert not (tmp_path / "s").exists()  # stopped before anything ran
 
@@ -118,8 +129,14 @@ def test_missing_coco_weights_skip_offline_quick_start_or_on_request(
     space.write_text(COCO_SPACE)
     plan = build_plan(load_space(space), data=None if quick else str(tmp_path))
     lines: list[str] = []
-    pipeline.check_coco(plan, cache_root=tmp_path / "c", download=True,
-                        skip_unavailable=not quick, probe_only=False, log=lines.append)  # fmt: skip
+    prepare.check_coco(
+        plan,
+        cache_root=tmp_path / "c",
+        download=True,
+        skip_unavailable=not quick,
+        probe_only=False,
+        log=lines.append,
+    )
     skipped = {t.id: t.skip for t in plan.trials if t.skip}
     assert set(skipped) == {"coco-nano", "coco-tiny"}
     assert "COCO weights for YOLOX-tiny unavailable" in skipped["coco-tiny"]
@@ -147,8 +164,11 @@ def test_smoke_study_end_to_end_with_a_crash_and_retry(ray_address: str, tmp_pat
     rows = read_csv(study / "results.csv")
     assert [r["status"] for r in rows] == ["done"] * 4
     assert {(r["pretrain"], r["reg_loss"]) for r in rows} == {
-        ("none", "iou"), ("none", "ciou"), ("center_loss", "iou"), ("center_loss", "ciou")
-    }  # fmt: skip
+        ("none", "iou"),
+        ("none", "ciou"),
+        ("center_loss", "iou"),
+        ("center_loss", "ciou"),
+    }
     assert all(r["epoch"] == 2 and r["params"] > 0 and r["mAP"] is not None for r in rows)
 
     # the center-loss artifact was computed once (a Ray task) and both trials loaded it
@@ -216,8 +236,12 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(
     common = ["--address", ray_address, "--train-fn", "tests.study_fakes:fake_train"]
     first = subprocess.Popen(
         [*RUN, "--space", str(space), "--data", str(ctl), "--out", str(study), *common],
-        cwd=REPO, env=AUTH_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        cwd=REPO,
+        env=AUTH_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 120
     finished: set[str] = set()
     while time.time() < deadline and not finished and first.poll() is None:
@@ -237,8 +261,12 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(
 
     second = subprocess.run(
         [*RUN, "--resume", "--out", str(study), *common],
-        cwd=REPO, env=AUTH_ENV, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+        cwd=REPO,
+        env=AUTH_ENV,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert second.returncode == 0, second.stdout + second.stderr
     rows = read_csv(study / "results.csv")
     assert [r["status"] for r in rows] == ["done"] * 8
@@ -251,7 +279,87 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(
     assert set(calls) == {r["id"] for r in rows}
     for r in rows:
         assert [h["epoch"] for h in read_history(study / "trials" / r["id"] / "history.jsonl")] == [
-            1, 2, 3,
-        ]  # fmt: skip
+            1,
+            2,
+            3,
+        ]
     for tid in started:  # continued from their checkpoint, not from scratch
         assert 1 <= calls[tid][-1]["start_epoch"] < 3, (tid, calls[tid])
+
+
+def test_resources_follow_the_cluster() -> None:
+    plan = build_plan(load_space("ablation"), data="/d")  # asks 4 CPUs + 0.5 GPU per trial
+    log: list[str] = []
+    cpu_box = {"CPU": 2.0}
+    res = pipeline.effective_resources(plan, None, None, cpu_box, log.append)
+    assert (res.cpus, res.gpus) == (2.0, 0.0)  # no GPU: CPU trials; 4 CPUs clamped to 2
+    assert any("no GPU" in line for line in log)
+    gpu_box = {"CPU": 16.0, "GPU": 1.0}
+    res = pipeline.effective_resources(plan, 2, 0.25, gpu_box, log.append)
+    assert (res.cpus, res.gpus) == (2, 0.25)  # four trials share the GPU
+    with pytest.raises(StudyError, match="no GPU"):
+        pipeline.effective_resources(plan, None, 0.5, cpu_box, log.append)  # asked explicitly
+    quick = build_plan(load_space("ablation"))  # the quick block's own resources
+    assert pipeline.effective_resources(quick, None, None, cpu_box, log.append).cpus == 1
+
+
+def test_trial_metrics_are_flat_scalars() -> None:
+    import torch
+
+    from study.trial import scalar_metrics
+
+    flat = scalar_metrics(
+        {
+            "mAP": torch.tensor(0.5),
+            "losses": {"iou": 1.0},
+            "bad": float("nan"),
+            "summary": "two\nlines",
+            "epoch": 3,
+            "note": "ok",
+        }
+    )
+    assert flat == {"mAP": 0.5, "losses/iou": 1.0, "bad": None, "epoch": 3, "note": "ok"}
+
+
+SAMPLED_SPACE = """
+fixed: {epochs: 6, eval_interval: 1, no_aug_epochs: 1, workers: 0}
+sample:
+  lr: {type: loguniform, low: 0.001, high: 10.0}
+  size: {type: choice, values: [nano, tiny]}
+num_samples: 4
+scheduler: {type: asha, max_t: 6, grace_period: 1, reduction_factor: 2}
+resources: {cpus: 1}
+"""
+
+
+def test_sampled_study_with_optuna_asha_and_seeds(ray_address: str, tmp_path: Path) -> None:
+    import optuna
+
+    from tests.study_fakes import fake_train
+
+    space = tmp_path / "sampled.yaml"
+    space.write_text(SAMPLED_SPACE)
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    (ctl / "fake.json").write_text(json.dumps({"epoch_s": 0.05}))
+    study = tmp_path / "study"
+    args = StudyArgs(space=str(space), data=str(ctl), out=study, seeds=2)
+    out = run_study(args, train_fn=fake_train, log=lambda s: None)
+    assert out.exit_code == 0, out.summary
+    rows = read_csv(study / "results.csv")
+    assert len(rows) == 8 and all(r["id"].startswith("trial-") for r in rows)
+    for r in rows:  # ASHA may stop a trial early; one that reached its last epoch is done
+        assert (r["status"], r["epoch"] == 6) in {("done", True), ("stopped", False)}, r
+    # Repeater: each Optuna proposal ran with seeds 0 and 1
+    proposals: dict[tuple, list[int]] = {}
+    for r in rows:
+        proposals.setdefault((r["lr"], r["size"]), []).append(r["seed"])
+    assert len(proposals) == 4 and all(sorted(s) == [0, 1] for s in proposals.values())
+    assert all(0.001 <= lr <= 10.0 and size in ("nano", "tiny") for lr, size in proposals)
+    # the seeded TPE sampler's study lives in the study folder
+    stored = optuna.load_study(study_name="study", storage=f"sqlite:///{study / 'optuna.sqlite'}")
+    assert len(stored.trials) == 4
+    assert {t.params["lr"] for t in stored.trials} == {lr for lr, _ in proposals}
+    report = (study / "report.md").read_text()
+    assert "| id | status | lr | size | mAP |" in report
+    assert (study / "mAP_vs_params.png").is_file() and (study / "best_config.yaml").is_file()
