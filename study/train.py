@@ -82,7 +82,16 @@ def prepare_pretraining(cfg: TrialConfig, args: argparse.Namespace) -> TrialConf
     cache = ArtifactCache(args.cache or default_cache_root())
     # COCO weights first: the coco trial needs them, and so may the pretraining (pretrain_init).
     prepare_coco_weights([cfg], download=not args.no_download, cache=cache)
-    return cache.resolve(cfg, progress=not args.quiet)
+    cfg = cache.resolve(cfg, progress=not args.quiet)
+    if cfg.pretrain_artifact:
+        from model.pretrain.artifact import load_artifact
+
+        figures = load_artifact(cfg.pretrain_artifact, size=cfg.size).get("metrics", {})
+        shown = ", ".join(
+            f"{k} {v:.4g}" for k, v in figures.items() if isinstance(v, (int, float))
+        )
+        print(f"pretrain: {cfg.pretrain} backbone {cfg.pretrain_artifact} ({shown})")
+    return cfg
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -138,11 +147,16 @@ def run(args: argparse.Namespace) -> int:
         if (result["resumed_from_epoch"])
         else ""
     )
+    loaded = (
+        f", {result['pretrain_loaded']} pretrained tensors loaded ({cfg.pretrain})"
+        if cfg.pretrain != "none"
+        else ""
+    )
     print(
         f"train: YOLOX-{cfg.size} {cfg.epochs} epochs on {result['device']}{resumed}: "
         f"mAP {result['mAP']:.4f} AP50 {result['AP50']:.4f} (best mAP {result['best_mAP']:.4f} "
         f"at epoch {result['best_epoch']}), {_duration(result['train_time_s'])} training at "
-        f"{result['images_per_s']:.1f} img/s, {result['params'] / 1e6:.2f}M params "
+        f"{result['images_per_s']:.1f} img/s, {result['params'] / 1e6:.2f}M params{loaded} "
         f"-> {out / 'metrics.json'}"
     )
     return 0

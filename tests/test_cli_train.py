@@ -138,3 +138,26 @@ def test_bad_override_is_reported(tmp_path, capsys) -> None:
     code = train_cli.main(["--set", "epochs=0", "--out", str(tmp_path / "o")])
     assert code == 2
     assert "key 'epochs' must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_train_with_a_center_loss_backbone_says_what_it_loaded(data_dir: Path, tmp_path, capsys):
+    cfg = tmp_path / "cl.yaml"
+    cfg.write_text(
+        TINY + "pretrain: center_loss\npretrain_epochs: 1\npretrain_batch_size: 8\ncrop_size: 32\n"
+    )
+    out = tmp_path / "out"
+    code = train_cli.main(["--config", str(cfg), "--data", str(data_dir), "--out", str(out),
+                           "--cache", str(tmp_path / "cache"), "--quiet"])
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    (artifact,) = (tmp_path / "cache").glob("center_loss-nano-*.pt")
+    (said,) = [ln for ln in lines if ln.startswith("pretrain: ")]
+    assert said.startswith(f"pretrain: center_loss backbone {artifact} (") and " accuracy " in said
+    metrics = json.loads((out / "metrics.json").read_text())
+    # every tensor of CSPDarknet-nano (its state_dict) went into the detector
+    n_backbone = len(torch.load(artifact, weights_only=True)["backbone"])
+    assert metrics["pretrain_loaded"] == n_backbone > 100
+    assert metrics["config"]["pretrain_artifact"] == str(artifact)
+    assert lines[-1].endswith(
+        f", {n_backbone} pretrained tensors loaded (center_loss) -> {out / 'metrics.json'}"
+    )
