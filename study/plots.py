@@ -59,6 +59,7 @@ def plot_by_axis(
     ax.set_xlabel(x_axis)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} by {x_axis}" + (f" ({' × '.join(others)})" if others else ""))
+    ax.set_ylim(bottom=0)  # COCO numbers are >= 0 (its -1 "no such objects" is left out)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, out)
@@ -80,6 +81,7 @@ def plot_learning_curves(
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} during training")
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     if len(curves) <= 24:
         ax.legend(fontsize=6, ncol=2 if len(curves) > 8 else 1, loc="best")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from ray.tune import Callback
 
 from study.pipeline import trial_dirname
 from study.plan import load_plan
-from study.results import FINISHED, STATUS_FILE, write_results
+from study.results import FINISHED, STATUS_FILE, collect_rows, write_results
 from study.trial import scratch_dir
 
 
@@ -25,9 +26,22 @@ class StudyCallback(Callback):
         self.total = total
         self.started: dict[str, float] = {}
         self.durations: list[float] = []
+        # Trials that ended before this driver began (a resumed study): they count as ended.
+        # Counted from the callbacks, not the trial files, which a trial ending at the same
+        # moment may already have written before its callback runs.
+        self.ended: set[str] = self._ended_before()
+        self.slots = 1  # the most trials seen running at once: the ETA divides by it
+
+    def _ended_before(self) -> set[str]:
+        plan_path = Path(self.study_dir) / "plan.json"
+        if not plan_path.is_file():
+            return set()
+        rows = collect_rows(load_plan(plan_path), Path(self.study_dir))
+        return {r["id"] for r in rows if r["status"] in FINISHED and r["status"] != "skipped"}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.started[trial_dirname(trial)] = time.time()
+        self.slots = max(self.slots, sum(1 for t in trials if t.status == "RUNNING"), 1)
         print(f"  start {trial_dirname(trial)}", flush=True)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -58,13 +72,15 @@ class StudyCallback(Callback):
         row = next((r for r in rows if r["id"] == tid), {})
         if tid in self.started:
             self.durations.append(time.time() - self.started.pop(tid))
-        ended = sum(1 for r in rows if r["status"] in FINISHED and r["status"] != "skipped")
+        self.ended.add(tid)
+        ended = len(self.ended)
         running = sum(1 for t in trials if t.status == "RUNNING" and t is not trial)
+        self.slots = max(self.slots, running + 1)
         left = max(self.total - ended, 0)
         eta = ""
         if self.durations and left:
             mean = sum(self.durations) / len(self.durations)
-            eta = f", ~{_duration(mean * left / max(running, 1))} left"
+            eta = f", ~{_duration(mean * math.ceil(left / self.slots))} left"
         m = row.get("mAP")
         what = f"mAP {m:.4f} (epoch {row.get('epoch')})" if isinstance(m, (int, float)) else error
         print(

@@ -109,6 +109,9 @@ def ablation_tables(inp: ReportInput) -> list[str]:
         return ["No finished trials yet."]
     base_key = tuple(inp.baseline.get(a) for a in inp.axes) if inp.baseline else None
     base = next((p for p in points if p.values == base_key), None)
+    stand_in = base is None and base_key is not None
+    if stand_in:
+        base = nearest_point(points, base_key)
     seeds = max(len(p.rows) for p in points)
     sums = {m: [p.summary(m) for p in points] for m in COCO_METRICS}
     best = {m: _best([s.mean if s else None for s in sums[m]]) for m in COCO_METRICS}
@@ -122,7 +125,7 @@ def ablation_tables(inp: ReportInput) -> list[str]:
     def label(p: Point) -> list[str]:
         cells = [str(v) for v in p.values]
         if p is base:
-            cells[0] += " (baseline)"
+            cells[0] += " (reference)" if stand_in else " (baseline)"
         return cells
 
     header = [*inp.axes, *COCO_METRICS, "train min", "img/s", "params M"]
@@ -147,10 +150,15 @@ def ablation_tables(inp: ReportInput) -> list[str]:
     lines = _table(header, body)
     lines.append("")
     legend = ["COCO AP/AR at maxDets 1000 (AR_100/300 at 100/300); best per column in **bold**"]
-    if base is not None:
+    if base is not None and stand_in:
+        named = ", ".join(f"{a}={v}" for a, v in zip(inp.axes, base.values, strict=True))
+        legend.append(
+            f"(±x.xxx) = difference from the reference row {named}: the baseline "
+            f"{_point_text(inp.baseline)} has no finished trial, so the nearest finished grid "
+            "point stands in"
+        )
+    elif base is not None:
         legend.append("(±x.xxx) = difference from the baseline row")
-    elif inp.baseline:
-        legend.append(f"no difference column: the baseline {inp.baseline} has no finished trial")
     if seeds > 1:
         legend.append(
             "mean ± sample std over seeds; * = Welch 95% interval of the difference excludes 0"
@@ -209,6 +217,19 @@ def sampled_table(inp: ReportInput) -> list[str]:
         cells.append(str(r.get("epoch") or "–"))
         body.append(cells)
     return _table(["id", "status", *inp.sampled_keys, *COCO_METRICS, "epoch"], body)
+
+
+def nearest_point(points: Sequence[Point], key: tuple[Any, ...]) -> Point | None:
+    """The point that differs from ``key`` on the fewest axes (the first such in table order):
+    the reference row when the baseline itself did not run, e.g. the quick start's coco/iou/s
+    skipped offline is stood in for by center_loss/iou/s."""
+    if not points:
+        return None
+    return min(points, key=lambda p: sum(a != b for a, b in zip(p.values, key, strict=True)))
+
+
+def _point_text(point: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.items())
 
 
 def _param(v: Any) -> str:

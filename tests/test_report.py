@@ -147,15 +147,33 @@ def test_report_delta_bold_and_missing_values() -> None:
     assert "Trials: 3 done, 1 skipped, 1 error." in report
 
 
-def test_report_without_the_baseline_says_so() -> None:
+def test_report_without_the_baseline_measures_from_the_nearest_point_and_says_so() -> None:
+    # coco-iou did not run: ssl-iou differs from it on one axis, ssl-ciou on two
     rows = [r for r in single_seed_rows() if r["id"] != "coco-iou"]
     report = render_report(
         ReportInput(
             title="t", rows=rows, axes=AXES, baseline={"pretrain": "coco", "reg_loss": "iou"}
         )
     )
-    assert table_row(report, "ssl | ciou")[col("mAP")] == "**0.383**"
-    assert "the baseline {'pretrain': 'coco', 'reg_loss': 'iou'} has no finished trial" in report
+    ref = table_row(report, "ssl (reference)")
+    assert ref[col("mAP")] == "0.350"  # no difference on the reference row itself
+    assert table_row(report, "ssl | ciou")[col("mAP")] == "**0.383** (+0.033)"  # 0.383 - 0.350
+    assert (
+        "difference from the reference row pretrain=ssl, reg_loss=iou: the baseline "
+        "pretrain=coco, reg_loss=iou has no finished trial" in report
+    )
+    assert "(baseline)" not in report
+
+
+def test_report_with_no_finished_point_near_the_baseline_has_no_differences() -> None:
+    only = [row("ssl-ciou", "ssl", "ciou", mAP=0.383)]
+    report = render_report(
+        ReportInput(
+            title="t", rows=only, axes=AXES, baseline={"pretrain": "coco", "reg_loss": "iou"}
+        )
+    )
+    # the one finished point is its own reference: nothing to subtract
+    assert table_row(report, "ssl (reference)")[col("mAP")] == "0.383"
 
 
 def seeded_rows() -> list[dict[str, Any]]:

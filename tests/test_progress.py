@@ -1,0 +1,43 @@
+"""The driver's progress lines: the ended count and the time left, on simulated Tune trials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import study.progress as progress
+from study.pipeline import PLAN_ID
+
+
+def fake_trial(tid: str, status: str = "RUNNING") -> Any:
+    return SimpleNamespace(config={PLAN_ID: tid}, trial_id=tid, status=status)
+
+
+def test_two_trials_ending_together_count_one_each_and_eta_uses_the_slots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Both trials' files say "done" before the first callback runs (they ended together).
+    rows = [
+        {"id": "a", "status": "done", "mAP": 0.1, "epoch": 4},
+        {"id": "b", "status": "done", "mAP": 0.2, "epoch": 4},
+    ]
+    monkeypatch.setattr(progress, "load_plan", lambda path: None)
+    monkeypatch.setattr(progress, "write_results", lambda plan, study_dir: rows)
+    clock = iter([0.0, 0.0, 100.0, 100.0])
+    monkeypatch.setattr(progress.time, "time", lambda: next(clock))
+    cb = progress.StudyCallback(str(tmp_path), total=6)  # no plan.json yet: nothing ended before
+    a, b = fake_trial("a"), fake_trial("b")
+    cb.on_trial_start(0, [a], a)
+    cb.on_trial_start(0, [a, b], b)
+    cb.on_trial_complete(1, [a, b], a)
+    b.status, a.status = "RUNNING", "TERMINATED"
+    cb.on_trial_complete(1, [a, b], b)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[")]
+    # 100 s a trial on 2 slots: 5 left -> 3 rounds (300 s), then 4 left -> 2 rounds (200 s)
+    assert lines == [
+        "[1/6] done a: mAP 0.1000 (epoch 4); 1 running, ~5 min left",
+        "[2/6] done b: mAP 0.2000 (epoch 4); 0 running, ~3 min left",
+    ]
