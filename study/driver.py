@@ -159,11 +159,10 @@ def run_study(
         )
         if args.dry_run:
             prepare.print_dry_run(plan, needs)
-            n = len(plan.trials) if not plan.space.sampled else plan.num_samples * plan.seeds
-            return StudyOutcome(study_dir, [], f"dry run: {n} trials planned", 0)
+            return _dry_run_outcome(plan, study_dir, "", needs, log)
     elif args.dry_run:
         prepare.print_dry_run(plan, {})
-        return StudyOutcome(study_dir, [], "dry run of the saved plan", 0)
+        return _dry_run_outcome(plan, study_dir, " (the saved plan)", {}, log)
 
     fn = train_fn or import_train_fn(args.train_fn)
     ship_by_value(fn)
@@ -223,6 +222,28 @@ def finish(plan: Plan, study_dir: Path, wall_s: float, log: Log = print) -> Stud
 
 def _duration(s: float) -> str:
     return f"{int(s // 60)}m{int(s % 60):02d}s"
+
+
+def _dry_run_outcome(
+    plan: Plan, study_dir: Path, what: str, needs: dict[str, bool], log: Log
+) -> StudyOutcome:
+    """The dry run's one-line summary (to the log: stdout stays JSON lines)."""
+    if plan.space.sampled:
+        trials = f"{plan.num_samples * plan.seeds} sampled trials planned"
+    else:
+        notes = []
+        if skipped := sum(1 for t in plan.trials if t.skip):
+            notes.append(f"{skipped} to skip")
+        if fetch := sum(1 for t in plan.trials if needs.get(t.id) and not t.skip):
+            notes.append(f"{fetch} need COCO weights not on disk")
+        trials = f"{len(plan.trials)} trials planned" + (f" ({', '.join(notes)})" if notes else "")
+    jobs = len(plan.pretrain_jobs)
+    summary = (
+        f"dry run{what}: {trials}, {jobs} pretraining job{'s' if jobs != 1 else ''}; "
+        "nothing was run"
+    )
+    log(summary)
+    return StudyOutcome(study_dir, [], summary, 0)
 
 
 def main_entry(args: StudyArgs) -> int:

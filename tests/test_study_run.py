@@ -68,6 +68,11 @@ def test_dry_run_cli_prints_every_planned_trial(tmp_path: Path) -> None:
         assert {by_id[i]["pretrain_job"] for i in j["trials"]} == {j["key"]}
     assert by_id["coco-iou-s"]["pretrain_job"] is None
     assert "quick profile" in proc.stderr  # said plainly, on stderr
+    # the one-line summary closes stderr; the six coco trials' weights are not on disk
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "dry run: 18 trials planned (6 need COCO weights not on disk), 6 pretraining jobs; "
+        "nothing was run"
+    )
     assert not (tmp_path / "studies").exists()  # a dry run writes nothing
 
 
@@ -78,6 +83,7 @@ def test_dry_run_with_seeds_repeats_points_and_artifacts(capsys: pytest.CaptureF
     records = jsonl(capsys.readouterr().out)
     trials = [r for r in records if r["kind"] == "trial"]
     assert len(trials) == 36 and out.exit_code == 0
+    assert out.summary.startswith("dry run: 36 trials planned")
     assert sorted({t["config"]["seed"] for t in trials}) == [0, 1]
     # the seed is a pretraining setting: one artifact per method x size x seed
     assert len([r for r in records if r["kind"] == "pretrain"]) == 12
