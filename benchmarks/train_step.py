@@ -8,7 +8,8 @@ official package cannot be installed here, so that loop is our stand-in for it).
     python benchmarks/train_step.py --preset nano320 --iters 5
     python benchmarks/train_step.py --size tiny --img 416 --batch 4 --device cuda
 
-On CUDA the step runs under torch.autocast (fp16) with a GradScaler, in channels_last.
+On CUDA the step runs under torch.autocast (fp16) with a GradScaler, in channels_last; on the CPU
+in fp32, contiguous unless ``--channels-last`` (the trial config's ``channels_last``).
 On a shared CPU machine use ``--threads 1``: with more threads than idle cores every small op
 waits on a descheduled thread, and the many small ops of the assignment suffer most.
 """
@@ -74,6 +75,7 @@ def time_steps(
     iters: int,
     objects: tuple[int, int],
     seed: int,
+    channels_last: bool = False,
 ) -> tuple[list[float], list[float], float]:
     """Per-step wall times in ms, the loss-forward times in ms, and the first step's total loss."""
     torch.manual_seed(seed)
@@ -83,7 +85,7 @@ def time_steps(
     images = torch.rand(batch, 3, img, img, generator=gen) * 255
     targets = random_targets(batch, img, *objects, max_objects=120, gen=gen)
     images, targets = images.to(device), targets.to(device)
-    if cuda:
+    if cuda or channels_last:
         net = net.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.01 * batch / 64, momentum=0.9, nesterov=True)
@@ -126,6 +128,10 @@ def main() -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--channels-last", action="store_true",
+        help="NHWC tensors on the CPU too (always on for CUDA); the trial config's channels_last",
+    )
     args = p.parse_args()
 
     if args.threads:
@@ -141,6 +147,8 @@ def main() -> None:
     )
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     extra = " fp16 autocast + GradScaler, channels_last" if device.type == "cuda" else " fp32"
+    if device.type == "cpu" and args.channels_last:
+        extra += ", channels_last"
     print(
         f"device: {where} ({extra.strip()}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} CPU threads"
@@ -162,7 +170,8 @@ def main() -> None:
         loss_means: dict[str, float] = {}
         for mode in modes:
             times, loss_ms, loss = time_steps(
-                size, img, batch, mode, device, args.warmup, args.iters, args.objects, args.seed
+                size, img, batch, mode, device, args.warmup, args.iters, args.objects, args.seed,
+                channels_last=args.channels_last,
             )
             means[mode] = statistics.mean(times)
             loss_means[mode] = statistics.mean(loss_ms)

@@ -213,7 +213,10 @@ def evaluate_coco(
             ):
                 t0 = time.perf_counter()
                 load_s += t0 - tick
-                prediction = net(images.to(device, non_blocking=True).float())
+                images = images.to(device, non_blocking=True).float()
+                if cfg.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                prediction = net(images)
                 _sync(device)
                 t1 = time.perf_counter()
                 outputs = postprocess(

@@ -3,8 +3,8 @@
 Facts taken from the official code (``yolox/exp/yolox_base.py``, ``yolox/utils/lr_scheduler.py``,
 ``yolox/utils/ema.py``), re-written here:
 
-* SGD with Nesterov momentum over three groups: normalisation weights (no decay), other weights
-  (decay), biases (no decay).
+* SGD with Nesterov momentum (or, an addition, AdamW) over three groups: normalisation weights
+  (no decay), other weights (decay), biases (no decay).
 * ``lr = cfg.lr * batch_size / 64`` ("0.01 per 64 images").
 * "yoloxwarmcos": quadratic warmup from ``warmup_lr``, cosine down to ``min_lr_ratio * lr``, then a
   constant ``min_lr`` for the last ``no_aug_epochs``; evaluated per iteration.
@@ -72,9 +72,16 @@ def param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def build_optimizer(net: nn.Module, cfg: TrialConfig) -> torch.optim.SGD:
-    """SGD (Nesterov, ``cfg.momentum``) over :func:`param_groups`; the lr is set per iteration."""
+def build_optimizer(net: nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer:
+    """The optimiser of ``cfg.optimizer`` over :func:`param_groups`; the lr is set per iteration.
+
+    ``sgd``: SGD with Nesterov momentum ``cfg.momentum`` (official). ``adamw``: AdamW with
+    ``betas = (cfg.momentum, 0.999)``; its decay is decoupled (``weight_decay * lr`` per step)
+    and, as for SGD, left off the norm weights and biases.
+    """
     groups = param_groups(net, cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=scaled_lr(cfg), betas=(cfg.momentum, 0.999))
     return torch.optim.SGD(groups, lr=scaled_lr(cfg), momentum=cfg.momentum, nesterov=True)
 
 

@@ -10,7 +10,7 @@ The official YOLOX recipe (``yolox/core/trainer.py``), re-written without Ray:
 * multi-scale training: a new input size every 10 iterations. The official trainer draws it from
   the global ``random`` module; we draw it from a generator seeded by
   ``(cfg.seed, iteration // 10)``, so that a resumed run picks the sizes an uninterrupted one did;
-* AMP (float16 autocast + GradScaler) and channels_last on CUDA only.
+* AMP (float16 autocast + GradScaler) on CUDA only; channels_last on any device.
 
 Checkpoints (``last.pt`` after every epoch, ``best.pt`` by mAP) are written atomically and hold
 everything a resume needs, so a run killed between epochs and resumed ends bit-identical on CPU.
@@ -216,7 +216,7 @@ class _Trainer:
         if state is None:  # fresh run: pretrained weights (resumed runs take all from the file)
             self.pretrain_loaded = init_pretrained(self.net, self.cfg)
         self.net.to(self.device)
-        if self.device.type == "cuda" and self.cfg.channels_last:
+        if self.cfg.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.net, self.cfg)
         self.ema = ModelEMA(self.net, self.cfg.ema_decay) if self.cfg.ema else None
@@ -286,7 +286,7 @@ class _Trainer:
             lr = self.schedule(step)
             set_lr(self.optimizer, lr)
             images, targets = rescale_batch(images, targets, multiscale_size(cfg, step))
-            if self.device.type == "cuda" and cfg.channels_last:
+            if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast:
                 out = net(images, targets)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -55,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-download", action="store_true", help="never download COCO weights (offline)"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bar (the per-epoch lines stay)"
+    )
     return p
 
 
@@ -106,8 +109,25 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+class _StderrLines(logging.Handler):
+    """Log records as plain lines on the current ``sys.stderr`` (looked up at each record)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr, flush=True)
+
+
+def _epoch_lines_to_stderr() -> None:
+    """Without the progress bar the trainer logs its per-epoch lines; show them (once)."""
+    log = logging.getLogger("model.train")
+    if not any(isinstance(h, _StderrLines) for h in log.handlers):
+        log.addHandler(_StderrLines())
+    log.setLevel(logging.INFO)
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
+    if args.quiet:
+        _epoch_lines_to_stderr()
     name = args.config.stem if args.config else "default"
     out = (args.out or Path("runs") / "train" / name).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from model.config import ConfigError
 from model.data.synth import generate_flow_like
 from model.evaluate import COCO_METRICS
 from study import detect as detect_cli
@@ -138,6 +139,31 @@ def test_bad_override_is_reported(tmp_path, capsys) -> None:
     code = train_cli.main(["--set", "epochs=0", "--out", str(tmp_path / "o")])
     assert code == 2
     assert "key 'epochs' must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_quiet_drops_the_bar_but_keeps_the_epoch_lines(data_dir: Path, tmp_path, capsys):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    code = train_cli.main(["--config", str(cfg), "--data", str(data_dir),
+                           "--out", str(tmp_path / "o"), "--quiet"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "epoch 1/1: mAP " in err and " AP50 " in err
+    assert "it/s" not in err  # no tqdm bar
+
+
+def test_overrides_are_checked_against_the_config_not_the_defaults(tmp_path) -> None:
+    # The default no_aug_epochs is 15: `--set epochs=10` over a config with no_aug_epochs 8 is
+    # fine, and only the merged config decides whether epochs and no_aug_epochs fit together.
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 36\nno_aug_epochs: 8\n")
+    args = train_cli.build_parser().parse_args(["--config", str(cfg), "--set", "epochs=10"])
+    resolved = train_cli.resolve_config(args)
+    assert (resolved.epochs, resolved.no_aug_epochs) == (10, 8)
+    args = train_cli.build_parser().parse_args(["--config", str(cfg), "--set", "epochs=5"])
+    with pytest.raises(ConfigError, match=r"command line: key 'no_aug_epochs' must be in \[0, "
+                       r"epochs=5\]"):
+        train_cli.resolve_config(args)
 
 
 def test_train_with_a_center_loss_backbone_says_what_it_loaded(data_dir: Path, tmp_path, capsys):

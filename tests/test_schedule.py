@@ -89,6 +89,24 @@ def test_optimizer_is_nesterov_sgd_with_config_momentum() -> None:
     assert opt.param_groups[0]["lr"] == pytest.approx(0.005)
 
 
+def test_adamw_option_decays_only_the_weights_and_steps_by_lr() -> None:
+    cfg = TrialConfig(optimizer="adamw", momentum=0.8, weight_decay=1e-3, batch_size=32)
+    net = nn.Linear(1, 1)
+    opt = build_optimizer(net, cfg)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert all(g["betas"] == (0.8, 0.999) for g in opt.param_groups)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 1e-3, 0.0]
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+        net.bias.fill_(1.0)
+    net(torch.tensor([[0.5]])).sum().backward()  # d/dw = 0.5, d/db = 1
+    opt.step()
+    # First Adam step: m_hat / sqrt(v_hat) = sign(g); lr 0.01 * 32 / 64 = 0.005; decoupled
+    # decay 0.005 * 1e-3 * w on the weight only.
+    assert net.weight.item() == pytest.approx(1.0 - 0.005 * 1e-3 - 0.005, abs=1e-7)
+    assert net.bias.item() == pytest.approx(1.0 - 0.005, abs=1e-7)
+
+
 def test_ema_decay_ramp_and_update() -> None:
     net = nn.Linear(1, 1, bias=False)
     with torch.no_grad():

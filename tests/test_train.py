@@ -12,6 +12,7 @@ from model.config import ConfigError, TrialConfig
 from model.data.synth import generate_flow_like
 from model.evaluate import COCO_METRICS
 from model.train import TrainingError, is_eval_epoch, multiscale_size, train_detector
+from model.yolox import build_yolox_from_config
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -120,6 +121,19 @@ def test_same_config_and_seed_reproduce_the_run(uninterrupted, data_dir, tmp_pat
         assert [m[key] for m in reports] == [m[key] for m, _ in reports_a], key
     wa, wb = _weights(out_a / "last.pt"), _weights(tmp_path / "last.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_channels_last_runs_on_cpu_and_its_checkpoint_loads_anywhere(data_dir, tmp_path) -> None:
+    # (the layout gives the same step as contiguous tensors: tests/test_yolox_network.py)
+    cfg = tiny(data_dir, channels_last=True, epochs=1, no_aug_epochs=0, eval_interval=1)
+    result = train_detector(cfg, checkpoint_dir=tmp_path, progress=False)
+    assert result["epochs"] == 1
+    state = load_checkpoint(tmp_path / "last.pt")
+    stem = state["model"]["backbone.backbone.stem.conv.conv.weight"]
+    assert stem.is_contiguous(memory_format=torch.channels_last)
+    assert not stem.is_contiguous()
+    net = build_yolox_from_config(tiny(data_dir))
+    net.load_state_dict(state["ema"]["module"])
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(uninterrupted, data_dir) -> None:

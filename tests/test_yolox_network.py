@@ -87,6 +87,47 @@ def test_prior_bias_and_batchnorm_settings() -> None:
     assert all(isinstance(m, torch.nn.SiLU) for m in net.modules() if hasattr(m, "inplace"))
 
 
+def test_bn_momentum_from_config_drives_the_running_statistics() -> None:
+    net = build_yolox_from_config(TrialConfig(size="nano", bn_momentum=0.25))
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 104 and all(bn.momentum == 0.25 for bn in bns)
+    stem = net.backbone.backbone.stem.conv.bn
+    net.train()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        net(x)
+    # one step from mean 0 moves a quarter of the way to the batch mean of the stem's conv
+    with torch.no_grad():
+        focus = [x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]]
+        feats = net.backbone.backbone.stem.conv.conv(torch.cat(focus, 1))
+    torch.testing.assert_close(stem.running_mean, 0.25 * feats.mean((0, 2, 3)))
+    default = build_yolox_from_config(TrialConfig(size="nano"))
+    assert all(m.momentum == 0.03 for m in default.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_channels_last_training_step_matches_contiguous_on_cpu() -> None:
+    torch.manual_seed(0)
+    net = build_yolox("nano", num_classes=1, reg_loss="ciou").train()
+    images = torch.rand(2, 3, 96, 96) * 255
+    targets = torch.zeros(2, 4, 5)
+    targets[0, 0] = torch.tensor([0, 30.0, 40.0, 12.0, 9.0])
+    targets[1, :2] = torch.tensor([[0, 60.0, 20.0, 20.0, 14.0], [0, 10.0, 70.0, 8.0, 8.0]])
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        copy = build_yolox("nano", num_classes=1, reg_loss="ciou").train()
+        copy.load_state_dict(net.state_dict())
+        copy = copy.to(memory_format=layout)
+        out = copy(images.contiguous(memory_format=layout), targets)
+        out["total_loss"].backward()
+        grads = {k: p.grad.clone() for k, p in copy.named_parameters()}
+        results.append(({k: float(v.detach()) for k, v in out.items()}, grads))
+    (loss_a, grad_a), (loss_b, grad_b) = results
+    assert loss_b == pytest.approx(loss_a, rel=1e-3)  # float32 conv algorithms differ
+    for k in grad_a:  # same direction and size per tensor, up to float32 rounding
+        a, b = grad_a[k].flatten(), grad_b[k].flatten()
+        assert (b - a).norm() <= 1e-3 * a.norm() + 1e-6, k
+
+
 def test_build_from_config_maps_fields() -> None:
     cfg = TrialConfig(
         size="nano",

@@ -159,7 +159,7 @@ def pretrain_center_loss(
 
     backbone = build_backbone(cfg).to(device)
     model = FgBgClassifier(backbone, dark5_channels(backbone)).to(device)
-    if device.type == "cuda" and cfg.channels_last:
+    if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     step_fn = CenterLossStep(model, cfg, device)
 

@@ -207,7 +207,7 @@ def pretrain_ssl(
 
     backbone = build_backbone(cfg).to(device)
     model = Embedder(backbone, dark5_channels(backbone)).to(device)
-    if device.type == "cuda" and cfg.channels_last:
+    if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_sgd(list(model.parameters()), cfg.pretrain_lr)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp)

@@ -129,7 +129,7 @@ def build_yolox_from_config(cfg: TrialConfig) -> YOLOX:
 
     Pretrained weights (``cfg.pretrain``) are not loaded here; the trainer does that.
     """
-    return build_yolox(
+    net = build_yolox(
         cfg.size,
         cfg.num_classes,
         reg_loss=cfg.reg_loss,
@@ -138,3 +138,13 @@ def build_yolox_from_config(cfg: TrialConfig) -> YOLOX:
         iou_cost_weight=cfg.iou_cost_weight,
         reg_weight=cfg.reg_weight,
     )
+    set_bn_momentum(net, cfg.bn_momentum)
+    return net
+
+
+def set_bn_momentum(net: nn.Module, momentum: float) -> int:
+    """Set the running-statistics momentum of every BatchNorm in ``net``; returns how many."""
+    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in layers:
+        m.momentum = momentum
+    return len(layers)
