@@ -78,6 +78,9 @@ def test_unknown_key_names_key_and_file(tmp_path) -> None:
         ("img_size", 100, "must be a multiple of 32"),
         ("no_aug_epochs", 500, "must be in [0, epochs=300] (lower it when you lower epochs)"),
         ("mosaic_prob", 1.5, "must be in [0, 1]"),
+        ("bn_momentum", 0.0, "must be in (0, 1]"),
+        ("momentum", 1.0, "must be in [0, 1)"),
+        ("optimizer", "adam", "must be one of 'sgd', 'adamw'"),
     ],
 )
 def test_bad_values_name_the_key(key, value, expected, tmp_path) -> None:

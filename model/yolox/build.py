@@ -142,9 +142,8 @@ def build_yolox_from_config(cfg: TrialConfig) -> YOLOX:
     return net
 
 
-def set_bn_momentum(net: nn.Module, momentum: float) -> int:
-    """Set the running-statistics momentum of every BatchNorm in ``net``; returns how many."""
-    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in layers:
-        m.momentum = momentum
-    return len(layers)
+def set_bn_momentum(net: nn.Module, momentum: float) -> None:
+    """Set the running-statistics momentum of every BatchNorm in ``net``."""
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = momentum
