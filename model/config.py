@@ -64,6 +64,10 @@ class TrialConfig:
     momentum: float = 0.9  # SGD: Nesterov momentum; AdamW: beta1
     ema: bool = True  # evaluate the exponential moving average of the weights
     ema_decay: float = 0.9998
+    # (added, issue 3) updates over which the EMA decay ramps up, d * (1 - exp(-updates / ramp));
+    # official 2000. A run of a few hundred updates stays on the ramp, and its EMA is then only
+    # the last few weights: lower both for short runs (e.g. ema_decay 0.98, ema_ramp 50)
+    ema_ramp: float = 2000.0
     # (added, issue 3) BatchNorm running-statistics momentum; 0.03 is official. The running
     # statistics average the last ~1/momentum iterations: with a few hundred iterations in all
     # (a small dataset, a short run) 0.03 leaves them behind the weights, and evaluation suffers
@@ -81,6 +85,10 @@ class TrialConfig:
     mixup_scale_min: float = 0.5
     mixup_scale_max: float = 1.5
     shear: float = 2.0
+    # (added, issue 3) warp the 2S mosaic canvas about its centre into the S input (YOLOv5 and
+    # early YOLOX) instead of the official about-the-origin warp, which shows the top-left window:
+    # with 16:9 frames a third of that window is grey padding
+    mosaic_centre_crop: bool = False
     multiscale: int = 5  # input size img_size +- multiscale*32, redrawn every 10 iters; 0 = off
     max_labels: int = 120  # padded target rows per image
 
@@ -191,6 +199,8 @@ def _validate(cfg: TrialConfig, source: str) -> None:
         (cfg.batch_size >= 1, "batch_size", "must be >= 1"),
         (cfg.lr > 0, "lr", "must be > 0"),
         (0 < cfg.bn_momentum <= 1, "bn_momentum", "must be in (0, 1]"),
+        (0 <= cfg.ema_decay < 1, "ema_decay", "must be in [0, 1)"),
+        (cfg.ema_ramp > 0, "ema_ramp", "must be > 0 (updates)"),
         (0 <= cfg.momentum < 1, "momentum", "must be in [0, 1)"),
         (0 < cfg.min_lr_ratio <= 1, "min_lr_ratio", "must be in (0, 1]"),
         (cfg.workers >= 0, "workers", "must be >= 0"),

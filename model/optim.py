@@ -9,7 +9,9 @@ Facts taken from the official code (``yolox/exp/yolox_base.py``, ``yolox/utils/l
 * "yoloxwarmcos": quadratic warmup from ``warmup_lr``, cosine down to ``min_lr_ratio * lr``, then a
   constant ``min_lr`` for the last ``no_aug_epochs``; evaluated per iteration.
 * EMA of every floating-point state entry (weights and BN statistics) with the decay ramp
-  ``d * (1 - exp(-updates / 2000))`` so the average follows the fast-moving early weights.
+  ``d * (1 - exp(-updates / 2000))`` so the average follows the fast-moving early weights. The
+  2000 (``ema_ramp``) is configurable: a run of a few hundred updates never leaves the ramp, and
+  its "EMA" is then the last few weights (an addition, issue 3).
 """
 
 from __future__ import annotations
@@ -140,18 +142,25 @@ class ModelEMA:
     """Exponential moving average of a model's state (parameters and floating-point buffers).
 
     ``ema.module`` is a frozen copy in eval mode; :meth:`update` follows the training model after
-    each optimiser step with decay ``decay * (1 - exp(-updates / 2000))``.
+    each optimiser step with decay ``decay * (1 - exp(-updates / ramp))`` (official ramp: 2000).
     """
 
-    def __init__(self, net: nn.Module, decay: float = 0.9998, updates: int = 0) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        decay: float = 0.9998,
+        updates: int = 0,
+        ramp: float = EMA_RAMP_UPDATES,
+    ) -> None:
         self.module = copy.deepcopy(net).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.base_decay = decay
+        self.ramp = ramp
         self.updates = updates
 
     def decay(self, updates: int) -> float:
-        return self.base_decay * (1.0 - math.exp(-updates / EMA_RAMP_UPDATES))
+        return self.base_decay * (1.0 - math.exp(-updates / self.ramp))
 
     @torch.no_grad()
     def update(self, net: nn.Module) -> None:

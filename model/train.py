@@ -219,7 +219,9 @@ class _Trainer:
         if self.cfg.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.net, self.cfg)
-        self.ema = ModelEMA(self.net, self.cfg.ema_decay) if self.cfg.ema else None
+        self.ema = (
+            ModelEMA(self.net, self.cfg.ema_decay, ramp=self.cfg.ema_ramp) if self.cfg.ema else None
+        )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         if state is not None:
             assert last is not None

@@ -17,6 +17,7 @@ from model.data.transforms import (
     affine_matrix,
     apply_hsv,
     box_candidates,
+    centre_affine,
     filter_small_boxes,
     hflip,
     hsv_gains,
@@ -154,6 +155,29 @@ def test_affine_shear_uses_corner_bounds():
     m = affine_matrix(100, shear_x=45.0)  # y' = y + x
     _, lab = warp_affine(np.zeros((100, 100, 3), np.uint8), labels((10, 10, 20, 20, 0)), m, 100)
     np.testing.assert_allclose(lab, labels((10, 20, 20, 40, 0)), atol=1e-9)
+
+
+def test_centre_affine_scales_about_the_canvas_centre():
+    # 200 px canvas, 100 px output, scale 2: canvas (100, 100) -> output (50, 50), so the box
+    # (90, 95)-(110, 105) around the centre becomes (30, 40)-(70, 60); a translation of 0.1
+    # of the output adds 10 px on top.
+    img = rect_image(200, 200, (90, 95, 110, 105))
+    m = centre_affine(affine_matrix(100, scale=2.0), 200, 100)
+    out, lab = warp_affine(img, labels((90, 95, 110, 105, 0)), m, 100)
+    np.testing.assert_allclose(lab, labels((30, 40, 70, 60, 0)))
+    assert_box_on_rect(out, lab[0])
+    moved = centre_affine(affine_matrix(100, scale=2.0, translate_x=0.1), 200, 100)
+    _, lab = warp_affine(img, labels((90, 95, 110, 105, 0)), moved, 100)
+    np.testing.assert_allclose(lab, labels((40, 40, 80, 60, 0)))
+
+
+def test_centre_affine_rotates_about_the_canvas_centre():
+    # 90 degrees about (50, 50) of a 100 px canvas onto a 100 px output: (x, y) -> (y, 100 - x).
+    img = rect_image(100, 100, (10, 20, 30, 60))
+    m = centre_affine(affine_matrix(100, angle=90.0), 100, 100)
+    out, lab = warp_affine(img, labels((10, 20, 30, 60, 0)), m, 100)
+    np.testing.assert_allclose(lab, labels((20, 70, 60, 90, 0)), atol=1e-9)
+    assert_box_on_rect(out, lab[0])
 
 
 def test_affine_clips_and_keeps_rows_for_the_final_filter():
@@ -375,6 +399,27 @@ def test_mosaic_affine_pipeline_box_centres_are_on_rectangles():
                 assert (img[int(cy), int(cx)] > 200).all()
                 checked += 1
     assert checked > 20
+
+
+def test_centre_crop_mosaic_keeps_boxes_on_their_rectangles_and_shows_less_padding():
+    # Same draws as the official warp (the flag does not shift the random stream); the centre
+    # window of 16:9 tiles holds more image and more boxes than the top-left one.
+    src = rect_source()
+    base = dict(img_size=128, mixup_prob=0.0, hsv_prob=0.0, mosaic_scale=(0.8, 1.6))
+    pad, boxes = {}, {}
+    for centre in (False, True):
+        p = AugmentParams(**base, mosaic_centre_crop=centre)
+        pad[centre], boxes[centre] = [], 0
+        for pos in range(40):
+            img, targets = train_sample(src, pos % len(src), sample_rng(3, 0, pos), p)
+            pad[centre].append((img == 114).all(-1).mean())
+            for _, cx, cy, w, h in targets[targets[:, 3] > 0]:
+                boxes[centre] += 1
+                clipped = min(cx - w / 2, cy - h / 2) <= 0 or max(cx + w / 2, cy + h / 2) >= 128
+                if min(w, h) > 6 and not clipped:  # a clipped rotated box may miss its centre
+                    assert (img[int(cy), int(cx)] > 200).all()
+    assert np.mean(pad[True]) < np.mean(pad[False]) - 0.1
+    assert boxes[True] > boxes[False]
 
 
 def test_pipeline_is_a_function_of_its_rng():

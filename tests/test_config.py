@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
+import yaml
 
 from model.config import (
     ConfigError,
@@ -80,6 +82,8 @@ def test_unknown_key_names_key_and_file(tmp_path) -> None:
         ("mosaic_prob", 1.5, "must be in [0, 1]"),
         ("bn_momentum", 0.0, "must be in (0, 1]"),
         ("momentum", 1.0, "must be in [0, 1)"),
+        ("ema_decay", 1.0, "must be in [0, 1)"),
+        ("ema_ramp", 0.0, "must be > 0 (updates)"),
         ("optimizer", "adam", "must be one of 'sgd', 'adamw'"),
     ],
 )
@@ -123,3 +127,14 @@ def test_parse_override() -> None:
 def test_dump_is_safe_yaml() -> None:
     text = dump_config(TrialConfig())
     assert "!!python" not in text
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")), ids=str
+)
+def test_shipped_configs_load(path: Path) -> None:
+    # every key of a shipped config must still exist and validate (a renamed key fails here)
+    # and reach the config with its value
+    cfg = load_config(path)
+    written = yaml.safe_load(path.read_text())
+    assert written and {k: getattr(cfg, k) for k in written} == written

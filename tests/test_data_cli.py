@@ -120,8 +120,8 @@ def test_convert_strict_writes_nothing(tmp_path: Path, capsys) -> None:
 def test_delegating_commands(tmp_path: Path, monkeypatch, capsys) -> None:
     calls: list[tuple] = []
 
-    def render_preview(src, out, *, n, seed, img_size):
-        calls.append(("preview", Path(src), Path(out), n, seed, img_size))
+    def render_preview(src, out, *, n, seed, cfg):
+        calls.append(("preview", Path(src), Path(out), n, seed, cfg.img_size))
         return Path(out)
 
     def generate_flow_like(out_dir, *, seed, n_train, n_test):
@@ -173,6 +173,29 @@ def test_delegating_commands(tmp_path: Path, monkeypatch, capsys) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("preview: wrote") and lines[1].startswith("synth: wrote")
     assert lines[2].startswith("frames: wrote 3 PNGs")
+
+
+def test_preview_takes_the_augmentation_of_a_config_and_overrides(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    seen: list = []
+    module = types.ModuleType("model.data.preview")
+    module.render_preview = lambda src, out, *, n, seed, cfg: seen.append(cfg) or Path(out)
+    monkeypatch.setitem(sys.modules, "model.data.preview", module)
+    config = tmp_path / "trial.yaml"
+    config.write_text("img_size: 512\nmosaic_scale_min: 0.5\nmixup_prob: 0.0\n")
+    out = str(tmp_path / "p.png")
+    argv = ["preview", "ds", "--out", out, "--config", str(config)]
+    assert main([*argv, "--set", "mosaic_centre_crop=true"]) == 0
+    cfg = seen[-1]
+    assert (cfg.img_size, cfg.mosaic_scale_min, cfg.mixup_prob) == (512, 0.5, 0.0)
+    assert cfg.mosaic_centre_crop is True
+    assert "512 px" in capsys.readouterr().out
+    assert main([*argv, "--img-size", "256"]) == 0 and seen[-1].img_size == 256
+    # a bad override names the key and stops before anything is drawn
+    assert main([*argv, "--set", "mosaic_centre_crop=maybe"]) == 2
+    err = capsys.readouterr().err
+    assert "'mosaic_centre_crop'" in err and "preview: failed" in err and len(seen) == 2
 
 
 def test_module_entry_point(tmp_path: Path) -> None:

@@ -132,6 +132,14 @@ def test_ema_decay_ramp_and_update() -> None:
     assert ema_bn.module.num_batches_tracked.item() == 1
 
 
+def test_ema_ramp_is_configurable() -> None:
+    # ema_ramp 50: half of the way up the ramp after 50 * ln 2 updates; the decay at update 100
+    # is 0.98 * (1 - e^-2), and training builds its EMA with the config's ramp.
+    ema = ModelEMA(nn.Linear(1, 1), decay=0.98, ramp=50.0)
+    assert ema.decay(50 * math.log(2)) == pytest.approx(0.49)
+    assert ema.decay(100) == pytest.approx(0.98 * (1 - math.exp(-2)))
+
+
 def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path) -> None:
     random.seed(1)
     np.random.seed(2)

@@ -54,6 +54,7 @@ def test_hparams_space_samples_with_asha() -> None:
     assert space.quick_num_samples is not None and space.quick_num_samples < space.num_samples
     dist = space.sample["multiscale"].to_optuna()
     assert (dist.low, dist.high, dist.step) == (0, 5, 1)
+    assert space.sample["mosaic_centre_crop"].to_optuna().choices == (False, True)
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -220,3 +221,10 @@ def test_multiscale_sizes_are_seeded_and_in_range() -> None:
 def test_eval_epochs_every_interval_every_no_aug_epoch_and_the_last() -> None:
     cfg = TrialConfig(epochs=12, eval_interval=5, no_aug_epochs=3)
     assert [e + 1 for e in range(12) if is_eval_epoch(cfg, e)] == [5, 10, 11, 12]
+
+
+def test_the_ema_follows_the_configured_decay_and_ramp(data_dir: Path) -> None:
+    trainer = train_mod._Trainer(tiny(data_dir, ema_decay=0.98, ema_ramp=50.0), None, False)
+    trainer.setup(resume=False)
+    assert trainer.ema is not None
+    assert trainer.ema.decay(100) == pytest.approx(0.98 * (1 - math.exp(-2)))

@@ -16,6 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from model.config import ConfigError, TrialConfig, config_from_dict, load_config, parse_override
 from model.data.coco import DetectionDataset, DetectionSplit, load_dataset
 from model.data.raw import DataError, plural
 
@@ -71,7 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("preview.png"))
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--img-size", type=int, default=640)
+    p.add_argument("--img-size", type=int, default=None, help="default: the config's (640)")
+    p.add_argument("--config", type=Path, help="trial config YAML whose augmentation to show")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable), e.g. --set mosaic_centre_crop=true",
+    )
 
     p = sub.add_parser("synth", help="generate a FloW-like dataset (VOC XML + videos)")
     p.add_argument("out_dir", type=Path)
@@ -181,10 +191,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     from model.data.preview import render_preview  # pulls in the augmentation stack: lazily
 
-    path = render_preview(args.src, args.out, n=args.n, seed=args.seed, img_size=args.img_size)
+    cfg = load_config(args.config) if args.config else TrialConfig()
+    values = dict(parse_override(text) for text in args.overrides)
+    if args.img_size is not None:
+        values["img_size"] = args.img_size
+    if values:
+        cfg = config_from_dict(values, source="command line", base=cfg)
+    path = render_preview(args.src, args.out, n=args.n, seed=args.seed, cfg=cfg)
     print(
         f"preview: wrote {path} ({args.n} augmented training samples of {args.src}, "
-        f"seed {args.seed}, {args.img_size} px)"
+        f"seed {args.seed}, {cfg.img_size} px)"
     )
     return 0
 
@@ -233,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except DataError as e:
+    except (DataError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         print(f"{args.command}: failed (see the error above)", file=sys.stderr)
         return 2

@@ -4,9 +4,11 @@ With augmentation on (the official ``MosaicDetection`` + ``TrainTransform``):
 
 1. with probability ``mosaic_prob``: a mosaic of the sample and 3 random images around a random
    centre on a ``2S`` canvas (:mod:`model.data.mosaic`), then a random affine (``degrees``,
-   ``translate``, scale in ``mosaic_scale_min..max``, ``shear``) onto the ``S`` x ``S`` input,
-   then with probability ``mixup_prob`` (only after a mosaic with label rows, counting boxes the
-   affine clipped away, as official) a mixup with a random labelled image (jitter in
+   ``translate``, scale in ``mosaic_scale_min..max``, ``shear``) onto the ``S`` x ``S`` input
+   (about the canvas origin, as official, so the input shows the canvas's top-left window; with
+   ``mosaic_centre_crop`` about the canvas centre instead, onto the input's centre), then with
+   probability ``mixup_prob`` (only after a mosaic with label rows, counting boxes the affine
+   clipped away, as official) a mixup with a random labelled image (jitter in
    ``mixup_scale_min..max``, random mirror);
    otherwise the sample alone;
 2. HSV jitter with probability ``hsv_prob``, horizontal flip with probability ``flip_prob``;
@@ -34,6 +36,7 @@ from model.config import TrialConfig
 from model.data.mosaic import compose_mosaic, random_mixup, random_mosaic_centre
 from model.data.transforms import (
     apply_hsv,
+    centre_affine,
     filter_small_boxes,
     hflip,
     hsv_gains,
@@ -85,6 +88,7 @@ class AugmentParams:
     mixup_scale: tuple[float, float] = (0.5, 1.5)
     shear: float = 2.0
     max_labels: int = 120
+    mosaic_centre_crop: bool = False
 
     @classmethod
     def from_config(cls, cfg: TrialConfig) -> AugmentParams:
@@ -100,6 +104,7 @@ class AugmentParams:
             mixup_scale=(cfg.mixup_scale_min, cfg.mixup_scale_max),
             shear=cfg.shear,
             max_labels=cfg.max_labels,
+            mosaic_centre_crop=cfg.mosaic_centre_crop,
         )
 
 
@@ -124,6 +129,8 @@ def mosaic_stage(
         scale_range=p.mosaic_scale,
         shear=p.shear,
     )
+    if p.mosaic_centre_crop:
+        matrix = centre_affine(matrix, 2 * size, size)
     img, labels = warp_affine(canvas, labels, matrix, size)
     # Official condition: mixup only when the mosaic has label rows (even clipped-away ones).
     partners = source.labelled

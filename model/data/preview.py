@@ -80,18 +80,19 @@ def render_preview(
     *,
     n: int = 16,
     seed: int = 0,
-    img_size: int = 640,
+    img_size: int | None = None,
     cfg: TrialConfig | None = None,
 ) -> Path:
     """Write a PNG grid of ``n`` augmented training samples of the dataset at ``src``.
 
-    ``cfg`` gives the augmentation settings (defaults: the official recipe); ``img_size``
-    always sets the tile size, also over ``cfg.img_size``. Returns the path written.
+    ``cfg`` gives the augmentation settings and the tile size (defaults: the official recipe,
+    640 px); ``img_size``, when given, sets the tile size over ``cfg.img_size``. Returns the
+    path written.
     """
     from model.data.coco import load_dataset  # the reader pulls in every layout; load lazily
 
     base = cfg if cfg is not None else TrialConfig()
-    cfg = replace(base, img_size=img_size, seed=seed)
+    cfg = replace(base, img_size=img_size or base.img_size, seed=seed)
     grid = render_grid(load_dataset(src).train, cfg, n, seed)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -158,6 +158,21 @@ def random_affine_matrix(
     )
 
 
+def centre_affine(matrix: np.ndarray, canvas_size: int, size: int) -> np.ndarray:
+    """``matrix`` (2, 3) re-anchored so that it rotates, scales and shears about the centre of a
+    ``canvas_size`` square source and puts that centre at the centre of the ``size`` output,
+    its translation added on top.
+
+    The official mosaic warps its ``2S`` canvas about the origin and keeps the top-left ``S``
+    window, so scales above 1 zoom into the canvas corner, where a third of the pixels are
+    padding on 16:9 frames. Warping about the centre is what YOLOv5 and YOLOX before 0.2 did.
+    """
+    out = matrix.astype(np.float64, copy=True)
+    centre = np.array([canvas_size / 2.0, canvas_size / 2.0])
+    out[:, 2] = matrix[:, 2] + size / 2.0 - matrix[:, :2] @ centre
+    return out
+
+
 def warp_affine(
     img: np.ndarray, labels: np.ndarray, matrix: np.ndarray, size: int
 ) -> tuple[np.ndarray, np.ndarray]:
