@@ -1,7 +1,7 @@
 """Per-epoch figures of finished (or stopped) training runs, read from their checkpoints.
 
     python benchmarks/learning_curves.py runs/a runs/b --metric AP50 --plot curves.png
-    python benchmarks/learning_curves.py "centre crop=runs/e8" "official=runs/learn3"
+    python benchmarks/learning_curves.py "centre crop=runs/centre" "official warp=runs/official"
 
 Each argument is a run folder (its ``last.pt`` holds the evaluation history), optionally
 ``label=folder``. Prints one row per run: the metric at every evaluated epoch, the training

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from model.config import TrialConfig, config_from_dict, parse_override
+from model.config import TrialConfig, add_override_argument, config_from_dict, parse_override
 from model.pretrain import run_pretraining
 from model.pretrain.sources import data_dir
 
@@ -30,7 +30,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="nano")
     p.add_argument("--epochs", type=int, help="pretrain_epochs (default: the config's)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_override_argument(p, "override a config key (repeatable), e.g. --set crop_size=96")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--only", choices=list(VARIANTS), action="append", help="run only these")
     args = p.parse_args()

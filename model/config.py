@@ -66,7 +66,7 @@ class TrialConfig:
     ema_decay: float = 0.9998
     # (added, issue 3) updates over which the EMA decay ramps up, d * (1 - exp(-updates / ramp));
     # official 2000. A run of a few hundred updates stays on the ramp, and its EMA is then only
-    # the last few weights: lower both for short runs (e.g. ema_decay 0.98, ema_ramp 50)
+    # the last few weights (ema_decay 0.98 with ema_ramp 50 did not help a 240-update run: README)
     ema_ramp: float = 2000.0
     # (added, issue 3) BatchNorm running-statistics momentum; 0.03 is official. The running
     # statistics average the last ~1/momentum iterations: with a few hundred iterations in all
@@ -292,6 +292,14 @@ def save_config(cfg: TrialConfig, path: str | Path, comment: str = "") -> Path:
     tmp.write_text(dump_config(cfg, comment))
     tmp.replace(path)
     return path
+
+
+def add_override_argument(parser: Any, help: str) -> None:
+    """Add the repeatable ``--set KEY=VALUE`` option (``args.overrides``, a list of strings,
+    read by :func:`parse_override`) to an ``argparse`` parser; ``help`` gives its example."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
 
 
 def parse_override(text: str, source: str = "--set") -> tuple[str, Any]:

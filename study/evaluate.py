@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from model.checkpoint import CheckpointError, load_trained_detector
-from model.config import ConfigError, config_from_dict, parse_override
+from model.config import ConfigError, add_override_argument, config_from_dict, parse_override
 from model.data.raw import DataError
 from model.evaluate import COCO_METRICS, evaluate_coco
 from model.train import load_trial_data, resolve_device
@@ -24,13 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="COCO-evaluate a YOLOX training checkpoint.")
     p.add_argument("--checkpoint", type=Path, required=True, help="last.pt or best.pt")
     p.add_argument("--data", help="dataset folder (default: the one the checkpoint trained on)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set test_conf=0.001 or --set img_size=640",
+    add_override_argument(
+        p, "override a config key, e.g. --set test_conf=0.001 or --set img_size=640"
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the config's")
     p.add_argument("--no-ema", action="store_true", help="evaluate the raw weights, not the EMA")

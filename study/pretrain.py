@@ -20,7 +20,14 @@ from typing import Any
 
 import torch
 
-from model.config import ConfigError, TrialConfig, config_from_dict, load_config, parse_override
+from model.config import (
+    ConfigError,
+    TrialConfig,
+    add_override_argument,
+    config_from_dict,
+    load_config,
+    parse_override,
+)
 from model.data.raw import DataError
 from model.pretrain import ArtifactError, PretrainDataError, load_artifact, run_pretraining
 from model.yolox.weights import WeightsUnavailableError
@@ -35,14 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder (default: the embedded floating-bottle set)")
     p.add_argument("--out", type=Path, default=Path("runs/pretrain"), help="artifact folder")
     p.add_argument("--epochs", type=int, help="pretraining epochs (key pretrain_epochs)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key (repeatable), e.g. --set crop_size=96",
-    )
+    add_override_argument(p, "override one config key (repeatable), e.g. --set crop_size=96")
     p.add_argument(
         "--unlabeled",
         action="append",

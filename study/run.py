@@ -20,6 +20,7 @@ from pathlib import Path
 # train.py, report.py, … would shadow top-level modules of those names: import them as study.*
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+from model.config import add_override_argument  # noqa: E402
 from study.driver import DEFAULT_TRAIN_FN, StudyArgs, main_entry  # noqa: E402
 
 
@@ -37,13 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--cpus-per-trial", type=float, help="CPUs per trial (also the trial's torch threads)")
     a("--max-concurrent", type=int, help="at most this many trials at once")
     a("--seeds", type=int, default=1, help="repeat every grid point with seeds 0..N-1")
-    a(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a trial-config key for every trial (repeatable); on an axis it pins it",
+    add_override_argument(
+        p, "override a trial-config key for every trial (repeatable); on an axis it pins it"
     )
     a("--resume", action="store_true", help="continue the study in --out (or the latest one)")
     a("--dry-run", action="store_true", help="print the planned trials as JSON lines and exit")

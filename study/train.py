@@ -25,6 +25,7 @@ from model.checkpoint import CheckpointError
 from model.config import (
     ConfigError,
     TrialConfig,
+    add_override_argument,
     config_from_dict,
     load_config,
     parse_override,
@@ -42,14 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="trial config YAML (defaults for missing keys)")
     p.add_argument("--data", help="dataset folder (overrides the config's data key)")
     p.add_argument("--out", type=Path, help="output folder (default runs/train/<config name>)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key (repeatable), e.g. --set epochs=20",
-    )
+    add_override_argument(p, "override one config key (repeatable), e.g. --set epochs=20")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides the config")
     p.add_argument("--no-resume", action="store_true", help="start over even if last.pt exists")
     p.add_argument("--cache", type=Path, help="pretraining artifact cache (default: user cache)")

@@ -16,7 +16,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from model.config import ConfigError, TrialConfig, config_from_dict, load_config, parse_override
+from model.config import (
+    ConfigError,
+    TrialConfig,
+    add_override_argument,
+    config_from_dict,
+    load_config,
+    parse_override,
+)
 from model.data.coco import DetectionDataset, DetectionSplit, load_dataset
 from model.data.raw import DataError, plural
 
@@ -74,13 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--img-size", type=int, default=None, help="default: the config's (640)")
     p.add_argument("--config", type=Path, help="trial config YAML whose augmentation to show")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (repeatable), e.g. --set mosaic_centre_crop=true",
+    add_override_argument(
+        p, "override a config key (repeatable), e.g. --set mosaic_centre_crop=true"
     )
 
     p = sub.add_parser("synth", help="generate a FloW-like dataset (VOC XML + videos)")

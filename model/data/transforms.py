@@ -165,7 +165,7 @@ def centre_affine(matrix: np.ndarray, canvas_size: int, size: int) -> np.ndarray
 
     The official mosaic warps its ``2S`` canvas about the origin and keeps the top-left ``S``
     window, so scales above 1 zoom into the canvas corner, where a third of the pixels are
-    padding on 16:9 frames. Warping about the centre is what YOLOv5 and YOLOX before 0.2 did.
+    padding on 16:9 frames. Warping about the centre is what YOLOv5 and early YOLOX releases did.
     """
     out = matrix.astype(np.float64, copy=True)
     centre = np.array([canvas_size / 2.0, canvas_size / 2.0])
