@@ -143,10 +143,11 @@ def _loss_values(out: dict[str, Any]) -> dict[str, float]:
 
 
 def multiscale_size(cfg: TrialConfig, iteration: int) -> int:
-    """Input size of global ``iteration``: ``img_size`` for the first 10, then a seeded draw."""
+    """Input size of global ``iteration``: ``cfg.input_size`` (``img_size``, or ``tile_size``
+    with tiles) for the first 10, then a seeded draw."""
     block = iteration // MULTISCALE_EVERY
     if cfg.multiscale == 0 or block == 0:
-        return cfg.img_size
+        return cfg.input_size
     return random_input_size(cfg, np.random.default_rng([cfg.seed, block]))
 
 
@@ -158,7 +159,8 @@ def is_eval_epoch(cfg: TrialConfig, epoch: int) -> bool:
 
 
 def _check_resume(state: dict[str, Any], cfg: TrialConfig, path: Path, iters: int) -> None:
-    saved = state.get("config", {})
+    # A key the checkpoint lacks was added later; its default is what that run trained with.
+    saved = {**TrialConfig().to_dict(), **state.get("config", {})}
     changed = sorted(
         k for k, v in cfg.to_dict().items() if k not in RESUME_FREE_KEYS and saved.get(k) != v
     )
@@ -202,6 +204,8 @@ class _Trainer:
         self.best_epoch = 0
         self.train_time = 0.0
         self.images_seen = 0
+        self.tile_counts = {"tile_boxes_whole": 0, "tile_boxes_clipped": 0,
+                            "tile_boxes_dropped": 0}
         self.summary = ""
         self.pretrain_loaded = 0
 
@@ -241,6 +245,7 @@ class _Trainer:
         self.best_epoch = int(state["best_epoch"])
         self.train_time = float(state["train_time_s"])
         self.images_seen = int(state["images_seen"])
+        self.tile_counts = {**self.tile_counts, **state.get("tile_counts", {})}
         self.summary = str(state["summary"])
         self.pretrain_loaded = int(state["pretrain_loaded"])
         set_rng_state(state["rng"])  # last: building the run above consumed random numbers
@@ -314,8 +319,18 @@ class _Trainer:
             torch.cuda.synchronize(self.device)
         self.train_time += time.perf_counter() - start
         self.images_seen += images_done
-        means = {k: v / max(self.iters, 1) for k, v in sums.items()}
+        means: dict[str, Any] = {k: v / max(self.iters, 1) for k, v in sums.items()}
         means["lr"] = lr
+        if cfg.input_mode == "tiles":
+            cut = self.loader.take_cut_counts()
+            for k, v in cut.items():
+                self.tile_counts[k] += v
+            means.update(cut)  # this epoch's counts
+            self._log(
+                f"epoch {epoch + 1}/{cfg.epochs}: tile crops kept {cut['tile_boxes_whole']} "
+                f"boxes whole, clipped {cut['tile_boxes_clipped']}, dropped "
+                f"{cut['tile_boxes_dropped']} (< {cfg.tile_min_visible:g} of the box visible)"
+            )
         return means
 
     def _non_finite(self, step: int, epoch: int, i: int, values: dict[str, float]) -> None:
@@ -377,6 +392,7 @@ class _Trainer:
             "best_epoch": self.best_epoch,
             "train_time_s": self.train_time,
             "images_seen": self.images_seen,
+            "tile_counts": self.tile_counts,
             "summary": self.summary,
             "pretrain_loaded": self.pretrain_loaded,
             "params": self.params,
@@ -402,6 +418,10 @@ class _Trainer:
             "params": self.params,
             "pretrain_loaded": self.pretrain_loaded,
             "device": str(self.device),
+            "input_mode": self.cfg.input_mode,
+            "eval_boxes": "clipped to the image" if self.cfg.eval_clip_boxes else
+            "unclipped (official)",
+            **({"tile_counts": dict(self.tile_counts)} if self.cfg.input_mode == "tiles" else {}),
             "summary": self.summary,
             "last_checkpoint": str(last) if last and last.is_file() else None,
             "best_checkpoint": str(best) if best and best.is_file() else None,

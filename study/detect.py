@@ -3,6 +3,11 @@
 SOURCE is an image, a video, or a folder of images and videos. Images are written to ``DIR`` with
 their boxes drawn (same file names); a video becomes ``DIR/<stem>_det.mp4``. ``DIR/detections.json``
 lists every box (original pixels, score, class) per image or frame.
+
+Detection runs the evaluation's path (:func:`model.evaluate.predict_images`): a checkpoint
+trained with ``input_mode: tiles`` detects by sliced inference over the full frame; ``--set
+input_mode=tiles`` (and ``tile_size=…``, ``tile_overlap=…``, ``tile_full_frame=true``) slices
+with any checkpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +25,13 @@ import torch
 from tqdm import tqdm
 
 from model.checkpoint import CheckpointError, load_trained_detector
+from model.config import (
+    ConfigError,
+    add_override_argument,
+    config_from_dict,
+    describe_inference,
+    parse_override,
+)
 from model.evaluate import predict_images
 from model.train import resolve_device
 
@@ -99,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, default=0.3, help="score threshold (default 0.3)")
     p.add_argument("--nms", type=float, help="NMS IoU (default: the config's nms_iou)")
     p.add_argument("--img-size", type=int, help="input size (default: the config's img_size)")
+    add_override_argument(
+        p, "override a config key, e.g. --set input_mode=tiles --set tile_size=640"
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--batch", type=int, default=4, help="images per forward pass")
     p.add_argument("--max-frames", type=int, default=0, help="stop videos after N frames (0=all)")
@@ -112,12 +127,17 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     net, cfg, state = load_trained_detector(args.checkpoint, device=device)
     names = [str(n) for n in state.get("class_names") or range(cfg.num_classes)]
-    size = args.img_size or cfg.img_size
+    values: dict[str, Any] = dict(parse_override(t) for t in args.overrides)
+    if args.img_size is not None:
+        values["img_size"] = args.img_size
+    if values:
+        cfg = config_from_dict(values, source="command line", base=cfg)
     nms = args.nms if args.nms is not None else cfg.nms_iou
+    how = describe_inference(cfg).split(";")[0]
 
     def detect(batch: list[np.ndarray]) -> list[np.ndarray]:
         return predict_images(
-            net, batch, size, num_classes=cfg.num_classes, conf=args.conf, nms_iou=nms
+            net, batch, cfg, conf=args.conf, nms_iou=nms, batch_size=args.batch
         )
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -154,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "detections.json").write_text(json.dumps(records, indent=1) + "\n")
     print(
         f"detect: {len(images)} images and {n_frames} frames of {len(videos)} videos, {n_boxes} "
-        f"boxes with score >= {args.conf} at {size}px on {device} -> {args.out}"
+        f"boxes with score >= {args.conf} on {how} on {device} -> {args.out}"
     )
     return 0
 
@@ -164,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with torch.inference_mode():
             return run(args)
-    except (CheckpointError, SourceError) as e:
+    except (CheckpointError, ConfigError, SourceError) as e:
         print(f"detect: error: {e}", file=sys.stderr)
         return 2
 

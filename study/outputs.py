@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from model.config import describe_inference
 from study.export import choose_best, export_best
 from study.plan import Plan, describe_profile
 from study.plots import plot_by_axis, plot_learning_curves, plot_vs_params
@@ -82,6 +83,13 @@ def write_all(
         f"{', ASHA' if sp.scheduler.kind == 'asha' else ''}); metric {sp.metric} ({sp.mode})",
         f"wall time of this run {wall_s / 60:.1f} min; training time summed over trials "
         f"{trial_s / 60:.1f} min",
+        "scoring: COCO on the full evaluation frames and their original boxes; "
+        + (
+            "input_mode varies by trial (column input_mode); "
+            if "input_mode" in axes else f"input {describe_inference(plan.base).split(';')[0]}; "
+        )
+        + ("predicted boxes clipped to the image" if plan.base.eval_clip_boxes
+           else "predicted boxes unclipped, as the official evaluator"),
     ]
     if plan.seeds > 1:
         what = "sampled configuration" if sp.sampled else "grid point"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from model.config import TrialConfig, config_from_dict, config_keys
+from model.config import TrialConfig, config_from_dict, config_keys, describe_inference
 from study.plan import Plan, PretrainJob, plan_pretraining
 from study.spaces import Resources
 
@@ -209,6 +209,7 @@ def print_dry_run(plan: Plan, needs: dict[str, bool]) -> None:
         rec = {
             "kind": "trial",
             **rec,
+            "input": describe_inference(t.config),
             "needs_download": needs.get(t.id, False),
             "pretrain_job": key_of.get(t.id),
         }

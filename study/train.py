@@ -146,8 +146,11 @@ def run(args: argparse.Namespace) -> int:
                 "params",
                 "pretrain_loaded",
                 "device",
+                "input_mode",
+                "eval_boxes",
             )
         },
+        **({"tile_counts": result["tile_counts"]} if "tile_counts" in result else {}),
         "wall_time_s": time.perf_counter() - start,
         "torch": torch.__version__,
         "checkpoint": result["last_checkpoint"],

@@ -364,7 +364,7 @@ class ListSource:
     def labelled(self) -> np.ndarray:
         return np.array([i for i, lab in enumerate(self.labs) if len(lab)], np.int64)
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def load(self, index: int, rng=None) -> tuple[np.ndarray, np.ndarray]:
         return self.images[index], self.labs[index].copy()
 
 

@@ -62,6 +62,8 @@ def test_train_writes_metrics_summary_config_and_checkpoint(trained: Path, capsy
         assert key in metrics, key
     assert metrics["config"]["seed"] == 4 and metrics["config"]["size"] == "nano"
     assert metrics["device"] == "cpu" and metrics["epochs"] == 1
+    assert metrics["input_mode"] == "letterbox" and "tile_counts" not in metrics
+    assert metrics["eval_boxes"] == "unclipped (official)"  # the scoring choice, named
     assert (trained / "last.pt").is_file()
     assert metrics["checkpoint"] == str(trained / "last.pt")
     summary = (trained / "coco_summary.txt").read_text().splitlines()
@@ -187,3 +189,19 @@ def test_train_with_a_center_loss_backbone_says_what_it_loaded(data_dir: Path, t
     assert lines[-1].endswith(
         f", {n_backbone} pretrained tensors loaded (center_loss) -> {out / 'metrics.json'}"
     )
+
+
+def test_detect_cli_slices_frames_with_tiles(trained: Path, data_dir: Path, tmp_path, capsys):
+    image = sorted((data_dir / "test" / "images").glob("*.jpg"))[0]
+    out = tmp_path / "det"
+    code = detect_cli.main(["--checkpoint", str(trained / "last.pt"), str(image), "--out",
+                            str(out), "--conf", "0.01", "--set", "input_mode=tiles",
+                            "--set", "tile_size=64"])
+    assert code == 0
+    assert cv2.imread(str(out / image.name)).shape == (96, 160, 3)  # the full frame, drawn
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "on 64px tiles (overlap 0.2) with sliced inference on cpu" in last
+    code = detect_cli.main(["--checkpoint", str(trained / "last.pt"), str(image), "--out",
+                            str(out), "--set", "input_mode=slices"])
+    assert code == 2
+    assert "'input_mode' must be one of 'letterbox', 'tiles'" in capsys.readouterr().err

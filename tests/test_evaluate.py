@@ -102,7 +102,9 @@ def test_to_coco_results_maps_back_by_ratio_and_clips() -> None:
     out = torch.tensor(
         [[3.2, 6.4, 16.0, 32.0, 0.5, 0.8, 0.0], [48.0, 0.0, 70.0, 20.0, 1.0, 0.5, 1.0]]
     )
-    res = to_coco_results([out, None], [7, 8], [0.32, 0.5], {7: (200, 100), 8: (10, 10)}, [1, 5])
+    res = to_coco_results(
+        [out, None], [7, 8], [0.32, 0.5], {7: (200, 100), 8: (10, 10)}, [1, 5], clip=True
+    )
     assert len(res) == 2
     assert res[0]["image_id"] == 7 and res[0]["category_id"] == 1
     assert res[0]["bbox"] == pytest.approx([10.0, 20.0, 40.0, 80.0])

@@ -90,3 +90,10 @@ def test_render_preview_writes_a_png(split, tmp_path, monkeypatch):
     )
     img = cv2.imread(str(out))
     assert img.shape == (64, 2 * 64, 3)
+
+
+def test_tile_preview_shows_native_resolution_crops(split) -> None:
+    cfg = replace(TrialConfig(), input_mode="tiles", tile_size=64, img_size=640, mosaic_prob=0.0,
+                  hsv_prob=0.0, flip_prob=0.0)
+    grid = render_grid(split, cfg, n=2, seed=0)
+    assert grid.shape == (64, 128, 3)  # cells are tile_size, not img_size

@@ -135,3 +135,18 @@ def test_plan_json_round_trip(tmp_path: Path) -> None:
     assert [t.to_dict() for t in back.trials] == [t.to_dict() for t in plan.trials]
     assert back.space.grid == plan.space.grid and back.quick and back.seeds == 2
     assert back.base == plan.base
+
+
+def test_tiles_space_compares_input_modes_at_the_same_network_input() -> None:
+    space = load_space("tiles")
+    assert space.grid == {"input_mode": ["letterbox", "tiles"], "reg_loss": ["iou", "ciou"]}
+    assert space.baseline == {"input_mode": "letterbox", "reg_loss": "iou"}
+    full = build_plan(space, data="/data/flow")
+    assert full.baseline_ids() == ["letterbox-iou"]
+    tiles = full.trial("tiles-ciou").config
+    assert (tiles.input_mode, tiles.input_size, tiles.img_size) == ("tiles", 640, 640)
+    quick = build_plan(space).trial("tiles-iou").config
+    assert quick.input_size == build_plan(space).trial("letterbox-iou").config.input_size
+    # the ablation keeps the published study's letterbox at 640
+    assert build_plan(load_space("ablation"), data="/d").trial("coco-iou-s").config.input_mode \
+        == "letterbox"

@@ -89,6 +89,17 @@ def test_dry_run_with_seeds_repeats_points_and_artifacts(capsys: pytest.CaptureF
     assert len([r for r in records if r["kind"] == "pretrain"]) == 12
 
 
+def test_dry_run_shows_each_trials_input_mode(capsys: pytest.CaptureFixture) -> None:
+    out = run_study(StudyArgs(space="tiles", dry_run=True, download=False), log=lambda s: None)
+    trials = [r for r in jsonl(capsys.readouterr().out) if r["kind"] == "trial"]
+    assert out.exit_code == 0 and len(trials) == 4
+    inputs = {t["id"]: t["input"] for t in trials}
+    assert inputs["letterbox-iou"] == "512px letterbox; predicted boxes unclipped, as official"
+    assert inputs["tiles-ciou"] == (
+        "512px tiles (overlap 0.2) with sliced inference; predicted boxes unclipped, as official"
+    )
+
+
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """No COCO checkpoint on disk and no network."""

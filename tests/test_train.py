@@ -228,3 +228,45 @@ def test_the_ema_follows_the_configured_decay_and_ramp(data_dir: Path) -> None:
     trainer.setup(resume=False)
     assert trainer.ema is not None
     assert trainer.ema.decay(100) == pytest.approx(0.98 * (1 - math.exp(-2)))
+
+
+def test_a_tile_run_counts_cut_boxes_and_resumes_identical(data_dir, tmp_path) -> None:
+    cfg = tiny(data_dir, input_mode="tiles", tile_size=64, tile_min_visible=0.6)
+    reports_a: list[dict] = []
+    result_a = train_detector(cfg, report=lambda m, p: reports_a.append(m),
+                              checkpoint_dir=tmp_path / "a", progress=False)
+    assert result_a["input_mode"] == "tiles"
+    counts = result_a["tile_counts"]
+    assert counts["tile_boxes_whole"] > 0 and counts["tile_boxes_dropped"] > 0
+    assert all(m["tile_boxes_whole"] > 0 for m in reports_a)  # each evaluated epoch's counts
+
+    def kill(metrics: dict, path: str | None) -> None:
+        raise Killed(f"stopped after epoch {metrics['epoch']}")
+
+    with pytest.raises(Killed, match="after epoch 2"):
+        train_detector(cfg, report=kill, checkpoint_dir=tmp_path / "b", progress=False)
+    reports_b: list[dict] = []
+    result_b = train_detector(cfg, report=lambda m, p: reports_b.append(m),
+                              checkpoint_dir=tmp_path / "b", progress=False)
+    assert result_b["resumed_from_epoch"] == 2
+    for key in (*COCO_METRICS, "total_loss", "tile_boxes_whole", "tile_boxes_dropped"):
+        assert reports_b[-1][key] == reports_a[-1][key], key
+    assert result_b["tile_counts"] == counts
+    wa, wb = _weights(tmp_path / "a" / "last.pt"), _weights(tmp_path / "b" / "last.pt")
+    assert [k for k in wa if not torch.equal(wa[k], wb[k])] == []
+
+
+def test_a_checkpoint_from_before_the_tile_keys_still_resumes(data_dir, tmp_path) -> None:
+    cfg = tiny(data_dir)
+
+    def kill(metrics: dict, path: str | None) -> None:
+        raise Killed("stop")
+
+    with pytest.raises(Killed):
+        train_detector(cfg, report=kill, checkpoint_dir=tmp_path, progress=False)
+    state = load_checkpoint(tmp_path / "last.pt")
+    for key in ("input_mode", "tile_size", "tile_overlap", "eval_clip_boxes"):
+        del state["config"][key]  # as written before those keys existed
+    torch.save(state, tmp_path / "last.pt")
+    result = train_detector(cfg, checkpoint_dir=tmp_path, progress=False)
+    assert result["resumed_from_epoch"] == 2

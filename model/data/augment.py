@@ -63,8 +63,12 @@ class ImageSource(Protocol):
 
     def __len__(self) -> int: ...
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(image (h, w, 3) BGR uint8 with max(h, w) ~ S, labels (N, 5) x1 y1 x2 y2 class)``."""
+    def load(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``(image (h, w, 3) BGR uint8 with max(h, w) ~ S, labels (N, 5) x1 y1 x2 y2 class)``.
+
+        ``rng`` is the sample's generator: a source that draws (the crop of a tile source) draws
+        from it, so the sample stays a function of its key; a whole-image source ignores it.
+        """
         ...
 
     @property
@@ -93,7 +97,7 @@ class AugmentParams:
     @classmethod
     def from_config(cls, cfg: TrialConfig) -> AugmentParams:
         return cls(
-            img_size=cfg.img_size,
+            img_size=cfg.input_size,
             mosaic_prob=cfg.mosaic_prob,
             mixup_prob=cfg.mixup_prob,
             hsv_prob=cfg.hsv_prob,
@@ -119,7 +123,7 @@ def mosaic_stage(
     size = p.img_size
     xc, yc = random_mosaic_centre(rng, size)
     others = rng.integers(0, len(source), 3)
-    tiles = [source.load(int(i)) for i in (index, *others)]
+    tiles = [source.load(int(i), rng) for i in (index, *others)]
     canvas, labels = compose_mosaic(tiles, xc, yc, size)
     matrix = random_affine_matrix(
         rng,
@@ -135,7 +139,7 @@ def mosaic_stage(
     # Official condition: mixup only when the mosaic has label rows (even clipped-away ones).
     partners = source.labelled
     if len(labels) and len(partners) and rng.uniform() < p.mixup_prob:
-        other, other_labels = source.load(int(partners[rng.integers(0, len(partners))]))
+        other, other_labels = source.load(int(partners[rng.integers(0, len(partners))]), rng)
         img, labels = random_mixup(rng, img, labels, other, other_labels, p.mixup_scale)
     return img, labels
 
@@ -192,5 +196,5 @@ def train_sample(
     if augment and use_mosaic:
         img, labels = mosaic_stage(source, index, rng, params)
     else:
-        img, labels = source.load(index)
+        img, labels = source.load(index, rng)
     return finish_sample(img, labels, rng, params)

@@ -13,8 +13,13 @@ An epoch is ``ceil(N / batch_size)`` full batches: the shuffled order is extende
 around, like the official infinite sampler (``drop_last=False`` on an endless stream), so every
 image is seen at least once per epoch and no batch is short.
 
+With ``input_mode: tiles`` the source is :class:`model.data.tiles.TileImages` (native-resolution
+crops) instead of :class:`SplitImages`; each sample also carries the counts of boxes its crops
+cut, which the loader sums per epoch (:meth:`TrainLoader.take_cut_counts`).
+
 Evaluation: :func:`build_eval_loader` letterboxes each image (top-left, pad 114) and reports the
-ratio, so a box in input pixels divided by it is in original pixels.
+ratio, so a box in input pixels divided by it is in original pixels. :func:`build_frame_loader`
+yields the frames as they are, for sliced inference (:mod:`model.sliced`).
 """
 
 from __future__ import annotations
@@ -33,7 +38,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from model.config import TrialConfig
-from model.data.augment import STREAM_SHUFFLE, AugmentParams, sample_rng, train_sample
+from model.data.augment import (
+    STREAM_SHUFFLE,
+    AugmentParams,
+    ImageSource,
+    sample_rng,
+    train_sample,
+)
+from model.data.tiles import TileImages
 from model.data.transforms import letterbox, resize_to_fit
 
 SampleKey = tuple[int, int, int, bool]  # epoch, position in the epoch, image index, augment
@@ -115,10 +127,13 @@ class SplitImages:
     def labelled(self) -> np.ndarray:
         return self._labelled
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def load(
+        self, index: int, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(image (h, w, 3) uint8 with max side ~ img_size, labels (N, 5) scaled alike)``.
 
-        The image may be the cached array itself: callers must not modify it in place.
+        ``rng`` is not used (the whole image is served). The image may be the cached array
+        itself: callers must not modify it in place.
         """
         if self._cache is not None:
             img, r = self._cache[index]
@@ -129,11 +144,37 @@ class SplitImages:
         return img, labels
 
 
+def training_source(
+    split: Any,
+    cfg: TrialConfig,
+    *,
+    indices: np.ndarray | None = None,
+    cache: bool = False,
+    progress: bool = True,
+) -> SplitImages | TileImages:
+    """The ``ImageSource`` of ``cfg.input_mode``: whole images resized to fit ``img_size``
+    (letterbox, official) or native-resolution ``tile_size`` crops (tiles)."""
+    if cfg.input_mode == "letterbox":
+        return SplitImages(split, cfg.img_size, indices=indices, cache=cache, progress=progress)
+    images = split.images if indices is None else [split.images[int(i)] for i in indices]
+    per_image = split_labels(split)
+    return TileImages(
+        [im["file_name"] for im in images],
+        [per_image[im["id"]] for im in images],
+        cfg.tile_size,
+        object_share=cfg.tile_object_share,
+        min_visible=cfg.tile_min_visible,
+        cache=cache,
+        progress=progress,
+    )
+
+
 class AugmentedDataset(Dataset):
     """Map-style dataset indexed by :data:`SampleKey`; returns ``(image (3, S, S) uint8 CHW,
-    targets (max_labels, 5) float32)``."""
+    targets (max_labels, 5) float32, cut counts (3,) int64)``; the counts are the boxes this
+    sample's tile crops kept whole, clipped and dropped (zeros for a letterbox source)."""
 
-    def __init__(self, source: SplitImages, params: AugmentParams, seed: int) -> None:
+    def __init__(self, source: ImageSource, params: AugmentParams, seed: int) -> None:
         self.source = source
         self.params = params
         self.seed = seed
@@ -141,11 +182,14 @@ class AugmentedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, key: SampleKey) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, key: SampleKey) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         epoch, position, index, augment = key
         rng = sample_rng(self.seed, epoch, position)
+        counts = getattr(self.source, "counts", None)
+        before = counts.copy() if counts is not None else None
         img, targets = train_sample(self.source, index, rng, self.params, augment=augment)
-        return np.ascontiguousarray(img.transpose(2, 0, 1)), targets
+        cut = counts - before if counts is not None else np.zeros(3, dtype=np.int64)
+        return np.ascontiguousarray(img.transpose(2, 0, 1)), targets, cut
 
 
 def epoch_order(n: int, total: int, seed: int, epoch: int) -> np.ndarray:
@@ -176,13 +220,16 @@ class EpochBatchSampler(Sampler):
 
 
 def _collate(
-    batch: list[tuple[np.ndarray, np.ndarray]], to_float: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack samples into ``(images [B, 3, S, S] uint8 or float32, targets [B, M, 5])``."""
+    batch: list[tuple[np.ndarray, ...]], to_float: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """Stack samples into ``(images [B, 3, S, S] uint8 or float32, targets [B, M, 5])``, plus
+    the summed cut counts ``(3,)`` when the samples carry them."""
     images = torch.from_numpy(np.stack([b[0] for b in batch]))
     if to_float:
         images = images.float()
     targets = torch.from_numpy(np.stack([b[1] for b in batch]))
+    if len(batch[0]) > 2:
+        return images, targets, torch.from_numpy(np.sum([b[2] for b in batch], axis=0))
     return images, targets
 
 
@@ -277,6 +324,7 @@ class TrainLoader:
         self.dataset = dataset
         self.sampler = sampler
         self.device = device
+        self.cut_counts = np.zeros(3, dtype=np.int64)  # whole, clipped, dropped since last take
         self._loader = DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -303,8 +351,21 @@ class TrainLoader:
         """No mosaic, affine or mixup from the next epoch on; HSV and flip stay, as official."""
         self.sampler.augment = False
 
+    def take_cut_counts(self) -> dict[str, int]:
+        """Boxes the tile crops kept whole, clipped and dropped in the batches consumed since
+        the last call (all zero with letterbox input); resets the counts."""
+        whole, clipped, dropped = (int(v) for v in self.cut_counts)
+        self.cut_counts[:] = 0
+        return {"tile_boxes_whole": whole, "tile_boxes_clipped": clipped,
+                "tile_boxes_dropped": dropped}
+
+    def _strip_counts(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, targets, counts in self._loader:
+            self.cut_counts += counts.numpy()
+            yield images, targets
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return _to_device(iter(self._loader), self.device)
+        return _to_device(self._strip_counts(), self.device)
 
 
 def build_train_loader(
@@ -317,12 +378,13 @@ def build_train_loader(
 ) -> TrainLoader:
     """The training loader of ``split`` (a ``DetectionSplit``) for ``cfg``.
 
-    ``cache`` (default ``cfg.cache_images``) keeps the decoded, resized images in RAM;
-    ``cfg.max_train_images > 0`` trains on a fixed subset of that many images.
+    ``cache`` (default ``cfg.cache_images``) keeps the decoded images in RAM (resized with
+    letterbox input, native frames with tiles); ``cfg.max_train_images > 0`` trains on a fixed
+    subset of that many images.
     """
     indices = subset_indices(len(split.images), cfg.max_train_images)
     use_cache = cfg.cache_images if cache is None else cache
-    source = SplitImages(split, cfg.img_size, indices=indices, cache=use_cache, progress=progress)
+    source = training_source(split, cfg, indices=indices, cache=use_cache, progress=progress)
     dataset = AugmentedDataset(source, AugmentParams.from_config(cfg), cfg.seed)
     sampler = EpochBatchSampler(len(source), cfg.batch_size, cfg.seed)
     return TrainLoader(dataset, sampler, cfg.workers, torch.device(device), cfg.seed)
@@ -330,8 +392,9 @@ def build_train_loader(
 
 def random_input_size(cfg: TrialConfig, rng: np.random.Generator) -> int:
     """A multi-scale input size: ``32 * k`` for ``k`` uniform in ``S/32 ± cfg.multiscale``
-    (both ends included, as official ``random.randint``); ``cfg.img_size`` when multiscale is 0."""
-    base = cfg.img_size // 32
+    (both ends included, as official ``random.randint``), ``S = cfg.input_size`` (the tile size
+    with tiles); ``S`` when multiscale is 0."""
+    base = cfg.input_size // 32
     lo, hi = max(1, base - cfg.multiscale), base + cfg.multiscale
     return 32 * int(rng.integers(lo, hi + 1))
 
@@ -407,3 +470,33 @@ def build_eval_loader(
 ) -> EvalLoader:
     """The evaluation loader of ``split`` at input size ``img_size`` (no augmentation)."""
     return EvalLoader(EvalDataset(split, img_size), batch_size, workers, torch.device(device))
+
+
+class FrameDataset(Dataset):
+    """The evaluation frames as they are: ``(image (H, W, 3) BGR uint8, image_id)``."""
+
+    def __init__(self, split: Any) -> None:
+        self.paths = [im["file_name"] for im in split.images]
+        self.image_ids = [int(im["id"]) for im in split.images]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        return read_image(self.paths[i]), self.image_ids[i]
+
+
+def _collate_frames(batch: list[tuple[np.ndarray, int]]) -> tuple[list[np.ndarray], list[int]]:
+    return [b[0] for b in batch], [b[1] for b in batch]
+
+
+def build_frame_loader(
+    split: Any, *, batch_size: int = 8, workers: int = 0
+) -> DataLoader:
+    """Batches ``(frames list[(H, W, 3) uint8], image_ids list[int])`` of ``split`` in order,
+    decoded by ``workers`` processes; frames stay on the CPU (sliced inference crops them)."""
+    kwargs = _loader_kwargs(workers, torch.device("cpu"), seed=0, persistent=False)
+    return DataLoader(
+        FrameDataset(split), batch_size=batch_size, shuffle=False, collate_fn=_collate_frames,
+        **kwargs,
+    )

@@ -12,7 +12,7 @@ import numpy as np
 
 from model.config import TrialConfig
 from model.data.augment import AugmentParams, sample_rng, train_sample
-from model.data.loader import SplitImages, epoch_order
+from model.data.loader import epoch_order, training_source
 
 # BGR colours per class id (cycled); saturated so they stand out from grey padding and water.
 PALETTE = [(0, 255, 0), (0, 0, 255), (255, 0, 0), (0, 255, 255), (255, 0, 255), (255, 255, 0)]
@@ -51,14 +51,16 @@ def draw_targets(img: np.ndarray, targets: np.ndarray, names: list[str]) -> np.n
 def render_grid(split: Any, cfg: TrialConfig, n: int, seed: int) -> np.ndarray:
     """A grid of the first ``n`` training samples of epoch 0 for ``seed`` (augmented as ``cfg``).
 
-    Tiles are ``cfg.img_size`` square, row-major, ``ceil(sqrt(n))`` per row; sample ``k`` is the
-    one the training loader would produce at position ``k`` of epoch 0 with ``cfg.seed = seed``.
+    Cells are ``cfg.input_size`` square (``img_size``, or ``tile_size`` with ``input_mode:
+    tiles``, whose samples are native-resolution crops), row-major, ``ceil(sqrt(n))`` per row;
+    sample ``k`` is the one the training loader would produce at position ``k`` of epoch 0 with
+    ``cfg.seed = seed``.
     Returns a BGR uint8 image ``(rows * S, cols * S, 3)``.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1 samples, got {n}")
-    size = cfg.img_size
-    source = SplitImages(split, size, progress=False)
+    size = cfg.input_size
+    source = training_source(split, cfg, progress=False)
     params = AugmentParams.from_config(cfg)
     names = [c["name"] for c in sorted(split.categories, key=lambda c: c["id"])]
     order = epoch_order(len(source), n, seed, 0)
