@@ -133,3 +133,18 @@ def test_train_cli_exits_2_with_one_line(
     assert f"{path} is not a weights-only checkpoint (refused by the weights-only unpickler: " in (
         lines[0]
     )
+
+
+def test_train_cli_exits_2_on_a_checkpoint_of_another_width(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "wider.pth"  # nano's layout, other widths
+    torch.save({"model": build_yolox(depth=0.33, width=0.375, depthwise=True).state_dict()}, path)
+    code = train_cli.main(
+        [*TINY, "--data", str(tiny_data), "--out", str(tmp_path / "o"), "--set", "pretrain=coco",
+         "--set", f"coco_weights={path}"]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"train: error: {path}: shape mismatch at backbone.backbone.stem.")
+    assert err.endswith("the checkpoint is for a different size (use one of this size)")

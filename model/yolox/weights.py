@@ -183,7 +183,7 @@ def load_state_into(
         shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
         raise WeightsError(
             f"{source}: {len(unexpected)} key(s) not in the {type(module).__name__} being loaded "
-            f"({shown}); is it a checkpoint of this architecture?"
+            f"({shown}); is it a checkpoint of this size and architecture?"
         )
     selected: dict[str, Tensor] = {}
     for key, value in state.items():
