@@ -128,8 +128,8 @@ def test_delegating_commands(tmp_path: Path, monkeypatch, capsys) -> None:
         calls.append(("synth", Path(out_dir), seed, n_train, n_test))
         return Path(out_dir)
 
-    def load_unlabeled_images(sources, *, every_n):
-        calls.append(("frames", [Path(s) for s in sources], every_n))
+    def load_unlabeled_images(sources, *, every_n, video_stats):
+        calls.append(("frames", [Path(s) for s in sources], every_n, video_stats))
         return [np.full((4, 6, 3), i, np.uint8) for i in range(3)]
 
     for name, fn in (
@@ -163,7 +163,7 @@ def test_delegating_commands(tmp_path: Path, monkeypatch, capsys) -> None:
     assert calls == [
         ("preview", Path("ds"), tmp_path / "p.png", 4, 3, 320),
         ("synth", tmp_path / "syn", 2, 5, 1),
-        ("frames", [Path("v1.mp4"), Path("dir2")], 5),
+        ("frames", [Path("v1.mp4"), Path("dir2")], 5, []),
     ]
     assert sorted(p.name for p in (tmp_path / "fr").iterdir()) == [
         "frame_000000.png",

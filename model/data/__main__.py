@@ -12,7 +12,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -26,6 +26,9 @@ from model.config import (
 )
 from model.data.coco import DetectionDataset, DetectionSplit, load_dataset
 from model.data.raw import DataError, plural
+
+if TYPE_CHECKING:
+    from model.data.frames import VideoStats
 
 
 def _dataset_args(p: argparse.ArgumentParser) -> None:
@@ -225,15 +228,25 @@ def cmd_frames(args: argparse.Namespace) -> int:
 
     if args.every < 1:
         raise DataError(f"--every must be >= 1, got {args.every}")
-    frames = load_unlabeled_images(args.sources, every_n=args.every)
+    videos: list[VideoStats] = []
+    frames = load_unlabeled_images(args.sources, every_n=args.every, video_stats=videos)
+    short = [v for v in videos if v.short]
+    for v in short:
+        print(f"warning: {v.warning()}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     for i, frame in enumerate(tqdm(frames, desc="writing frames", unit="img", disable=None)):
         path = args.out / f"frame_{i:06d}.png"
         if not cv2.imwrite(str(path), frame):
             raise DataError(f"cannot write {path}")
+    warned = (
+        f"; {plural(len(short), 'video')} decoded short of the frames its container declares "
+        "(see the warning above)"
+        if short
+        else ""
+    )
     print(
         f"frames: wrote {len(frames)} PNGs (one video frame in {args.every}) from "
-        f"{plural(len(args.sources), 'source')} to {args.out}"
+        f"{plural(len(args.sources), 'source')} to {args.out}{warned}"
     )
     return 0
 
