@@ -209,3 +209,18 @@ def test_module_entry_point(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1].startswith("check --strict: OK")
+
+
+def test_yolo_yaml_resolving_nowhere_exits_2_with_the_error(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "export"
+    (root / "labels").mkdir(parents=True)
+    (root / "labels" / "data.yaml").write_text("path: /gone\ntrain: images/train\nnames: [a]\n")
+    assert main(["convert", str(root), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[1] == "convert: failed (see the error above)"
+    assert err[0].startswith(
+        f"error: {root / 'labels' / 'data.yaml'}: key 'train' points to 'images/train', which is "
+        f"in none of the dataset roots tried for path: '/gone' (tried /gone/images/train, "
+        f"{root / 'labels' / 'images' / 'train'}, {root / 'images' / 'train'});"
+    )
+    assert not (tmp_path / "out").exists()
