@@ -43,7 +43,8 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--classes",
         default=None,
-        help="comma-separated class names, in order (default: from the dataset)",
+        help="comma-separated class names to keep, in order; boxes of other classes are "
+        "dropped and counted (default: every class in the dataset)",
     )
     p.add_argument(
         "--strict",
@@ -144,7 +145,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     report = ds.report
     print(report.format(_max_issues(args)))
     if args.strict and not report.ok:
-        print(f"convert --strict: nothing written, {len(report.issues)} problems in {args.src}")
+        print(f"convert --strict: nothing written, {len(report.problems)} problems in {args.src}")
         return 1
     if not all(s.accounted for s in report.splits.values()):  # a reader bug, never bad data
         raise DataError(f"images/boxes read != written + dropped: {report.to_dict()['splits']}")
@@ -184,7 +185,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         _write_json(args.json, report.to_dict())
-    status = "OK" if report.ok else f"{len(report.issues)} problems"
+    status = "OK" if report.ok else f"{len(report.problems)} problems"
+    if report.warnings:
+        status += f", {plural(len(report.warnings), 'warning')} (see Warnings above)"
     failed = args.strict and not report.ok
     print(
         f"check{' --strict' if args.strict else ''}: {'FAILED, ' if failed else ''}{status} — "

@@ -66,6 +66,8 @@ def pretrain_settings(cfg: TrialConfig, *, fingerprint: str | None = None) -> di
         "algorithm_version": ALGORITHM_VERSION,
     }
     if cfg.pretrain == "center_loss":
+        if cfg.classes:  # only when set, so the keys of artifacts made before it stay valid
+            s["classes"] = cfg.classes  # the boxes the crops come from
         s["crop_size"] = cfg.crop_size
         s["center_loss_weight"] = cfg.center_loss_weight
         if cfg.center_loss_weight > 0:  # the centres' lr is unused by the CE-only ablation
