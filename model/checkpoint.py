@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import shutil
+import struct
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,58 @@ CHECKPOINT_FORMAT = 1  # bump when the layout of the training checkpoint changes
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be read or does not hold what the caller needs."""
+
+
+class NotWeightsOnlyError(ValueError):
+    """``torch.load(weights_only=True)`` refused a file; the message is the one-line reason
+    (without the path: each caller names the file and says what it should be)."""
+
+
+# What torch.load(weights_only=True) raises on a file that is not a weights-only checkpoint:
+# a pickled object it will not build (UnpicklingError), a damaged zip (RuntimeError), and for a
+# plain pickle or random bytes whatever its pure-Python unpickler trips on (KeyError, ...).
+_LOAD_ERRORS = (
+    pickle.UnpicklingError,
+    RuntimeError,
+    EOFError,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    struct.error,
+)
+
+
+def _load_reason(e: BaseException) -> str:
+    """One line out of torch's several-paragraph refusal: what was refused."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    if "WeightsUnpickler error:" in text:
+        after = text.split("WeightsUnpickler error:", 1)[1]
+        line = next((ln.strip() for ln in after.splitlines() if ln.strip()), "")
+        # "... Please use torch.serialization.add_safe_globals": advice for trusted files only
+        return "refused by the weights-only unpickler: " + line.split(". Please use")[0]
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return f"{type(e).__name__}: {line.split('. ')[0][:200]}"
+
+
+def load_weights_only(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; a file it refuses is a NotWeightsOnlyError.
+
+    FileNotFoundError and other OSErrors pass through. torch's warnings about the file (e.g.
+    the pickle protocol of a plain ``pickle.dump``) are shown only when the load succeeds.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+        except OSError:
+            raise
+        except _LOAD_ERRORS as e:
+            raise NotWeightsOnlyError(_load_reason(e)) from e
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return obj
 
 
 def _tmp_path(path: Path) -> Path:
@@ -62,11 +117,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pt file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        state = load_weights_only(path, map_location)
+    except (NotWeightsOnlyError, OSError) as e:
         raise CheckpointError(
-            f"cannot read checkpoint {path} with weights_only=True ({e}); it must be a file "
-            "written by model.train (tensors and plain containers only)"
+            f"cannot read checkpoint {path}: not a weights-only checkpoint ({e}); it must be a "
+            "file written by model.train (tensors and plain containers only)"
         ) from e
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")

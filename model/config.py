@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -41,6 +42,10 @@ class TrialConfig:
     num_classes: int = 1  # FloW has one class, "bottle"
     reg_loss: RegLoss = "iou"  # box regression loss; "iou" is the official 1 - IoU^2
     pretrain: Pretrain = "none"  # backbone initialisation: none, coco, center_loss, ssl
+    # (added, issue 14) class names to train, comma-separated ("bottle" or "bottle,can"), in
+    # class-index order; boxes of other classes are dropped and counted in the data report.
+    # "" = every class in the data. num_classes must equal the number of names given
+    classes: str = ""
 
     # --- data ---
     data: str = ""  # dataset folder (any supported layout); "" = the embedded floating-bottle set
@@ -133,7 +138,10 @@ class TrialConfig:
     eval_clip_boxes: bool = False
 
     # --- pretraining (used when pretrain is coco, center_loss or ssl) ---
-    coco_weights: str = ""  # local path of the official yolox_<size>.pth; "" = torch hub cache
+    # pretrain: coco starts from this local file: the official yolox_<size>.pth, or any YOLOX
+    # checkpoint of this size (a last.pt/best.pt of ours: its EMA weights, its own classes);
+    # class layers load when their shapes fit. "" = the official file in the torch hub cache
+    coco_weights: str = ""
     pretrain_artifact: str = ""  # backbone .pt for center_loss/ssl (filled in by the study cache)
     pretrain_init: PretrainInit = "scratch"  # where the pretraining starts: scratch or COCO weights
     pretrain_epochs: int = 10  # (issue 5: was 30) 10 reach >= 0.94 fg/bg accuracy on embedded data
@@ -184,8 +192,29 @@ def config_keys() -> list[str]:
     return [f.name for f in fields(TrialConfig)]
 
 
+# A decimal number as people write it: 1e-3, 1E6, -2.5e-4, .5, 3. (YAML 1.1, which PyYAML
+# follows, reads an exponent without a dot, 1e-3, as a string; YAML 1.2 and Python read a float)
+_FLOAT_LITERAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def as_float_literal(value: Any) -> Any:
+    """``value`` as a float when it is a string holding a decimal number ("1e-3"), else as is.
+
+    For float-typed values only: a str-typed key keeps its text.
+    """
+    if isinstance(value, str) and _FLOAT_LITERAL.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+def class_list(classes: str) -> list[str]:
+    """The names of a ``classes`` value: "bottle, can" -> ["bottle", "can"]; "" -> []."""
+    return [c.strip() for c in classes.split(",") if c.strip()]
+
+
 def _check_type(key: str, value: Any, source: str) -> Any:
-    """Return ``value`` coerced where lossless (int -> float), else raise ConfigError."""
+    """Return ``value`` coerced where lossless (int -> float, "1e-3" -> 0.001 for a float
+    key), else raise ConfigError."""
     hint = _hints()[key]
     if get_origin(hint) is Literal:
         allowed = get_args(hint)
@@ -200,6 +229,7 @@ def _check_type(key: str, value: Any, source: str) -> Any:
     elif hint is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif hint is float:
+        value = as_float_literal(value)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok:
             value = float(value)
@@ -219,7 +249,9 @@ def _check_type(key: str, value: Any, source: str) -> Any:
 
 def _validate(cfg: TrialConfig, source: str) -> None:
     for f in fields(cfg):
-        _check_type(f.name, getattr(cfg, f.name), source)
+        # stored coerced, so TrialConfig(lr="1e-3") or replace(cfg, lr=1) hold a float too
+        object.__setattr__(cfg, f.name, _check_type(f.name, getattr(cfg, f.name), source))
+    names = class_list(cfg.classes)
     rules = [
         (cfg.num_classes >= 1, "num_classes", "must be >= 1"),
         (cfg.img_size >= 32 and cfg.img_size % 32 == 0, "img_size", "must be a multiple of 32"),
@@ -270,6 +302,13 @@ def _validate(cfg: TrialConfig, source: str) -> None:
         (cfg.ssl_temperature > 0, "ssl_temperature", "must be > 0"),
         (cfg.ssl_video_every >= 1, "ssl_video_every", "must be >= 1"),
         (cfg.ssl_triplets_per_frame >= 1, "ssl_triplets_per_frame", "must be >= 1"),
+        (len(set(names)) == len(names), "classes", "must name each class once"),
+        (
+            not names or len(names) == cfg.num_classes,
+            "classes",
+            f"names {len(names)} classes but num_classes is {cfg.num_classes}; set "
+            f"num_classes: {len(names)}",
+        ),
     ]
     for prob in ("mosaic_prob", "mixup_prob", "hsv_prob", "flip_prob"):
         rules.append((0 <= getattr(cfg, prob) <= 1, prob, "must be in [0, 1]"))
@@ -317,8 +356,17 @@ def load_config(path: str | Path, base: TrialConfig | None = None) -> TrialConfi
     try:
         values = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(e)})") from e
     return config_from_dict(values, source=str(path), base=base)
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A one-line description of a YAML error: what is wrong and where (PyYAML's own text spans
+    several lines, with the offending line quoted)."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
 
 
 def dump_config(cfg: TrialConfig, comment: str = "") -> str:
@@ -362,8 +410,17 @@ def parse_override(text: str, source: str = "--set") -> tuple[str, Any]:
         raise ConfigError(f"{source}: expected KEY=VALUE, got {text!r}")
     key, raw = text.split("=", 1)
     key = key.strip()
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    if key in config_keys() and _hints()[key] is str and not isinstance(value, str):
+    is_str = key in config_keys() and _hints()[key] is str
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        if not is_str:
+            raise ConfigError(
+                f"{source} {text!r}: the value of '{key}' is not valid YAML ({yaml_problem(e)}); "
+                "write a number, true/false, or a quoted string"
+            ) from e
+        value = raw.strip()
+    if is_str and not isinstance(value, str):
         value = raw.strip()
     # Only the key and its type here: rules that tie keys together (no_aug_epochs <= epochs)
     # are checked once every override is merged into the config, or `--set epochs=10` would

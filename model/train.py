@@ -40,10 +40,11 @@ from model.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from model.config import ConfigError, TrialConfig
+from model.config import ConfigError, TrialConfig, class_list
 from model.data.coco import DetectionDataset, load_dataset
 from model.data.embedded import embedded_dataset_dir
 from model.data.loader import build_train_loader, random_input_size, rescale_batch
+from model.data.raw import plural
 from model.evaluate import COCO_METRICS, evaluate_coco
 from model.optim import ModelEMA, YoloxWarmCos, build_optimizer, set_lr
 from model.yolox import build_yolox_from_config, load_coco_weights
@@ -76,17 +77,38 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_trial_data(cfg: TrialConfig, *, progress: bool = False) -> DetectionDataset:
-    """The dataset of ``cfg.data`` ("" = the embedded set), checked against ``cfg.num_classes``."""
+    """The dataset of ``cfg.data`` ("" = the embedded set), restricted to ``cfg.classes`` when
+    set, checked against ``cfg.num_classes``; the data report's warnings are logged."""
     src = cfg.data or embedded_dataset_dir(progress=progress)
-    dataset = load_dataset(src, val_fraction=cfg.val_fraction, seed=cfg.seed, progress=progress)
+    dataset = load_dataset(
+        src, val_fraction=cfg.val_fraction, seed=cfg.seed, progress=progress,
+        classes=class_list(cfg.classes) or None,
+    )
+    for warning in dataset.report.warnings:
+        logger.warning("data %s: %s", src, warning)
     names = dataset.train.class_names
     if len(names) != cfg.num_classes:
-        raise ConfigError(
-            f"key 'num_classes' is {cfg.num_classes} but the dataset {src} has {len(names)} "
-            f"classes ({', '.join(names)}); set num_classes: {len(names)} in the config "
-            f"(or --set num_classes={len(names)})"
-        )
+        raise ConfigError(_num_classes_error(cfg, dataset, src))
     return dataset
+
+
+def _num_classes_error(cfg: TrialConfig, dataset: DetectionDataset, src: object) -> str:
+    """num_classes against the data: every class with its boxes and files, and both fixes."""
+    report, names = dataset.report, dataset.train.class_names
+    found = "; ".join(report.describe_class(n) for n in names) or "no class"
+    fixes = f"set num_classes: {len(names)} to train every class (--set num_classes={len(names)})"
+    if 0 < cfg.num_classes < len(names):
+        # the classes with most boxes, in the dataset's order
+        ranked = sorted(names, key=lambda n: -report.classes[n].boxes)[: cfg.num_classes]
+        keep = ",".join(n for n in names if n in ranked)
+        fixes += (
+            f", or classes: {keep} to keep only {'that' if cfg.num_classes == 1 else 'those'} "
+            f"(--set classes={keep}; the other boxes are dropped and counted)"
+        )
+    return (
+        f"key 'num_classes' is {cfg.num_classes} but the dataset {src} has "
+        f"{plural(len(names), 'class')}: {found}; {fixes}"
+    )
 
 
 def init_pretrained(net: nn.Module, cfg: TrialConfig) -> int:

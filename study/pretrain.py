@@ -30,7 +30,7 @@ from model.config import (
 )
 from model.data.raw import DataError
 from model.pretrain import ArtifactError, PretrainDataError, load_artifact, run_pretraining
-from model.yolox.weights import WeightsUnavailableError
+from model.yolox.weights import WeightsError, WeightsUnavailableError
 from study.cache import ArtifactCache, prepare_coco_weights
 
 
@@ -128,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (ConfigError, DataError, PretrainDataError, ArtifactError, WeightsUnavailableError) as e:
+    except (
+        ConfigError, DataError, PretrainDataError, ArtifactError, WeightsError,
+        WeightsUnavailableError,
+    ) as e:
         print(f"pretrain: error: {e}", file=sys.stderr)
         return 2
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from model.config import ConfigError, TrialConfig, config_from_dict, config_keys
+from model.config import ConfigError, TrialConfig, as_float_literal, config_from_dict, config_keys
 from model.evaluate import COCO_METRICS
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -304,9 +304,11 @@ def _parse_sample(sample: dict[str, Any], source: str, base: TrialConfig) -> dic
             values = spec["values"]
             if not isinstance(values, list) or not values:
                 raise SpaceError(f"{where}: choice needs a non-empty list of values")
-            dist = Dist("choice", values=tuple(values))
+            # each value as the trial config reads it (a YAML 1e-3 is the float 0.001)
+            checked = [getattr(config_from_dict({key: v}, where, base), key) for v in values]
+            dist = Dist("choice", values=tuple(checked))
         else:
-            low, high = spec["low"], spec["high"]
+            low, high = as_float_literal(spec["low"]), as_float_literal(spec["high"])
             numeric = all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)
             )

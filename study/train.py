@@ -35,7 +35,7 @@ from model.data.raw import DataError
 from model.evaluate import COCO_METRICS
 from model.pretrain.artifact import ArtifactError
 from model.train import TrainingError, train_detector
-from model.yolox.weights import WeightsUnavailableError
+from model.yolox.weights import WeightsError, WeightsUnavailableError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         DataError,
         CheckpointError,
         ArtifactError,
+        WeightsError,
         WeightsUnavailableError,
         FileNotFoundError,
     ) as e:

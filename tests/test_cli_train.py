@@ -205,3 +205,46 @@ def test_detect_cli_slices_frames_with_tiles(trained: Path, data_dir: Path, tmp_
                             str(out), "--set", "input_mode=slices"])
     assert code == 2
     assert "'input_mode' must be one of 'letterbox', 'tiles'" in capsys.readouterr().err
+
+
+# --- issue 14: every bad input ends with one line and exit 2 ---
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_malformed_override_exits_2_with_one_line(tmp_path, capsys) -> None:
+    assert train_cli.main(["--set", "lr=[1,2", "--out", str(tmp_path / "o")]) == 2
+    assert _one_error_line(capsys).startswith(
+        "train: error: --set 'lr=[1,2': the value of 'lr' is not valid YAML ("
+    )
+
+
+def test_exponent_floats_reach_the_config(tmp_path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lr: 1e-3\n")
+    args = train_cli.build_parser().parse_args(["--config", str(cfg), "--set", "warmup_lr=1E-6"])
+    resolved = train_cli.resolve_config(args)
+    assert (resolved.lr, resolved.warmup_lr) == (1e-3, 1e-6)
+
+
+def test_a_class_too_many_exits_2_naming_it_and_both_fixes(tmp_path, capsys) -> None:
+    from tests.data_builders import make_flow
+
+    data = make_flow(tmp_path / "d", train={"a": [("bottle", 2, 2, 6, 6)],
+                                            "b": [("can", 3, 3, 9, 9)]}, test={"t": []})
+    code = train_cli.main(["--data", str(data), "--out", str(tmp_path / "o"), "--quiet",
+                           "--set", "workers=0", "--device", "cpu"])
+    assert code == 2
+    # the data report's warning (logged, shown with --quiet), then the one-line error
+    warning, error = capsys.readouterr().err.strip().splitlines()
+    assert warning.startswith(f"data {data}: class can: 1 box in 1 file ")
+    assert error == (
+        f"train: error: key 'num_classes' is 1 but the dataset {data} has 2 classes: bottle: 1 box "
+        "in 1 file (training/annotations/a.xml); can: 1 box in 1 file (training/annotations/b.xml);"
+        " set num_classes: 2 to train every class (--set num_classes=2), or classes: bottle to "
+        "keep only that (--set classes=bottle; the other boxes are dropped and counted)"
+    )

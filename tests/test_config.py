@@ -138,3 +138,65 @@ def test_shipped_configs_load(path: Path) -> None:
     cfg = load_config(path)
     written = yaml.safe_load(path.read_text())
     assert written and {k: getattr(cfg, k) for k in written} == written
+
+
+# --- issue 14: values as YAML users write them; the classes key ---
+
+
+@pytest.mark.parametrize(("text", "expected"), [("1e-3", 1e-3), ("1E6", 1e6), ("-2.5e-4", -2.5e-4)])
+def test_exponent_floats_are_floats_in_files_dicts_and_overrides(text, expected, tmp_path) -> None:
+    # PyYAML (YAML 1.1) reads 1e-3 as the string "1e-3": the checker reads it as the number
+    path = tmp_path / "c.yaml"
+    path.write_text(f"warmup_lr: {text}\nlr: 1e-3\n")
+    assert yaml.safe_load(path.read_text())["lr"] == "1e-3"  # the premise
+    cfg = load_config(path)
+    assert cfg.warmup_lr == expected and isinstance(cfg.warmup_lr, float)
+    assert cfg.lr == 1e-3 and isinstance(cfg.lr, float)
+    assert config_from_dict({"warmup_lr": text}).warmup_lr == expected
+    key, value = parse_override(f"warmup_lr={text}")
+    assert (key, value) == ("warmup_lr", expected) and isinstance(value, float)
+    assert dataclasses.replace(TrialConfig(), warmup_lr=text).warmup_lr == expected
+
+
+def test_string_keys_keep_exponent_text_and_non_numbers_stay_errors() -> None:
+    assert parse_override("data=1e-3") == ("data", "1e-3")
+    assert config_from_dict({"data": "1E6"}).data == "1E6"
+    with pytest.raises(ConfigError, match=r"key 'lr' must be of type float, got str '1e-3x'"):
+        config_from_dict({"lr": "1e-3x"})
+    with pytest.raises(ConfigError, match=r"key 'epochs' must be of type int, got str '1e3'"):
+        config_from_dict({"epochs": "1e3"})  # an int key is not read as a float
+    with pytest.raises(ConfigError, match=r"key 'lr' must be > 0, got -0.001"):
+        config_from_dict({"lr": "-1e-3"})  # the rules see the number
+
+
+def test_malformed_override_is_one_line_naming_it() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_override("lr=[1,2")
+    msg = str(e.value)
+    assert msg.startswith("--set 'lr=[1,2': the value of 'lr' is not valid YAML (")
+    assert msg.endswith("; write a number, true/false, or a quoted string")
+    assert "\n" not in msg
+    assert parse_override("data=/x/[a") == ("data", "/x/[a")  # a str key takes the text
+
+
+def test_malformed_yaml_file_is_one_line(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 0.1\nsize: [nano\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).startswith(f"{path}: not valid YAML (line ")
+    assert "\n" not in str(e.value)
+
+
+def test_classes_key_names_and_rules() -> None:
+    cfg = config_from_dict({"classes": "bottle, can", "num_classes": 2})
+    assert cfg.classes == "bottle, can"
+    assert parse_override("classes=bottle") == ("classes", "bottle")
+    with pytest.raises(
+        ConfigError,
+        match=r"key 'classes' names 2 classes but num_classes is 1; set num_classes: 2, "
+        r"got 'bottle,can'",
+    ):
+        config_from_dict({"classes": "bottle,can"})
+    with pytest.raises(ConfigError, match="key 'classes' must name each class once"):
+        config_from_dict({"classes": "can,can", "num_classes": 2})

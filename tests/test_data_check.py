@@ -101,7 +101,7 @@ def test_problems_are_dropped_clipped_and_counted(tmp_path: Path) -> None:
             ("train", "clipped box", "clipped"),
             ("train", "dropped box", "outside_image"),
             ("train", "dropped box", "zero_area"),
-            ("train", "dropped box", "unknown_class"),
+            ("train", "dropped box", "excluded_class"),
             ("train", "dropped image", "missing_image"),
         ]
     )
@@ -120,7 +120,11 @@ def test_problems_are_dropped_clipped_and_counted(tmp_path: Path) -> None:
     assert clip.image == str(train / "images" / "edge.jpg")
     assert clip.source == str(train / "annotations" / "edge.xml")
     assert (by_kind["outside_image"].box_index, by_kind["zero_area"].box_index) == (1, 2)
-    assert by_kind["unknown_class"].reason == "unknown class 'can' (classes: bottle)"
+    # left out on purpose (classes=["bottle"]): dropped and counted, but not a problem
+    assert by_kind["excluded_class"].reason == (
+        "class 'can' is not among the chosen classes (bottle)"
+    )
+    assert len(ds.report.issues) == 7 and len(ds.report.problems) == 6
     assert by_kind["corrupt_image"].n_boxes == 2
     missing = by_kind["missing_image"]
     assert (missing.image, missing.n_boxes) == (str(train / "images" / "ghost.jpg"), 1)
@@ -151,7 +155,10 @@ def test_report_text_and_dict_name_files_and_boxes(tmp_path: Path) -> None:
     assert f"dropped image {tmp_path / 'training/images/cut.jpg'}" in text
     assert "(2 boxes dropped with it)" in text
     assert "dropped box: zero_area: 0 images, 1 box" in text
-    assert "Problems (2 of 7 shown)" in report.format(max_issues=2)
+    assert "Problems (2 of 6 shown)" in report.format(max_issues=2)
+    assert "dropped box: excluded_class: 0 images, 1 box" in text
+    assert "  can: 1 box in 1 file (training/annotations/edge.xml); 0 kept (not among the " \
+        "chosen classes)" in text
     d = json.loads(json.dumps(report.to_dict()))
     assert d["splits"]["train"]["boxes_dropped"] == 6 and d["splits"]["train"]["accounted"]
     assert d["reasons"]["dropped image: corrupt_image"] == {"images": 1, "boxes": 2}
@@ -164,13 +171,12 @@ def test_strict_raises_listing_every_problem(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         load_dataset(tmp_path, classes=["bottle"], strict=True, **FAST)
     text = str(err.value)
-    assert "7 problems (strict=True" in text
+    assert "6 problems (strict=True" in text and "'can'" not in text
     for name in (
         "cut.jpg",
         "ghost.jpg",
         "broken.xml",
         "edge.jpg",
-        "unknown class 'can'",
         "box has no area",
         "lies outside",
         "sticks out",
@@ -314,3 +320,92 @@ def test_voc_listed_id_without_xml_is_dropped(tmp_path: Path) -> None:
 def test_empty_path_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no dataset path given"):
         load_dataset("")
+
+
+# --- issue 14: every class is named with its boxes and files; nothing is invented ---
+
+
+def _flow_with_a_can(root: Path) -> Path:
+    return make_flow(
+        root,
+        train={
+            "a": [("bottle", 2, 2, 6, 6), ("can", 10, 10, 20, 20)],
+            "b": [("bottle", 3, 3, 9, 9)],
+            "c": [("can", 30, 5, 40, 15), ("can", 2, 20, 8, 30)],
+        },
+        test={"t": [("bottle", 5, 5, 9, 9)]},
+    )
+
+
+def test_a_class_flow_does_not_have_is_named_with_its_files(tmp_path: Path) -> None:
+    ds = load_dataset(_flow_with_a_can(tmp_path), **FAST)
+    report = ds.report
+    assert ds.class_names == ["bottle", "can"] and report.ok
+    can = report.classes["can"]
+    assert (can.boxes, can.files, can.kept) == (3, 2, 3)
+    assert can.examples == ["training/annotations/a.xml", "training/annotations/c.xml"]
+    assert (report.classes["bottle"].boxes, report.classes["bottle"].files) == (3, 3)
+    assert report.warnings == [
+        "class can: 3 boxes in 2 files (training/annotations/a.xml, training/annotations/c.xml) "
+        "is not a FloW class (the layout has bottle); to keep only bottle: --classes bottle "
+        "(trial config: classes: bottle)"
+    ]
+    text = report.format()
+    assert (
+        "  bottle: 3 boxes in 3 files (training/annotations/a.xml, training/annotations/b.xml, "
+        "test/annotations/t.xml); 3 kept"
+    ) in text
+    assert "Warnings:\n  class can: 3 boxes in 2 files" in text
+    assert report.to_dict()["classes"]["can"]["boxes"] == 3
+
+
+def test_chosen_classes_drop_the_rest_counted_but_not_as_problems(tmp_path: Path) -> None:
+    ds = load_dataset(_flow_with_a_can(tmp_path), classes=["bottle"], strict=True, **FAST)
+    report = ds.report
+    assert ds.class_names == ["bottle"] and report.ok and report.warnings == []
+    assert [(i.kind, Path(i.source).name, i.box_index) for i in report.issues] == [
+        ("excluded_class", "a.xml", 1), ("excluded_class", "c.xml", 0),
+        ("excluded_class", "c.xml", 1),
+    ]
+    assert report.reason_counts() == {"dropped box: excluded_class": {"images": 0, "boxes": 3}}
+    assert report.splits["train"].boxes_dropped == 3 and report.splits["train"].accounted
+    assert report.classes["can"].kept == 0 and report.classes["bottle"].kept == 3
+    text = report.format()
+    assert "; 0 kept (not among the chosen classes)" in text
+    assert "No problems: only the boxes of classes left out were dropped." in text
+
+
+def test_flow_layout_of_other_classes_has_no_invented_bottle(tmp_path: Path) -> None:
+    make_flow(tmp_path, train={"a": [("human", 2, 2, 6, 6)], "b": [("boat", 3, 3, 30, 30)]})
+    ds = load_dataset(tmp_path, val_fraction=0, **FAST)
+    assert ds.class_names == ["boat", "human"]
+    assert ds.report.warnings == [
+        "no box of class bottle in this FloW-layout dataset: its classes are the ones found "
+        "(boat: 1 box in 1 file (training/annotations/b.xml); human: 1 box in 1 file "
+        "(training/annotations/a.xml)); train them with num_classes: 2, or keep some with "
+        "--classes NAME,... (trial config: classes: NAME,...)"
+    ]
+
+
+def test_a_class_of_no_box_is_said(tmp_path: Path) -> None:
+    make_flow(tmp_path, train={"a": [], "b": []})
+    ds = load_dataset(tmp_path, val_fraction=0, **FAST)
+    assert ds.class_names == ["bottle"]  # FloW's own class, even without a box
+    assert ds.report.warnings == [
+        "1 class of the dataset has no box: bottle (a detector trained on it never sees one)"
+    ]
+    make_yolo(tmp_path / "y", {"train": {"a": ["1 0.5 0.5 0.5 0.5"]}},
+              names=["bottle", "can", "cup"])
+    report = load_dataset(tmp_path / "y", val_fraction=0, **FAST).report
+    assert report.warnings == [
+        "2 classes of the dataset have no box: bottle, cup (a detector trained on it never "
+        "sees one)"
+    ]
+
+
+def test_class_description_says_when_not_every_file_is_named() -> None:
+    from model.data.validate import ClassStats
+
+    c = ClassStats(boxes=9, files=4, kept=9, examples=["a.xml", "b.xml", "c.xml"])
+    assert c.describe("bottle") == "bottle: 9 boxes in 4 files (e.g. a.xml, b.xml, c.xml)"
+    assert ClassStats().describe("cup") == "cup: 0 boxes in 0 files"

@@ -128,8 +128,8 @@ def test_delegating_commands(tmp_path: Path, monkeypatch, capsys) -> None:
         calls.append(("synth", Path(out_dir), seed, n_train, n_test))
         return Path(out_dir)
 
-    def load_unlabeled_images(sources, *, every_n):
-        calls.append(("frames", [Path(s) for s in sources], every_n))
+    def load_unlabeled_images(sources, *, every_n, video_stats):
+        calls.append(("frames", [Path(s) for s in sources], every_n, video_stats))
         return [np.full((4, 6, 3), i, np.uint8) for i in range(3)]
 
     for name, fn in (
@@ -163,7 +163,7 @@ def test_delegating_commands(tmp_path: Path, monkeypatch, capsys) -> None:
     assert calls == [
         ("preview", Path("ds"), tmp_path / "p.png", 4, 3, 320),
         ("synth", tmp_path / "syn", 2, 5, 1),
-        ("frames", [Path("v1.mp4"), Path("dir2")], 5),
+        ("frames", [Path("v1.mp4"), Path("dir2")], 5, []),
     ]
     assert sorted(p.name for p in (tmp_path / "fr").iterdir()) == [
         "frame_000000.png",
@@ -209,3 +209,55 @@ def test_module_entry_point(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1].startswith("check --strict: OK")
+
+
+def test_yolo_yaml_resolving_nowhere_exits_2_with_the_error(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "export"
+    (root / "labels").mkdir(parents=True)
+    (root / "labels" / "data.yaml").write_text("path: /gone\ntrain: images/train\nnames: [a]\n")
+    assert main(["convert", str(root), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[1] == "convert: failed (see the error above)"
+    assert err[0].startswith(
+        f"error: {root / 'labels' / 'data.yaml'}: key 'train' points to 'images/train', which is "
+        f"in none of the dataset roots tried for path: '/gone' (tried /gone/images/train, "
+        f"{root / 'labels' / 'images' / 'train'}, {root / 'images' / 'train'});"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def _with_a_can(root: Path) -> Path:
+    return make_flow(
+        root,
+        train={"a": [("bottle", 2, 2, 6, 6), ("can", 10, 10, 20, 20)], "b": [("can", 3, 3, 9, 9)]},
+        test={"t": [("bottle", 5, 5, 9, 9)]},
+    )
+
+
+def test_check_names_a_class_flow_lacks_and_how_to_drop_it(tmp_path: Path, capsys) -> None:
+    src = _with_a_can(tmp_path / "src")
+    assert main(["check", str(src)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "  can: 2 boxes in 2 files (training/annotations/a.xml, training/annotations/b.xml); " \
+        "2 kept" in out
+    assert (
+        "  class can: 2 boxes in 2 files (training/annotations/a.xml, training/annotations/b.xml)"
+        " is not a FloW class (the layout has bottle); to keep only bottle: --classes bottle "
+        "(trial config: classes: bottle)"
+    ) in out
+    assert out[-1].startswith("check: OK, 1 warning (see Warnings above) — flow dataset")
+    # keeping bottle: the can boxes are dropped and counted, strict still passes
+    assert main(["check", str(src), "--classes", "bottle", "--strict"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "  dropped box: excluded_class: 0 images, 2 boxes" in out
+    assert out[-1].startswith("check --strict: OK — flow dataset") and "dropped 0 images and " \
+        "2 boxes" in out[-1]
+    assert main(["convert", str(src), str(tmp_path / "out"), "--classes", "bottle"]) == 0
+    doc = json.loads((tmp_path / "out" / "train.json").read_text())
+    assert doc["categories"] == [{"supercategory": "", "id": 1, "name": "bottle"}]
+    assert len(doc["annotations"]) == 1
+    report = json.loads((tmp_path / "out" / "data_report.json").read_text())
+    assert report["classes"]["can"] == {
+        "boxes": 2, "files": 2, "kept": 0,
+        "examples": ["training/annotations/a.xml", "training/annotations/b.xml"],
+    }

@@ -357,3 +357,97 @@ def test_voc_xml_with_another_stem_pairs_by_filename(tmp_path: Path) -> None:
     assert ds.report.ok
     assert boxes_of(ds.train) == {"photo.jpg": [("bottle", [1.0, 1.0, 3.0, 3.0])], "other.jpg": []}
     assert "1 images without an annotation file (kept with zero boxes)" in ds.report.notes
+
+
+# --- issue 14: YOLO exports as Ultralytics and Roboflow write them ---
+
+
+def _yolo_image(img: Path, label: Path, lines: list[str], seed: int = 0) -> None:
+    write_image(img, seed=seed)  # 64x48
+    label.parent.mkdir(parents=True, exist_ok=True)
+    label.write_text("".join(line + "\n" for line in lines))
+
+
+def test_roboflow_export_with_parent_relative_splits(tmp_path: Path, monkeypatch) -> None:
+    # Roboflow: data.yaml next to train/ valid/ test/, each with images/ and labels/, entries
+    # written relative to a folder above the YAML
+    root = tmp_path / "bottles.v2i.yolov8"
+    for split, stems in (("train", ["a", "b"]), ("valid", ["c"]), ("test", ["d"])):
+        for i, stem in enumerate(stems):
+            _yolo_image(root / split / "images" / f"{stem}.jpg",
+                        root / split / "labels" / f"{stem}.txt", [f"{i % 2} 0.5 0.5 0.25 0.5"], i)
+    (root / "data.yaml").write_text(
+        "train: ../train/images\nval: ../valid/images\ntest: ../test/images\n\nnc: 2\n"
+        "names: ['bottle', 'can']\n\nroboflow:\n  workspace: w\n  version: 2\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    ds = load_dataset(root, **FAST)
+    assert ds.layout == "yolo" and ds.class_names == ["bottle", "can"]
+    assert {n: s.num_images for n, s in ds.splits.items()} == {"train": 2, "val": 1, "test": 1}
+    assert boxes_of(ds.train) == {
+        "a.jpg": [("bottle", [24.0, 12.0, 16.0, 24.0])],
+        "b.jpg": [("can", [24.0, 12.0, 16.0, 24.0])],
+    }
+    assert boxes_of(ds.splits["test"]) == {"d.jpg": [("bottle", [24.0, 12.0, 16.0, 24.0])]}
+    assert ds.report.ok and ds.root == root
+
+
+def test_ultralytics_export_with_yaml_in_labels_and_a_datasets_dir_path(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # Ultralytics: images/{train,val} + labels/{train,val}; here the YAML sits in labels/ and
+    # path: is relative to the exporting machine's datasets folder
+    root = tmp_path / "coco8"
+    items = (("train", "a", "1 0.5 0.5 0.5 0.5"), ("val", "b", "0 0.25 0.5 0.5 1"))
+    for split, stem, line in items:
+        _yolo_image(root / "images" / split / f"{stem}.png",
+                    root / "labels" / split / f"{stem}.txt", [line])
+    (root / "labels" / "data.yaml").write_text(
+        "path: ../datasets/coco8\ntrain: images/train\nval: images/val\ntest:\n"
+        "names:\n  0: person\n  1: bottle\n"
+    )
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert detect_layout(root) == "yolo"
+    for src in (root, root / "labels" / "data.yaml"):
+        ds = load_dataset(src, **FAST)
+        assert ds.class_names == ["person", "bottle"] and ds.root == root
+        assert {n: s.num_images for n, s in ds.splits.items()} == {"train": 1, "val": 1}
+        assert boxes_of(ds.train) == {"a.png": [("bottle", [16.0, 12.0, 32.0, 24.0])]}
+        assert boxes_of(ds.splits["val"]) == {"b.png": [("person", [0.0, 0.0, 32.0, 48.0])]}
+    # run from where Ultralytics' datasets folder would be, path: is taken as given
+    other = tmp_path / "run" / "datasets" / "coco8"
+    _yolo_image(other / "images" / "train" / "z.png", other / "labels" / "train" / "z.txt", [])
+    (other / "images" / "val").mkdir()
+    monkeypatch.chdir(tmp_path / "run" / "datasets")
+    assert load_dataset(root / "labels" / "data.yaml", **FAST).root == other
+
+
+def test_yolo_yaml_that_resolves_nowhere_names_every_place_tried(
+    tmp_path: Path, monkeypatch
+) -> None:
+    root = tmp_path / "export"
+    _yolo_image(root / "pics" / "a.png", root / "pics" / "a.txt", [])
+    (root / "labels").mkdir()
+    (root / "labels" / "data.yaml").write_text(
+        "path: ../datasets/coco8\ntrain: images/train\nnames: [bottle]\n"
+    )
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    with pytest.raises(DataError) as err:
+        load_dataset(root, **FAST)
+    tried = [root / "datasets/coco8/images/train", tmp_path / "datasets/coco8/images/train",
+             root / "labels/images/train", root / "images/train"]
+    assert str(err.value) == (
+        f"{root / 'labels' / 'data.yaml'}: key 'train' points to 'images/train', which is in none "
+        f"of the dataset roots tried for path: '../datasets/coco8' (tried "
+        f"{', '.join(map(str, tried))}); set path: in the YAML to the dataset folder (absolute, "
+        "or relative to the YAML)"
+    )
+
+
+def test_yolo_nc_must_agree_with_names(tmp_path: Path) -> None:
+    make_yolo(tmp_path, {"train": {"a": []}},
+              yaml_doc={"train": "images/train", "nc": 3, "names": ["a", "b"]})
+    with pytest.raises(DataError, match="key 'nc' is 3 but 'names' lists 2 classes"):
+        load_dataset(tmp_path, **FAST)

@@ -106,3 +106,117 @@ def test_missing_empty_and_unknown_sources(tmp_path: Path) -> None:
         load_unlabeled_images(tmp_path / "data.csv")
     with pytest.raises(FramesError, match="no unlabeled sources"):
         load_unlabeled_images([])
+
+
+# --- issue 14: a truncated video is a warning naming the file and the counts ---
+
+
+def _half_truncated(tmp_path: Path) -> Path:
+    """A 60-frame MJPG AVI (frame i grey level 4 * i) cut to half its bytes: its header still
+    declares 60 frames."""
+    path = tmp_path / "cut.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    for i in range(60):
+        writer.write(np.full((48, 64, 3), 4 * i, np.uint8))
+    writer.release()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    cap = cv2.VideoCapture(str(path))
+    assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 60  # the premise: the container still says 60
+    cap.release()
+    return path
+
+
+def test_truncated_video_is_counted_and_warned_about(tmp_path: Path, caplog) -> None:
+    path = _half_truncated(tmp_path)
+    with caplog.at_level("WARNING", logger="model.data.frames"):
+        frames = list(iter_video_frames(path, 1))
+    n = len(frames)
+    assert 10 <= n < 45  # what the first half of the bytes holds (the cut frame does not decode)
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        f"video {path}: decoded {n} of the 60 frames its container declares ({60 - n} missing "
+        "at the end); the file is truncated or damaged, re-encode or re-copy it to use every frame"
+    )
+    # frames are what they were before the cut
+    assert [round(float(f.mean()) / 4) for f in frames] == list(range(n))
+
+
+def test_caller_collects_the_stats_instead_of_a_log(tmp_path: Path, caplog) -> None:
+    path = _half_truncated(tmp_path)
+    whole = _video(tmp_path / "whole.avi", 12)
+    stats: list = []
+    with caplog.at_level("WARNING", logger="model.data.frames"):
+        frames = load_unlabeled_images([whole, path], every_n=5, video_stats=stats)
+    assert caplog.records == []
+    assert [(s.path, s.declared, s.short) for s in stats] == [(whole, 12, False), (path, 60, True)]
+    assert stats[0].decoded == 12 and stats[0].warning() == ""
+    n = stats[1].decoded
+    assert len(frames) == 3 + len(range(0, n, 5))
+    assert stats[1].warning().startswith(f"video {path}: decoded {n} of the 60 frames")
+
+
+def test_whole_videos_give_no_warning(clip: Path, caplog) -> None:
+    with caplog.at_level("WARNING", logger="model.data.frames"):
+        assert len(list(iter_video_frames(clip, 1))) == 25
+    assert caplog.records == []
+
+
+def test_frames_cli_prints_the_warning(tmp_path: Path, capsys) -> None:
+    from model.data.__main__ import main
+
+    path = _half_truncated(tmp_path)
+    assert main(["frames", str(path), "--out", str(tmp_path / "out"), "--every", "1"]) == 0
+    captured = capsys.readouterr()
+    n = len(list((tmp_path / "out").glob("frame_*.png")))
+    assert captured.err.splitlines() == [
+        f"warning: video {path}: decoded {n} of the 60 frames its container declares "
+        f"({60 - n} missing at the end); the file is truncated or damaged, re-encode or re-copy "
+        "it to use every frame"
+    ]
+    assert captured.out.splitlines()[-1] == (
+        f"frames: wrote {n} PNGs (one video frame in 1) from 1 source to {tmp_path / 'out'}; "
+        "1 video decoded short of the frames its container declares (see the warning above)"
+    )
+
+
+class _FlakyCapture:
+    """A stand-in for cv2.VideoCapture: 10 frames declared, frames 3 and 4 fail to read."""
+
+    def __init__(self, path: str) -> None:
+        self.next = 0
+
+    def isOpened(self) -> bool:  # noqa: N802 - cv2's name
+        return True
+
+    def get(self, prop: int) -> float:
+        return 10.0 if prop == cv2.CAP_PROP_FRAME_COUNT else 0.0
+
+    def grab(self) -> bool:
+        i, self.next = self.next, self.next + 1
+        return i < 10 and i not in (3, 4)
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        i = self.next
+        ok = self.grab()
+        return ok, np.full((4, 4, 3), 8 * i, np.uint8) if ok else None
+
+    def release(self) -> None:
+        pass
+
+
+def test_unreadable_frames_between_good_ones_are_skipped_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    import model.data.frames as frames_mod
+
+    monkeypatch.setattr(frames_mod.cv2, "VideoCapture", _FlakyCapture)
+    path = tmp_path / "flaky.avi"
+    path.write_bytes(b"")
+    with caplog.at_level("WARNING", logger="model.data.frames"):
+        got = [_index(f) for f in iter_video_frames(path, 1)]
+    assert got == [0, 1, 2, 5, 6, 7, 8, 9]
+    assert caplog.records[0].getMessage() == (
+        f"video {path}: decoded 8 of the 10 frames its container declares (2 unreadable); the "
+        "file is truncated or damaged, re-encode or re-copy it to use every frame"
+    )

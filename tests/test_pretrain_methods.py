@@ -289,3 +289,12 @@ def test_frames_below_the_patch_grid_name_a_training_image(tiny_data: Path, tmp_
     cfg = dataclasses.replace(_tiny_cfg(tiny_data, "ssl"), ssl_patch_size=64)  # 192 > 160 px
     with pytest.raises(PretrainDataError, match=r"train_\d+\.jpg is 256x160.*ssl_patch_size 64"):
         run_pretraining(cfg, tmp_path / "x.pt", progress=False)
+
+
+def test_classes_are_part_of_the_center_loss_key_only_when_set() -> None:
+    base = TrialConfig(pretrain="center_loss")
+    assert "classes" not in pretrain_settings(base, fingerprint="f")  # old cache keys stay valid
+    chosen = dataclasses.replace(base, classes="bottle")
+    assert pretrain_settings(chosen, fingerprint="f")["classes"] == "bottle"
+    ssl = dataclasses.replace(chosen, pretrain="ssl")
+    assert "classes" not in pretrain_settings(ssl, fingerprint="f")  # ssl reads no boxes

@@ -150,3 +150,23 @@ def test_tiles_space_compares_input_modes_at_the_same_network_input() -> None:
     # the ablation keeps the published study's letterbox at 640
     assert build_plan(load_space("ablation"), data="/d").trial("coco-iou-s").config.input_mode \
         == "letterbox"
+
+
+def test_exponent_floats_are_numbers_in_every_part_of_a_space(tmp_path: Path) -> None:
+    # PyYAML reads 1e-3 (no dot) as a string; the space reads it as the trial config does
+    grid = _write(tmp_path, "fixed: {warmup_lr: 1e-4}\ngrid: {lr: [1e-3, 2E-2]}\n")
+    space = load_space(grid)
+    assert space.grid["lr"] == [1e-3, 2e-2]
+    plan = build_plan(space, data="/d")
+    assert sorted(t.config.lr for t in plan.trials) == [1e-3, 2e-2]
+    assert {t.config.warmup_lr for t in plan.trials} == {1e-4}
+    sampled = tmp_path / "s.yaml"
+    sampled.write_text(
+        "sample:\n  lr: {type: loguniform, low: 1e-4, high: 1E-1}\n"
+        "  warmup_lr: {type: choice, values: [0, 1e-5]}\nnum_samples: 2\n"
+    )
+    space = load_space(sampled)
+    assert (space.sample["lr"].low, space.sample["lr"].high) == (1e-4, 1e-1)
+    assert space.sample["warmup_lr"].values == (0.0, 1e-5)
+    with pytest.raises(SpaceError, match="low and high must be numbers, got '1e-4x'"):
+        load_space(_write(tmp_path, "sample: {lr: {type: uniform, low: 1e-4x, high: 1}}\n"))

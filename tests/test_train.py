@@ -180,8 +180,9 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(
 
 
 def test_num_classes_mismatch_names_both_values(data_dir) -> None:
-    with pytest.raises(ConfigError, match=r"'num_classes' is 3 but the dataset .* has 1 classes"
-                       r" \(bottle\); set num_classes: 1"):
+    with pytest.raises(ConfigError, match=r"'num_classes' is 3 but the dataset .* has 1 class: "
+                       r"bottle: \d+ boxes in 12 files \(e\.g\. .*\); set num_classes: 1 to train "
+                       r"every class \(--set num_classes=1\)$"):
         train_detector(tiny(data_dir, num_classes=3), progress=False)
 
 
@@ -270,3 +271,36 @@ def test_a_checkpoint_from_before_the_tile_keys_still_resumes(data_dir, tmp_path
     torch.save(state, tmp_path / "last.pt")
     result = train_detector(cfg, checkpoint_dir=tmp_path, progress=False)
     assert result["resumed_from_epoch"] == 2
+
+
+def test_an_extra_class_is_named_with_both_fixes_and_classes_keeps_one(tmp_path, caplog) -> None:
+    from model.train import load_trial_data
+    from tests.data_builders import make_flow
+
+    make_flow(tmp_path, train={"a": [("bottle", 2, 2, 6, 6), ("can", 9, 9, 19, 19)],
+                               "b": [("bottle", 3, 3, 9, 9)], "c": [("can", 4, 4, 8, 8)],
+                               "d": [("can", 1, 1, 5, 5)]}, test={"t": []})
+    cfg = TrialConfig(data=str(tmp_path), num_classes=1)
+    with pytest.raises(ConfigError) as e:
+        load_trial_data(cfg)
+    ann = "training/annotations"
+    assert str(e.value) == (
+        f"key 'num_classes' is 1 but the dataset {tmp_path} has 2 classes: bottle: 2 boxes in 2 "
+        f"files ({ann}/a.xml, {ann}/b.xml); can: 3 boxes in 3 files ({ann}/a.xml, {ann}/c.xml, "
+        f"{ann}/d.xml); set num_classes: 2 to train every class (--set num_classes=2), or "
+        "classes: can to keep only that (--set classes=can; the other boxes are dropped and "
+        "counted)"
+    )
+    assert "class can: 3 boxes in 3 files" in caplog.text  # the data warning is logged
+    dataset = load_trial_data(dataclasses.replace(cfg, classes="bottle"))
+    assert dataset.train.class_names == ["bottle"]
+    assert sum(i.kind == "excluded_class" for i in dataset.report.issues) == 3
+
+
+def test_resume_takes_a_key_the_checkpoint_predates_as_its_default(tmp_path) -> None:
+    cfg = TrialConfig()
+    old = {k: v for k, v in cfg.to_dict().items() if k != "classes"}  # written before issue 14
+    train_mod._check_resume({"config": old, "iters_per_epoch": 4}, cfg, tmp_path / "last.pt", 4)
+    with pytest.raises(ConfigError, match=r"different config \(classes: '' -> 'bottle'\)"):
+        train_mod._check_resume({"config": old, "iters_per_epoch": 4},
+                                dataclasses.replace(cfg, classes="bottle"), tmp_path / "l.pt", 4)

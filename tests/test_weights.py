@@ -81,7 +81,15 @@ def test_1_class_model_skips_only_the_class_layers(
     report = load_coco_weights(net, "nano", ckpt)
     assert report.skipped == CLASS_KEYS
     assert len(report.loaded) == N_TENSORS - 6 and report.missing == []
-    assert report.summary() == f"loaded 636/642 tensors from {ckpt} (skipped 6, missing 0)"
+    why = [f"{k} (shape mismatch: file {tuple(coco_state[k].shape)} vs net "
+           f"{tuple(net.state_dict()[k].shape)})" for k in CLASS_KEYS]
+    assert report.summary() == (
+        f"loaded 636/642 tensors from {ckpt} (skipped 6, missing 0); skipped, the net keeps its "
+        f"own: {', '.join(why)}"
+    )
+    assert report.why["head.cls_preds.0.weight"] == (
+        "shape mismatch: file (80, 64, 1, 1) vs net (1, 64, 1, 1)"
+    )
     state = net.state_dict()
     for k in report.loaded:
         assert torch.equal(state[k], coco_state[k]), k
@@ -104,7 +112,8 @@ def test_shape_mismatch_names_key_and_shapes(coco_state: dict, tmp_path: Path) -
     with pytest.raises(
         ValueError,
         match=r"shape mismatch at backbone\.backbone\.stem\.conv\.conv\.weight: "
-        r"checkpoint \(16, 12, 3, 3\) vs model \(8, 12, 3, 3\)",
+        r"checkpoint \(16, 12, 3, 3\) vs model \(8, 12, 3, 3\); the checkpoint is for a "
+        r"different size \(use one of this size\)",
     ):
         load_coco_weights(thinner, "nano", ckpt)
 
@@ -175,7 +184,7 @@ def test_unknown_size_and_unreadable_files(tmp_path: Path) -> None:
         load_coco_weights(build_yolox("nano"), "nano", bad)
     pickled = tmp_path / "object.pth"
     torch.save({"model": {"x": Path("/")}}, pickled)  # arbitrary objects are refused
-    with pytest.raises(ValueError, match=f"cannot read checkpoint {pickled}"):
+    with pytest.raises(W.WeightsError, match=f"{pickled} is not a weights-only checkpoint"):
         load_coco_weights(build_yolox("nano"), "nano", pickled)
 
 
@@ -194,3 +203,66 @@ def test_backbone_artifact_loads_into_cspdarknet(coco_state: dict) -> None:
         assert torch.equal(v, head_before[k]), k
     with pytest.raises(ValueError, match="keys start with 'backbone.backbone.'"):
         load_backbone_state(net, {prefix + k: v for k, v in backbone.items()})
+
+
+# --- issue 14: a trial can start from a detector of its own classes ---
+
+
+def _random_state(num_classes: int, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    state = build_yolox("nano", num_classes=num_classes).state_dict()
+    return {
+        k: torch.rand(v.shape, generator=gen) if v.is_floating_point() else v + seed
+        for k, v in state.items()
+    }
+
+
+def _training_checkpoint(path: Path, model: dict, ema: dict | None) -> Path:
+    """A file in the model/checkpoint.py layout (what model.train writes), made by hand."""
+    torch.save(
+        {"format": 1, "epoch": 3, "model": model,
+         "ema": {"module": ema, "updates": 12} if ema is not None else None,
+         "optimizer": {"state": {}, "param_groups": []}, "config": {"size": "nano"},
+         "history": [{"epoch": 3, "mAP": 0.5}], "class_names": ["bottle"]},
+        path,
+    )
+    return path
+
+
+def test_own_1_class_checkpoint_initialises_a_1_class_net_completely(tmp_path: Path) -> None:
+    model, ema = _random_state(1, seed=1), _random_state(1, seed=2)
+    ckpt = _training_checkpoint(tmp_path / "best.pt", model, ema)
+    net = build_yolox("nano", num_classes=1)
+    report = load_coco_weights(net, "nano", ckpt, download=False)
+    assert (len(report.loaded), report.skipped, report.missing) == (N_TENSORS, [], [])
+    assert report.entry == "ema"
+    assert report.summary() == (
+        f"loaded 642/642 tensors from {ckpt} (its EMA weights) (skipped 0, missing 0)"
+    )
+    for k, v in net.state_dict().items():  # the EMA weights, class layers included
+        assert torch.equal(v, ema[k]), k
+    # without an EMA (ema: false) the trained weights themselves
+    ckpt = _training_checkpoint(tmp_path / "last.pt", model, None)
+    net = build_yolox("nano", num_classes=1)
+    assert load_coco_weights(net, "nano", ckpt).entry == "model"
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, model[k]), k
+
+
+def test_3_class_checkpoint_into_a_1_class_net_skips_only_the_class_layers(tmp_path: Path) -> None:
+    three = _random_state(3, seed=4)
+    ckpt = _training_checkpoint(tmp_path / "best.pt", three, three)
+    net = build_yolox("nano", num_classes=1)
+    fresh = {k: v.clone() for k, v in net.state_dict().items()}
+    report = load_coco_weights(net, "nano", ckpt)
+    assert report.skipped == CLASS_KEYS and len(report.loaded) == N_TENSORS - 6
+    assert report.why == {
+        **{f"head.cls_preds.{i}.weight": "shape mismatch: file (3, 64, 1, 1) vs net (1, 64, 1, 1)"
+           for i in range(3)},
+        **{f"head.cls_preds.{i}.bias": "shape mismatch: file (3,) vs net (1,)" for i in range(3)},
+    }
+    assert "skipped, the net keeps its own: head.cls_preds.0.weight (shape mismatch: file " in (
+        report.summary()
+    )
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, fresh[k] if k in CLASS_KEYS else three[k]), k

@@ -12,7 +12,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -27,6 +27,9 @@ from model.config import (
 from model.data.coco import DetectionDataset, DetectionSplit, load_dataset
 from model.data.raw import DataError, plural
 
+if TYPE_CHECKING:
+    from model.data.frames import VideoStats
+
 
 def _dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", type=Path, help="dataset folder (FloW-Img, VOC, COCO JSON or YOLO txt)")
@@ -40,7 +43,8 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--classes",
         default=None,
-        help="comma-separated class names, in order (default: from the dataset)",
+        help="comma-separated class names to keep, in order; boxes of other classes are "
+        "dropped and counted (default: every class in the dataset)",
     )
     p.add_argument(
         "--strict",
@@ -141,7 +145,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     report = ds.report
     print(report.format(_max_issues(args)))
     if args.strict and not report.ok:
-        print(f"convert --strict: nothing written, {len(report.issues)} problems in {args.src}")
+        print(f"convert --strict: nothing written, {len(report.problems)} problems in {args.src}")
         return 1
     if not all(s.accounted for s in report.splits.values()):  # a reader bug, never bad data
         raise DataError(f"images/boxes read != written + dropped: {report.to_dict()['splits']}")
@@ -181,7 +185,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         _write_json(args.json, report.to_dict())
-    status = "OK" if report.ok else f"{len(report.issues)} problems"
+    status = "OK" if report.ok else f"{len(report.problems)} problems"
+    if report.warnings:
+        status += f", {plural(len(report.warnings), 'warning')} (see Warnings above)"
     failed = args.strict and not report.ok
     print(
         f"check{' --strict' if args.strict else ''}: {'FAILED, ' if failed else ''}{status} — "
@@ -225,15 +231,25 @@ def cmd_frames(args: argparse.Namespace) -> int:
 
     if args.every < 1:
         raise DataError(f"--every must be >= 1, got {args.every}")
-    frames = load_unlabeled_images(args.sources, every_n=args.every)
+    videos: list[VideoStats] = []
+    frames = load_unlabeled_images(args.sources, every_n=args.every, video_stats=videos)
+    short = [v for v in videos if v.short]
+    for v in short:
+        print(f"warning: {v.warning()}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     for i, frame in enumerate(tqdm(frames, desc="writing frames", unit="img", disable=None)):
         path = args.out / f"frame_{i:06d}.png"
         if not cv2.imwrite(str(path), frame):
             raise DataError(f"cannot write {path}")
+    warned = (
+        f"; {plural(len(short), 'video')} decoded short of the frames its container declares "
+        "(see the warning above)"
+        if short
+        else ""
+    )
     print(
         f"frames: wrote {len(frames)} PNGs (one video frame in {args.every}) from "
-        f"{plural(len(args.sources), 'source')} to {args.out}"
+        f"{plural(len(args.sources), 'source')} to {args.out}{warned}"
     )
     return 0
 

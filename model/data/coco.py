@@ -117,6 +117,7 @@ def load_dataset(
     ``workers``: decode threads; ``progress``: tqdm bar (None = only on a terminal).
     """
     raw = read_raw(src, val_fraction=val_fraction, seed=seed, classes=classes)
+    raw.chosen_classes = bool(classes)
     result = check(raw, strict=strict, workers=workers, progress=progress)
     splits = {
         name: DetectionSplit(name, images, anns, [dict(c) for c in result.categories])

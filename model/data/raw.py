@@ -119,6 +119,10 @@ class RawDataset:
     layout: str
     class_names: list[str]
     splits: dict[str, list[RawImage]] = field(default_factory=dict)
+    # (added, issue 14) the classes the layout itself defines (FloW: bottle), checked against
+    # those found; and whether class_names were chosen by the caller (others are dropped)
+    layout_classes: tuple[str, ...] = ()
+    chosen_classes: bool = False
     issues: list[Issue] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     note_counts: dict[str, int] = field(default_factory=dict)  # "empty annotation files": 3
@@ -141,7 +145,7 @@ class RawDataset:
 def ordered_class_names(found: Iterable[str], first: str | None = None) -> list[str]:
     """Sorted unique names, with ``first`` (e.g. FloW's ``bottle``) in front when present."""
     names = sorted(set(found))
-    if first is not None:
+    if first is not None and first in names:
         names = [first] + [n for n in names if n != first]
     return names
 

@@ -16,8 +16,8 @@ LAYOUTS: dict[str, str] = {
     "or images/ + annotations/*.xml (split by seed)",
     "coco": "COCO JSON: annotations/instances_{train,val}*.json + image folders, or "
     "train.json/val.json/test.json next to the images",
-    "yolo": "YOLO txt: data.yaml (names, path, train, val) + images/{train,val}/ + "
-    "labels/{train,val}/*.txt (or images/ + labels/ + classes.txt)",
+    "yolo": "YOLO txt: data.yaml (names, path, train, val; at the root or in labels/) + "
+    "images/{train,val}/ + labels/{train,val}/*.txt (or images/ + labels/ + classes.txt)",
 }
 
 

@@ -4,12 +4,16 @@ Default behaviour is warn, drop and count: boxes that stick out are clipped, box
 (before or after clipping) or an unknown class are dropped, images that are missing, do not decode
 or repeat a file already seen are dropped with their boxes. Each of these is an :class:`Issue` in
 the :class:`DataReport`; ``strict=True`` raises :class:`DataError` listing every one instead.
+Boxes of classes left out on purpose (``classes=``) are dropped and counted too, but are not
+problems. The report also counts every class found (boxes, files) and warns about what is
+surprising without being wrong: a class with no box, a class FloW does not have.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -20,7 +24,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from model.data.raw import DataError, Issue, RawDataset, RawImage, plural
+from model.data.raw import DataError, Issue, RawDataset, RawImage, plural, rel_key
 
 SMALL_MAX = 32**2  # COCO area ranges: small < 32², medium up to 96², large > 96²
 LARGE_MIN = 96**2
@@ -66,6 +70,30 @@ _COLUMNS = (
 )
 
 
+EXCLUDED = "excluded_class"  # the Issue kind of a box whose class was left out on purpose
+_EXAMPLES = 3  # files named per class
+_LAYOUT_NAMES = {"flow": "FloW"}  # as the warnings spell a layout
+
+
+@dataclass
+class ClassStats:
+    """One class as found in the annotations: ``boxes`` read (before checking), in ``files``
+    annotation files (the image file for COCO), ``kept`` after checking; ``examples``: the first
+    few of those files, relative to the dataset root."""
+
+    boxes: int = 0
+    files: int = 0
+    kept: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def describe(self, name: str) -> str:
+        """'can: 3 boxes in 2 files (a.xml, b.xml)', with 'e.g.' when not every file is named."""
+        shown = ", ".join(self.examples)
+        more = "e.g. " if self.files > len(self.examples) else ""
+        where = f" ({more}{shown})" if shown else ""
+        return f"{name}: {plural(self.boxes, 'box')} in {plural(self.files, 'file')}{where}"
+
+
 @dataclass
 class DataReport:
     """What a dataset held and what checking it changed, naming every file and box concerned."""
@@ -76,11 +104,23 @@ class DataReport:
     splits: dict[str, SplitStats] = field(default_factory=dict)
     issues: list[Issue] = field(default_factory=list)  # every drop, clip and fix
     notes: list[str] = field(default_factory=list)  # worth knowing, not a problem
+    # (added, issue 14) every class found, kept or not; and what deserves a look
+    classes: dict[str, ClassStats] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[Issue]:
+        """The issues, less the boxes of classes left out on purpose."""
+        return [i for i in self.issues if i.kind != EXCLUDED]
 
     @property
     def ok(self) -> bool:
-        """True when nothing was dropped, clipped or fixed."""
-        return not self.issues
+        """True when nothing was dropped, clipped or fixed (but boxes of classes left out)."""
+        return not self.problems
+
+    def describe_class(self, name: str) -> str:
+        """'can: 3 boxes in 2 files (a.xml, b.xml)'; a class of no box says so."""
+        return self.classes.get(name, ClassStats()).describe(name)
 
     def total(self, key: str) -> int:
         return sum(getattr(s, key) for s in self.splits.values())
@@ -120,17 +160,29 @@ class DataReport:
         for name, s in self.splits.items():
             lines.append(" ".join([f"{name:>9s}"] + [f"{getattr(s, a):>9d}" for _, a in _COLUMNS]))
         lines.append("(kept images and boxes; small < 32², large > 96² px, after clipping)")
+        if self.classes:
+            lines.append("Classes found (boxes as read, and kept):")
+            for name, c in self.classes.items():
+                left_out = " (not among the chosen classes)" if name not in self.class_names else ""
+                lines.append(f"  {c.describe(name)}; {c.kept} kept{left_out}")
+        problems = self.problems
         if self.issues:
             lines.append("Dropped / clipped / fixed, by reason:")
             for kind, c in sorted(self.reason_counts().items()):
                 lines.append(
                     f"  {kind}: {plural(c['images'], 'image')}, {plural(c['boxes'], 'box')}"
                 )
-            shown = self.issues if max_issues is None else self.issues[:max_issues]
-            lines.append(f"Problems ({len(shown)} of {len(self.issues)} shown):")
+        if problems:
+            shown = problems if max_issues is None else problems[:max_issues]
+            lines.append(f"Problems ({len(shown)} of {len(problems)} shown):")
             lines.extend(f"  {i.line()}" for i in shown)
+        elif self.issues:
+            lines.append("No problems: only the boxes of classes left out were dropped.")
         else:
             lines.append("No problems: nothing dropped, clipped or fixed.")
+        if self.warnings:
+            lines.append("Warnings:")
+            lines.extend(f"  {w}" for w in self.warnings)
         if self.notes:
             lines.append("Notes:")
             lines.extend(f"  {n}" for n in self.notes)
@@ -145,6 +197,8 @@ class DataReport:
             "reasons": self.reason_counts(),
             "issues": [i.to_dict() for i in self.issues],
             "notes": list(self.notes),
+            "classes": {n: asdict(c) for n, c in self.classes.items()},
+            "warnings": list(self.warnings),
         }
 
 
@@ -234,7 +288,10 @@ def check(
                 "height": int(size[1]),
             }
         )
-        difficult[split] += _fit_boxes(split, img, images[-1], anns, class_ids, issues)
+        difficult[split] += _fit_boxes(
+            split, img, images[-1], anns, class_ids, issues, raw.chosen_classes
+        )
+    classes = _class_stats(raw, out)
     report = DataReport(
         root=str(raw.root),
         layout=raw.layout,
@@ -242,11 +299,14 @@ def check(
         splits=_split_stats(raw, out, issues, difficult),
         issues=issues,
         notes=[f"{n} {what}" for what, n in raw.note_counts.items()] + list(raw.notes),
+        classes=classes,
+        warnings=_class_warnings(raw, classes),
     )
-    if strict and issues:
+    if strict and report.problems:
+        problems = report.problems
         raise DataError(
-            f"{raw.root}: {len(issues)} problems (strict=True; without it they are dropped, "
-            f"clipped or fixed and counted):\n" + "\n".join(f"  {i.line()}" for i in issues)
+            f"{raw.root}: {len(problems)} problems (strict=True; without it they are dropped, "
+            f"clipped or fixed and counted):\n" + "\n".join(f"  {i.line()}" for i in problems)
         )
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(raw.class_names)]
     return CheckResult(splits=out, categories=categories, report=report)
@@ -300,8 +360,13 @@ def _fit_boxes(
     anns: list[dict[str, Any]],
     class_ids: dict[str, int],
     issues: list[Issue],
+    chosen: bool = False,
 ) -> int:
-    """Append the usable boxes of ``img`` to ``anns``; record issues; return kept difficult."""
+    """Append the usable boxes of ``img`` to ``anns``; record issues; return kept difficult.
+
+    ``chosen``: the class names were chosen by the caller, so a box of another class is left
+    out on purpose (kind ``excluded_class``), not an unknown class.
+    """
     width, height = image["width"], image["height"]
     if img.declared_size is not None and img.declared_size != (width, height):
         dw, dh = img.declared_size
@@ -323,6 +388,10 @@ def _fit_boxes(
             "box_index": box.index,
             "bbox": tuple(bbox),
         }
+        if box.label not in class_ids and chosen:
+            reason = f"class '{box.label}' is not among the chosen classes ({', '.join(class_ids)})"
+            issues.append(Issue(split, "dropped box", EXCLUDED, reason, **where))
+            continue
         if box.label not in class_ids:
             reason = f"unknown class '{box.label}' (classes: {', '.join(class_ids)})"
             issues.append(Issue(split, "dropped box", "unknown_class", reason, **where))
@@ -377,3 +446,65 @@ def _split_stats(
         elif i.action == "clipped box":
             s.boxes_clipped += 1
     return stats
+
+
+def _class_stats(
+    raw: RawDataset, out: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]
+) -> dict[str, ClassStats]:
+    """Every class of the annotations (chosen classes first, in order, then the others by
+    name): boxes and files as read, boxes kept."""
+    stats = {name: ClassStats() for name in raw.class_names}
+    seen: dict[str, set[str]] = {}
+    found: dict[str, ClassStats] = {}
+    for images in raw.splits.values():
+        for img in images:
+            # COCO keeps every split in one JSON: the image is what tells boxes apart there
+            where = img.source if img.source and raw.layout != "coco" else str(img.path)
+            for box in img.boxes:
+                if box.label in stats:
+                    c = stats[box.label]
+                else:
+                    c = found.setdefault(box.label, ClassStats())
+                c.boxes += 1
+                files = seen.setdefault(box.label, set())
+                if where not in files:
+                    files.add(where)
+                    c.files += 1
+                    if len(c.examples) < _EXAMPLES:
+                        c.examples.append(rel_key(Path(where), raw.root))
+    stats.update(sorted(found.items()))
+    kept = Counter(a["category_id"] for _, anns in out.values() for a in anns)
+    for i, name in enumerate(raw.class_names):
+        stats[name].kept = kept[i + 1]
+    return stats
+
+
+def _class_warnings(raw: RawDataset, classes: dict[str, ClassStats]) -> list[str]:
+    """What a user who expected other classes must be told: classes of no box, classes the
+    layout does not have (FloW: only bottle), and how to keep only some."""
+    warnings: list[str] = []
+    empty = [n for n in raw.class_names if classes[n].boxes == 0]
+    if empty:
+        warnings.append(
+            f"{plural(len(empty), 'class')} of the dataset {'has' if len(empty) == 1 else 'have'} "
+            f"no box: {', '.join(empty)} (a detector trained on it never sees one)"
+        )
+    if raw.layout_classes and not raw.chosen_classes:
+        own = ",".join(raw.layout_classes)
+        layout = _LAYOUT_NAMES.get(raw.layout, raw.layout)
+        extra = [n for n in raw.class_names if n not in raw.layout_classes]
+        if extra and not any(n in raw.class_names for n in raw.layout_classes):
+            found = "; ".join(classes[n].describe(n) for n in extra)
+            warnings.append(
+                f"no box of class {own} in this {layout}-layout dataset: its classes are "
+                f"the ones found ({found}); train them with num_classes: {len(extra)}, or "
+                "keep some with --classes NAME,... (trial config: classes: NAME,...)"
+            )
+        else:
+            for name in extra:
+                warnings.append(
+                    f"class {classes[name].describe(name)} is not a {layout} class (the "
+                    f"layout has {own}); to keep only {own}: --classes {own} (trial config: "
+                    f"classes: {own})"
+                )
+    return warnings

@@ -53,7 +53,9 @@ def read_flow(
     }
     if (root / "test" / "images").is_dir():
         splits["test"] = _pair_folder(root / "test" / "images", root / "test" / "annotations")
-    return _read(root, "flow", splits, val_fraction, seed, classes, first=FLOW_CLASS)
+    raw = _read(root, "flow", splits, val_fraction, seed, classes, first=FLOW_CLASS)
+    raw.layout_classes = (FLOW_CLASS,)
+    return raw
 
 
 def read_flat_voc(
@@ -182,6 +184,9 @@ def _read(
                 continue
             found.update(b.label for b in image.boxes)
             out.append(image)
+    # FloW's bottle comes first when present; a FloW-layout folder with boxes of other classes
+    # only has those classes (the report says that it has no bottle). Without any box, the
+    # layout's own class (the report says it has no box).
     raw.class_names = list(classes) if classes else ordered_class_names(found, first)
     if not raw.class_names:
         raw.class_names = [first] if first else []

@@ -1,11 +1,18 @@
 """YOLO txt reader: ``data.yaml`` + ``images/<split>/`` + ``labels/<split>/*.txt``.
 
-``data.yaml`` follows the Ultralytics keys: ``path`` (root, relative to the YAML file), ``train``,
-``val``, ``test`` (a folder, a list of folders or a .txt list of images, relative to ``path``) and
-``names`` (a list, or a dict {0: name, …}). Without a YAML, ``images/{train,val,test}`` (or a flat
-``images/``) next to ``labels/`` is read, with names from ``classes.txt``. A label line is
-``class cx cy w h`` normalised to [0, 1] (or ``class x1 y1 x2 y2 …``, a polygon, whose bounding box
-is taken); the checker turns them into pixels with the decoded image size.
+``data.yaml`` (at the dataset root, or in ``labels/`` as some exporters leave it) follows the
+Ultralytics keys: ``path`` (the root), ``train``, ``val``, ``test`` (a folder, a list of folders or
+a .txt list of images, relative to ``path``), ``names`` (a list, or a dict {0: name, …}) and
+optionally ``nc``. Ultralytics takes a relative ``path`` under its own DATASETS_DIR, which we
+cannot know, so the root is the first of these under which every split entry exists: ``path``
+relative to the YAML's folder, ``path`` relative to the working directory, the YAML's folder, its
+parent (an absolute ``path`` is tried first, as it is). Like Ultralytics, an entry
+``../x`` that does not exist is also tried as ``x`` (Roboflow writes ``train: ../train/images``
+next to ``train/``). Labels are found by Ultralytics' rule: the last ``images`` folder of an image's
+path becomes ``labels``. Without a YAML, ``images/{train,val,test}`` (or a flat ``images/``) next
+to ``labels/`` is read, with names from ``classes.txt``. A label line is ``class cx cy w h``
+normalised to [0, 1] (or ``class x1 y1 x2 y2 …``, a polygon, whose bounding box is taken); the
+checker turns them into pixels with the decoded image size.
 """
 
 from __future__ import annotations
@@ -34,9 +41,11 @@ YAML_NAMES = ("data.yaml", "dataset.yaml", "data.yml", "dataset.yml")
 
 
 def find_yaml(root: Path) -> Path | None:
-    for name in YAML_NAMES:
-        if (root / name).is_file():
-            return root / name
+    """The data YAML of ``root``: at the root, else in ``labels/``; None when there is none."""
+    for folder in (root, root / "labels"):
+        for name in YAML_NAMES:
+            if (folder / name).is_file():
+                return folder / name
     return None
 
 
@@ -80,20 +89,64 @@ def _from_yaml(path: Path) -> tuple[list[str], dict[str, list[Path]], Path]:
     if not isinstance(doc, dict):
         raise DataError(f"{path}: expected a mapping with keys path, train, val, names")
     names = _parse_names(doc.get("names"), path)
-    root = path.parent
-    if doc.get("path"):
-        given = Path(str(doc["path"]))
-        given = given if given.is_absolute() else path.parent / given
-        # A data.yaml copied from another machine often keeps that machine's absolute path.
-        root = given if given.is_dir() else path.parent
+    nc = doc.get("nc")
+    if nc is not None and nc != len(names):
+        raise DataError(
+            f"{path}: key 'nc' is {nc!r} but 'names' lists {len(names)} classes; make them agree"
+        )
     if "train" not in doc:
         raise DataError(f"{path}: key 'train' is missing (folder or .txt list of training images)")
+    entries = {
+        split: [str(e) for e in (doc[split] if isinstance(doc[split], list) else [doc[split]])]
+        for split in SPLIT_ORDER
+        if doc.get(split)
+    }
+    roots = _root_candidates(path, doc.get("path"))
+    found = [{(s, e): _resolve_entry(r, e) for s, es in entries.items() for e in es} for r in roots]
+    best = max(range(len(roots)), key=lambda i: (sum(v is not None for v in found[i].values()), -i))
+    for (split, entry), target in found[best].items():
+        if target is None:
+            tried = list(dict.fromkeys(str(c) for r in roots for c in _entry_candidates(r, entry)))
+            raise DataError(
+                f"{path}: key '{split}' points to {entry!r}, which is in none of the dataset roots "
+                f"tried for path: {doc.get('path')!r} (tried {', '.join(tried)}); set path: in "
+                "the YAML to the dataset folder (absolute, or relative to the YAML)"
+            )
+    root, targets = roots[best], found[best]
     splits: dict[str, list[Path]] = {}
-    for split in SPLIT_ORDER:
-        if doc.get(split):
-            entries = doc[split] if isinstance(doc[split], list) else [doc[split]]
-            splits[split] = sorted({p for e in entries for p in _images_of(root, e, path, split)})
+    for split, es in entries.items():
+        images = {p for e in es for p in _images_of(root, targets[(split, e)] or root)}
+        splits[split] = sorted(images)
     return names, splits, root
+
+
+def _root_candidates(yaml_path: Path, given: Any) -> list[Path]:
+    """Where the dataset root may be, in the order tried (see the module docstring)."""
+    here = yaml_path.parent
+    out: list[Path] = []
+    if given:
+        p = Path(str(given)).expanduser()
+        out += [p] if p.is_absolute() else [here / p, Path.cwd() / p]
+    out += [here, here.parent]
+    return list(dict.fromkeys(c.resolve() for c in out))
+
+
+def _entry_candidates(root: Path, entry: str) -> list[Path]:
+    target = Path(entry).expanduser()
+    if target.is_absolute():
+        return [target]
+    out = [(root / target).resolve()]
+    if entry.startswith("../"):  # Ultralytics' fallback (Roboflow exports rely on it)
+        out.append((root / entry[3:]).resolve())
+    return out
+
+
+def _resolve_entry(root: Path, entry: str) -> Path | None:
+    """The folder or .txt list ``entry`` names under ``root``, or None when there is none."""
+    for cand in _entry_candidates(root, entry):
+        if cand.is_dir() or (cand.is_file() and cand.suffix == ".txt"):
+            return cand
+    return None
 
 
 def _parse_names(names: Any, path: Path) -> list[str]:
@@ -112,17 +165,23 @@ def _parse_names(names: Any, path: Path) -> list[str]:
     )
 
 
-def _images_of(root: Path, entry: Any, yaml_path: Path, split: str) -> list[Path]:
-    target = Path(str(entry))
-    target = target if target.is_absolute() else root / target
+def _images_of(root: Path, target: Path) -> list[Path]:
+    """The images of a resolved entry: a folder's (recursively), or a .txt list's lines (each
+    relative to the list's folder, else to the root, when not absolute)."""
     if target.is_dir():
         return sorted(
             p for p in target.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
         )
-    if target.is_file() and target.suffix == ".txt":
-        lines = [s.strip() for s in target.read_text().splitlines() if s.strip()]
-        return [Path(s) if Path(s).is_absolute() else (target.parent / s) for s in lines]
-    raise DataError(f"{yaml_path}: key '{split}' points to {target}, which does not exist")
+    out = []
+    for line in (s.strip() for s in target.read_text().splitlines()):
+        if not line:
+            continue
+        p = Path(line)
+        if not p.is_absolute():
+            near, under_root = target.parent / p, root / p
+            p = near if near.exists() or not under_root.exists() else under_root
+        out.append(p)
+    return out
 
 
 def _names_from_classes_txt(root: Path) -> list[str]:

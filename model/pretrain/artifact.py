@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from model.checkpoint import NotWeightsOnlyError, load_weights_only
 from model.config import TrialConfig
 from model.pretrain.center_loss import pretrain_center_loss
 from model.pretrain.sources import cfg_fingerprint, train_split, unlabeled_frames
@@ -65,6 +66,8 @@ def pretrain_settings(cfg: TrialConfig, *, fingerprint: str | None = None) -> di
         "algorithm_version": ALGORITHM_VERSION,
     }
     if cfg.pretrain == "center_loss":
+        if cfg.classes:  # only when set, so the keys of artifacts made before it stay valid
+            s["classes"] = cfg.classes  # the boxes the crops come from
         s["crop_size"] = cfg.crop_size
         s["center_loss_weight"] = cfg.center_loss_weight
         if cfg.center_loss_weight > 0:  # the centres' lr is unused by the CE-only ablation
@@ -126,11 +129,16 @@ def load_artifact(path: str | Path, *, size: str | None = None) -> dict[str, Any
     """Read and check an artifact (weights_only). ``size``, when given, must match its size."""
     path = Path(path)
     try:
-        art = torch.load(path, map_location="cpu", weights_only=True)
+        art = load_weights_only(path)
     except FileNotFoundError as e:
         raise ArtifactError(f"pretraining artifact {path} does not exist") from e
-    except (OSError, RuntimeError, ValueError, EOFError) as e:
+    except OSError as e:
         raise ArtifactError(f"cannot read pretraining artifact {path}: {e}") from e
+    except NotWeightsOnlyError as e:
+        raise ArtifactError(
+            f"pretraining artifact {path} is not a weights-only checkpoint ({e}); pass a .pt "
+            "written by study/pretrain.py, or clear pretrain_artifact to have the study compute it"
+        ) from e
     if not isinstance(art, dict) or not isinstance(art.get("backbone"), dict):
         raise ArtifactError(f"{path} is not a pretraining artifact (no 'backbone' state_dict)")
     if art.get("format_version") != FORMAT_VERSION:

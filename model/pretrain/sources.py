@@ -12,7 +12,7 @@ from typing import Any
 
 import cv2
 
-from model.config import TrialConfig
+from model.config import TrialConfig, class_list
 from model.data.coco import load_dataset
 from model.data.embedded import embedded_dataset_dir
 from model.data.frames import IMAGE_SUFFIXES, VIDEO_SUFFIXES, iter_video_frames
@@ -72,7 +72,10 @@ def train_split(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
     """(images, annotations, source) of the training split of ``cfg``'s dataset."""
     root = data_dir(cfg)
-    dataset = load_dataset(root, val_fraction=cfg.val_fraction, seed=cfg.seed, progress=progress)
+    dataset = load_dataset(
+        root, val_fraction=cfg.val_fraction, seed=cfg.seed, progress=progress,
+        classes=class_list(cfg.classes) or None,
+    )
     return dataset.train.images, dataset.train.annotations, str(root)
 
 

@@ -8,6 +8,7 @@ from model.yolox.head import YOLOXHead
 from model.yolox.pafpn import YOLOPAFPN
 from model.yolox.weights import (
     LoadReport,
+    WeightsError,
     WeightsUnavailableError,
     coco_weights_available,
     load_backbone_state,
@@ -19,6 +20,7 @@ __all__ = [
     "YOLOX",
     "CSPDarknet",
     "LoadReport",
+    "WeightsError",
     "WeightsUnavailableError",
     "YOLOPAFPN",
     "YOLOXHead",

@@ -1,13 +1,15 @@
-"""Pretrained weights: the official COCO checkpoints and backbone artifacts.
+"""Pretrained weights: the official COCO checkpoints, our own detectors, backbone artifacts.
 
 Official checkpoints are ``yolox_<size>.pth``, a dict whose ``model`` entry is the state_dict of
 the whole network with the same key names as ours. They are read from an explicit path or from the
-torch hub cache (``torch.hub.get_dir()/checkpoints``), downloaded there once when allowed.
+torch hub cache (``torch.hub.get_dir()/checkpoints``), downloaded there once when allowed. An
+explicit path may also be a training checkpoint of ours (``last.pt``/``best.pt``), so a trial can
+start from a detector already trained on the user's classes. Files are always read with
+``weights_only=True``: a file holding pickled Python objects is refused, never executed.
 """
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass, field
 from http.client import HTTPException
 from pathlib import Path
@@ -15,18 +17,25 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from model.checkpoint import NotWeightsOnlyError, load_weights_only
 from model.yolox.build import SIZES
 
 COCO_URL = (
     "https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_{size}.pth"
 )
 COCO_CLASSES = 80
-# The only layers whose shape depends on the number of classes; skipped when it is not 80.
+# The only layers whose shape depends on the number of classes: loaded when their shapes fit the
+# net (an 80-class net from COCO, a 1-class net from a 1-class detector), else skipped.
 CLASS_LAYER_PREFIX = "head.cls_preds."
 
 
 class WeightsUnavailableError(RuntimeError):
     """A checkpoint is neither on disk nor downloadable; the message says where to put it."""
+
+
+class WeightsError(ValueError):
+    """A weights file cannot be used: not a weights-only checkpoint, not a YOLOX state_dict, or
+    one of another architecture/size. The message names the file and the fix."""
 
 
 @dataclass
@@ -37,13 +46,18 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)  # in the checkpoint, left out on purpose
     missing: list[str] = field(default_factory=list)  # in the module, absent from the checkpoint
     source: str = ""
+    why: dict[str, str] = field(default_factory=dict)  # skipped key -> reason
+    entry: str = ""  # which weights of the file: "model", "ema" (a model.train checkpoint), ""
 
     def summary(self) -> str:
         total = len(self.loaded) + len(self.missing) + len(self.skipped)
-        return (
-            f"loaded {len(self.loaded)}/{total} tensors from {self.source} "
+        text = (
+            f"loaded {len(self.loaded)}/{total} tensors from {self.source}"
+            f"{' (its EMA weights)' if self.entry == 'ema' else ''} "
             f"(skipped {len(self.skipped)}, missing {len(self.missing)})"
         )
+        why = [f"{k} ({self.why[k]})" for k in self.skipped if k in self.why]
+        return text + (f"; skipped, the net keeps its own: {', '.join(why)}" if why else "")
 
 
 def _check_size(size: str) -> str:
@@ -108,38 +122,68 @@ def resolve_coco_checkpoint(
     return dst
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
-    """The state_dict of an official checkpoint (``{"model": state_dict, ...}``) or a bare one."""
+def read_weights(path: str | Path) -> tuple[dict[str, Tensor], str]:
+    """(state_dict, entry) of a YOLOX weights file, read with ``weights_only=True``.
+
+    Accepts an official checkpoint (``{"model": state_dict, ...}``, entry "model"), a bare
+    state_dict (entry ""), and our training checkpoints (``model/checkpoint.py`` format, keys
+    "model" and "ema"): from those the EMA weights (entry "ema") when the run kept them, since
+    they are what training evaluated and selected ``best.pt`` by; else "model".
+    """
     path = Path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+        ckpt = load_weights_only(path)
+    except (NotWeightsOnlyError, OSError) as e:
+        raise WeightsError(
+            f"{path} is not a weights-only checkpoint ({e}); pass an official yolox_<size>.pth "
+            "or a last.pt/best.pt written by model.train (pickled Python objects are never loaded)"
+        ) from e
+    state: object = None
+    entry = ""
+    if isinstance(ckpt, dict):
+        ema = ckpt.get("ema")
+        if isinstance(ema, dict) and isinstance(ema.get("module"), dict):
+            state, entry = ema["module"], "ema"
+        elif "model" in ckpt:
+            state, entry = ckpt["model"], "model"
+        else:
+            state = ckpt
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(
+        raise WeightsError(
             f"{path} is not a YOLOX checkpoint: expected a dict with a 'model' state_dict "
             "(or a state_dict itself)"
         )
-    return state
+    return state, entry
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """The state_dict :func:`read_weights` picks from ``path``."""
+    return read_weights(path)[0]
 
 
 def load_state_into(
-    module: nn.Module, state: dict[str, Tensor], *, skip_prefixes: tuple[str, ...] = (), source: str
+    module: nn.Module,
+    state: dict[str, Tensor],
+    *,
+    skip_prefixes: tuple[str, ...] = (),
+    fit_prefixes: tuple[str, ...] = (),
+    source: str,
 ) -> LoadReport:
     """Copy ``state`` into ``module`` by name, skipping keys that start with ``skip_prefixes``.
 
-    Keys unknown to ``module`` and shape mismatches are errors naming the key (the checkpoint is
-    for another architecture); keys of ``module`` absent from ``state`` are reported as missing.
+    Keys starting with ``fit_prefixes`` load when their shape fits and are skipped (with the
+    reason in ``report.why``) when it does not. Other shape mismatches and keys unknown to
+    ``module`` are errors naming the key (the checkpoint is for another architecture); keys of
+    ``module`` absent from ``state`` are reported as missing.
     """
     own = module.state_dict()
     report = LoadReport(source=source)
     unexpected = [k for k in state if k not in own]
     if unexpected:
         shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
-        raise ValueError(
+        raise WeightsError(
             f"{source}: {len(unexpected)} key(s) not in the {type(module).__name__} being loaded "
-            f"({shown}); is it a checkpoint of this architecture?"
+            f"({shown}); is it a checkpoint of this size and architecture?"
         )
     selected: dict[str, Tensor] = {}
     for key, value in state.items():
@@ -147,9 +191,14 @@ def load_state_into(
             report.skipped.append(key)
             continue
         if value.shape != own[key].shape:
-            raise ValueError(
-                f"{source}: shape mismatch at {key}: checkpoint {tuple(value.shape)} vs model "
-                f"{tuple(own[key].shape)}; the checkpoint is for a different size or class count"
+            file_shape, net_shape = tuple(value.shape), tuple(own[key].shape)
+            if key.startswith(fit_prefixes):
+                report.skipped.append(key)
+                report.why[key] = f"shape mismatch: file {file_shape} vs net {net_shape}"
+                continue
+            raise WeightsError(
+                f"{source}: shape mismatch at {key}: checkpoint {file_shape} vs model "
+                f"{net_shape}; the checkpoint is for a different size (use one of this size)"
             )
         selected[key] = value
     module.load_state_dict(selected, strict=False)
@@ -166,15 +215,19 @@ def load_coco_weights(
     download: bool = True,
     progress: bool = True,
 ) -> LoadReport:
-    """Load the official COCO weights of ``size`` into ``net`` (a YOLOX of that size).
+    """Load detector weights of ``size`` into ``net``: the official COCO checkpoint, or the
+    file at ``path`` (official, or any YOLOX checkpoint of this size: see :func:`read_weights`).
 
-    Every tensor is loaded, except the class-prediction layers when ``net`` does not have 80
-    classes (they keep their prior-initialised values). Raises WeightsUnavailableError when the
-    file is absent and cannot be downloaded.
+    Every tensor is loaded, except the class-prediction layers when their shapes differ from
+    ``net``'s (another number of classes: they keep their prior-initialised values and are
+    listed in the report's ``skipped`` and ``why``). Raises WeightsUnavailableError when the file
+    is absent and cannot be downloaded, WeightsError when it cannot be used.
     """
     file = resolve_coco_checkpoint(size, path, download=download, progress=progress)
-    skip = () if net.head.num_classes == COCO_CLASSES else (CLASS_LAYER_PREFIX,)
-    return load_state_into(net, read_checkpoint(file), skip_prefixes=skip, source=str(file))
+    state, entry = read_weights(file)
+    report = load_state_into(net, state, fit_prefixes=(CLASS_LAYER_PREFIX,), source=str(file))
+    report.entry = entry
+    return report
 
 
 def load_backbone_state(
@@ -184,7 +237,7 @@ def load_backbone_state(
     ``net.backbone.backbone``; the report's keys are relative to it too.
     """
     if state and all(k.startswith("backbone.backbone.") for k in state):
-        raise ValueError(
+        raise WeightsError(
             f"{source}: keys start with 'backbone.backbone.' (a whole-network state_dict); "
             "pass keys relative to CSPDarknet, e.g. 'stem.conv.conv.weight'"
         )
