@@ -39,6 +39,8 @@ def main() -> None:
     p.add_argument("--metric", default="AP50")
     p.add_argument("--target", type=float, default=0.5, help="report when the metric reaches it")
     p.add_argument("--plot", type=Path, help="also write the curves to this PNG")
+    p.add_argument("--x", choices=["epoch", "train_time_s"], default="epoch",
+                   help="the plot's x axis: epochs, or training time (minutes)")
     args = p.parse_args()
 
     histories: dict[str, list[dict[str, Any]]] = {}
@@ -61,7 +63,7 @@ def main() -> None:
     if args.plot:
         from study.plots import plot_learning_curves
 
-        written = plot_learning_curves(histories, args.metric, args.plot)
+        written = plot_learning_curves(histories, args.metric, args.plot, x=args.x)
         print(f"plot: {written}" if written else f"plot: no {args.metric} values to draw")
     peaks = [(max(h.get(args.metric, -1.0) for h in v), k) for k, v in histories.items() if v]
     if peaks:

@@ -66,25 +66,38 @@ def plot_by_axis(
 
 
 def plot_learning_curves(
-    histories: dict[str, list[dict[str, Any]]], metric: str, out: Path
+    histories: dict[str, list[dict[str, Any]]], metric: str, out: Path, *, x: str = "epoch"
 ) -> Path | None:
+    """The metric of every run against ``x``: ``epoch`` (integer ticks) or ``train_time_s``
+    (drawn in minutes). Lines differ in colour and, past ten runs, in line style too."""
     curves = {
-        tid: [(h["epoch"], h[metric]) for h in hist if "epoch" in h and _num(h.get(metric))]
+        tid: [(h[x], h[metric]) for h in hist if _num(h.get(x)) and _num(h.get(metric))]
         for tid, hist in histories.items()
     }
     curves = {k: v for k, v in curves.items() if v}
     if not curves:
         return None
+    scale = 60.0 if x == "train_time_s" else 1.0
     fig, ax = plt.subplots(figsize=(8, 5))
-    for tid, pts in curves.items():
-        ax.plot([e for e, _ in pts], [v for _, v in pts], marker=".", label=tid)
-    ax.set_xlabel("epoch")
+    colours = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors
+    styles = ("-", "--", ":", "-.")
+    for k, (tid, pts) in enumerate(curves.items()):
+        ax.plot(
+            [e / scale for e, _ in pts], [v for _, v in pts], marker=".", label=tid,
+            color=colours[k % len(colours)], linestyle=styles[(k // len(colours)) % len(styles)],
+        )
+    if x == "epoch":
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("training minutes" if x == "train_time_s" else x)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} during training")
     ax.set_ylim(bottom=0)
+    ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
     if len(curves) <= 24:
-        ax.legend(fontsize=6, ncol=2 if len(curves) > 8 else 1, loc="best")
+        ax.legend(fontsize=7, ncol=2 if len(curves) > 8 else 1, loc="best")
     return _save(fig, out)
 
 

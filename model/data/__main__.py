@@ -208,7 +208,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
     path = render_preview(args.src, args.out, n=args.n, seed=args.seed, cfg=cfg)
     print(
         f"preview: wrote {path} ({args.n} augmented training samples of {args.src}, "
-        f"seed {args.seed}, {cfg.img_size} px)"
+        f"seed {args.seed}, "
+        + (f"native-resolution {cfg.tile_size} px tiles)" if cfg.input_mode == "tiles"
+           else f"{cfg.img_size} px)")
     )
     return 0
 
