@@ -41,8 +41,7 @@ from tqdm import tqdm
 from model.config import TrialConfig
 from model.data.loader import build_eval_loader, build_frame_loader
 from model.data.transforms import letterbox
-from model.postprocess import postprocess
-from model.sliced import SliceSettings, sliced_detect
+from model.sliced import SliceSettings, detect_batch, sliced_detect
 
 if TYPE_CHECKING:
     from model.data.coco import DetectionSplit
@@ -214,21 +213,37 @@ def _letterbox_outputs(
     nms_iou: float,
     timings: dict[str, float] | None = None,
 ) -> list[torch.Tensor | None]:
-    """Postprocessed detections (input pixels) of a letterboxed float batch ``[B, 3, S, S]``
-    on the network's device; ``timings`` accumulates ``forward_s`` and ``nms_s``."""
-    device = images.device
+    """Postprocessed detections (input pixels) of a letterboxed float batch ``[B, 3, S, S]``."""
+    return detect_batch(
+        net, images, num_classes=cfg.num_classes, conf=conf, nms_iou=nms_iou,
+        channels_last=cfg.channels_last, timings=timings,
+    )
+
+
+def _scored(
+    split: DetectionSplit,
+    results: list[dict[str, Any]],
+    *,
+    images: int,
+    forwards: int,
+    load_s: float,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """COCO-score ``results`` and gather the figures :func:`evaluate_coco` returns."""
     t0 = time.perf_counter()
-    if cfg.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    prediction = net(images)
-    _sync(device)
-    t1 = time.perf_counter()
-    outputs = postprocess(prediction, cfg.num_classes, conf_thre=conf, nms_thre=nms_iou)
-    _sync(device)
-    if timings is not None:
-        timings["forward_s"] = timings.get("forward_s", 0.0) + t1 - t0
-        timings["nms_s"] = timings.get("nms_s", 0.0) + time.perf_counter() - t1
-    return outputs
+    metrics, summary = coco_metrics(split.to_coco_dict(), results)
+    return {
+        **metrics,
+        "summary": summary,
+        "num_detections": len(results),
+        "images": images,
+        "forwards": forwards,
+        "load_s": load_s,
+        "forward_s": timings.get("forward_s", 0.0),
+        "nms_s": timings.get("nms_s", 0.0) + timings.get("merge_s", 0.0),
+        **({"merge_s": timings["merge_s"]} if "merge_s" in timings else {}),
+        "cocoeval_s": time.perf_counter() - t0,
+    }
 
 
 def evaluate_coco(
@@ -284,19 +299,9 @@ def evaluate_coco(
                 tick = time.perf_counter()
     finally:
         net.train(was_training)
-    t3 = time.perf_counter()
-    metrics, summary = coco_metrics(split.to_coco_dict(), results)
-    return {
-        **metrics,
-        "summary": summary,
-        "num_detections": len(results),
-        "images": n_images,
-        "forwards": n_images,
-        "load_s": load_s,
-        "forward_s": timings.get("forward_s", 0.0),
-        "nms_s": timings.get("nms_s", 0.0),
-        "cocoeval_s": time.perf_counter() - t3,
-    }
+    return _scored(
+        split, results, images=n_images, forwards=n_images, load_s=load_s, timings=timings
+    )
 
 
 def _evaluate_sliced(
@@ -330,20 +335,10 @@ def _evaluate_sliced(
                 tick = time.perf_counter()
     finally:
         net.train(was_training)
-    t3 = time.perf_counter()
-    metrics, summary = coco_metrics(split.to_coco_dict(), results)
-    return {
-        **metrics,
-        "summary": summary,
-        "num_detections": len(results),
-        "images": n_images,
-        "forwards": int(timings.get("tiles", 0)),
-        "load_s": load_s,
-        "forward_s": timings.get("forward_s", 0.0),
-        "nms_s": timings.get("nms_s", 0.0) + timings.get("merge_s", 0.0),
-        "merge_s": timings.get("merge_s", 0.0),
-        "cocoeval_s": time.perf_counter() - t3,
-    }
+    forwards = int(timings.pop("tiles", 0))
+    return _scored(
+        split, results, images=n_images, forwards=forwards, load_s=load_s, timings=timings
+    )
 
 
 # --- inference on raw frames (study/detect.py) ---

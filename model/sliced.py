@@ -165,6 +165,36 @@ class SliceSettings:
     merge_ios: float = MERGE_IOS
 
 
+def detect_batch(
+    net: nn.Module,
+    images: Tensor,
+    *,
+    num_classes: int,
+    conf: float,
+    nms_iou: float,
+    channels_last: bool = False,
+    timings: dict[str, float] | None = None,
+) -> list[Tensor | None]:
+    """Forward a float batch ``[B, 3, S, S]`` (on the network's device) and postprocess it:
+    per image ``(K, 7)`` x1, y1, x2, y2 (input pixels), obj, cls_conf, class, or None.
+    ``timings`` accumulates ``forward_s`` and ``nms_s`` (CUDA synchronised)."""
+    device = images.device
+    t0 = time.perf_counter()
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    prediction = net(images)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t1 = time.perf_counter()
+    outputs = postprocess(prediction, num_classes, conf_thre=conf, nms_thre=nms_iou)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    if timings is not None:
+        timings["forward_s"] = timings.get("forward_s", 0.0) + t1 - t0
+        timings["nms_s"] = timings.get("nms_s", 0.0) + time.perf_counter() - t1
+    return outputs
+
+
 def _forward(
     net: nn.Module, views: list[np.ndarray], s: SliceSettings, batch_size: int,
     device: torch.device, timings: dict[str, float] | None,
@@ -172,23 +202,12 @@ def _forward(
     """Postprocessed detections (input pixels) of square uint8 ``views``, in batches."""
     outputs: list[Tensor | None] = []
     for start in range(0, len(views), batch_size):
-        t0 = time.perf_counter()
         chunk = np.stack(views[start : start + batch_size])  # (b, T, T, 3)
         batch = torch.from_numpy(chunk).to(device).permute(0, 3, 1, 2).float().contiguous()
-        if s.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        prediction = net(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t1 = time.perf_counter()
-        outputs.extend(
-            postprocess(prediction, s.num_classes, conf_thre=s.conf, nms_thre=s.nms_iou)
-        )
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if timings is not None:
-            timings["forward_s"] = timings.get("forward_s", 0.0) + t1 - t0
-            timings["nms_s"] = timings.get("nms_s", 0.0) + time.perf_counter() - t1
+        outputs.extend(detect_batch(
+            net, batch, num_classes=s.num_classes, conf=s.conf, nms_iou=s.nms_iou,
+            channels_last=s.channels_last, timings=timings,
+        ))
     return outputs
 
 

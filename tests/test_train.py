@@ -217,6 +217,10 @@ def test_multiscale_sizes_are_seeded_and_in_range() -> None:
     assert sizes == [multiscale_size(cfg, i) for i in range(10, 400)]  # a function of iteration
     assert len(set(sizes[:10])) == 1  # constant within a block of 10
     assert multiscale_size(dataclasses.replace(cfg, multiscale=0), 55) == 320
+    # with tiles the tile is the network input, and it varies around tile_size the same way
+    tiles = dataclasses.replace(cfg, input_mode="tiles", tile_size=128, img_size=640)
+    assert multiscale_size(tiles, 3) == 128
+    assert {multiscale_size(tiles, i) for i in range(10, 400)} == {64, 96, 128, 160, 192}
 
 
 def test_eval_epochs_every_interval_every_no_aug_epoch_and_the_last() -> None:
