@@ -170,3 +170,15 @@ def test_exponent_floats_are_numbers_in_every_part_of_a_space(tmp_path: Path) ->
     assert space.sample["warmup_lr"].values == (0.0, 1e-5)
     with pytest.raises(SpaceError, match="low and high must be numbers, got '1e-4x'"):
         load_space(_write(tmp_path, "sample: {lr: {type: uniform, low: 1e-4x, high: 1}}\n"))
+
+
+def test_input_mode_and_tile_size_can_be_sampled_and_are_checked(tmp_path: Path) -> None:
+    head = "metric: mAP\nmode: max\nfixed: {size: nano}\nnum_samples: 4\nsample:\n"
+    good = _write(tmp_path, head + "  input_mode: {type: choice, values: [letterbox, tiles]}\n"
+                  "  tile_size: {type: int, low: 256, high: 640, step: 32}\n")
+    space = load_space(str(good))
+    assert space.sample["input_mode"].to_optuna().choices == ("letterbox", "tiles")
+    assert space.sample["tile_size"].to_optuna().step == 32
+    bad = _write(tmp_path, head + "  tile_size: {type: choice, values: [256, 100]}\n")
+    with pytest.raises(ConfigError, match="sample.tile_size: key 'tile_size' must be a multiple"):
+        load_space(str(bad))
