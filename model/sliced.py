@@ -141,12 +141,16 @@ def merge_detections(
 
 def _ios(box: np.ndarray, others: np.ndarray) -> np.ndarray:
     """Intersection over the smaller box of ``box`` (4,) with each of ``others`` (N, 4)."""
-    lo = np.maximum(box[:2], others[:, :2])
-    hi = np.minimum(box[2:], others[:, 2:])
-    inter = (hi - lo).clip(0).prod(1)
-    area = (box[2:] - box[:2]).clip(0).prod()
-    areas = (others[:, 2:] - others[:, :2]).clip(0).prod(1)
-    return inter / np.maximum(np.minimum(area, areas), np.finfo(np.float32).tiny)
+    # An untrained network can predict boxes of infinite size (exp overflow): inf / inf is no
+    # overlap here, not a warning.
+    with np.errstate(over="ignore", invalid="ignore"):
+        lo = np.maximum(box[:2], others[:, :2])
+        hi = np.minimum(box[2:], others[:, 2:])
+        inter = (hi - lo).clip(0).prod(1)
+        area = (box[2:] - box[:2]).clip(0).prod()
+        areas = (others[:, 2:] - others[:, :2]).clip(0).prod(1)
+        ios = inter / np.maximum(np.minimum(area, areas), np.finfo(np.float32).tiny)
+    return np.nan_to_num(ios, nan=0.0)
 
 
 @dataclass(frozen=True)
