@@ -18,11 +18,12 @@ everything a resume needs, so a run killed between epochs and resumed ends bit-i
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from model.checkpoint import (
     set_rng_state,
 )
 from model.config import ConfigError, TrialConfig, class_list
-from model.data.coco import DetectionDataset, load_dataset
+from model.data.coco import DataError, DataReport, DetectionDataset, load_dataset
 from model.data.embedded import embedded_dataset_dir
 from model.data.loader import build_train_loader, random_input_size, rescale_batch
 from model.data.raw import plural
@@ -76,9 +77,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_trial_data(cfg: TrialConfig, *, progress: bool = False) -> DetectionDataset:
+def load_trial_data(
+    cfg: TrialConfig,
+    *,
+    progress: bool = False,
+    on_report: Callable[[DataReport], None] | None = None,
+) -> DetectionDataset:
     """The dataset of ``cfg.data`` ("" = the embedded set), restricted to ``cfg.classes`` when
-    set, checked against ``cfg.num_classes``; the data report's warnings are logged."""
+    set, checked against ``cfg.num_classes``; the data report's warnings are logged.
+
+    ``on_report(report)`` receives the data report before the checks below can fail (so a
+    caller can write it even when every training image was dropped). Inside
+    :func:`preloaded_data` the dataset given there is returned without reading the files again.
+    """
+    if (ready := _PRELOADED.get(_data_key(cfg))) is not None:
+        return ready
     src = cfg.data or embedded_dataset_dir(progress=progress)
     dataset = load_dataset(
         src, val_fraction=cfg.val_fraction, seed=cfg.seed, progress=progress,
@@ -86,6 +99,9 @@ def load_trial_data(cfg: TrialConfig, *, progress: bool = False) -> DetectionDat
     )
     for warning in dataset.report.warnings:
         logger.warning("data %s: %s", src, warning)
+    if on_report is not None:
+        on_report(dataset.report)
+    require_images(dataset)
     names = dataset.train.class_names
     if len(names) != cfg.num_classes:
         raise ConfigError(_num_classes_error(cfg, dataset, src))
@@ -109,6 +125,57 @@ def _num_classes_error(cfg: TrialConfig, dataset: DetectionDataset, src: object)
         f"key 'num_classes' is {cfg.num_classes} but the dataset {src} has "
         f"{plural(len(names), 'class')}: {found}; {fixes}"
     )
+
+
+_PRELOADED: dict[str, DetectionDataset] = {}
+
+
+def _data_key(cfg: TrialConfig) -> str:
+    """The config as the data sees it (pretraining resolves ``pretrain_artifact`` later)."""
+    values = cfg.to_dict()
+    values.pop("pretrain_artifact", None)
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+@contextmanager
+def preloaded_data(cfg: TrialConfig, dataset: DetectionDataset) -> Iterator[None]:
+    """Within the block, :func:`load_trial_data` of ``cfg`` returns ``dataset``: study/train.py
+    and the study's trials load (and report) the data before training, and checking every image
+    a second time would double the start-up time on a large dataset."""
+    key = _data_key(cfg)
+    _PRELOADED[key] = dataset
+    try:
+        yield
+    finally:
+        _PRELOADED.pop(key, None)
+
+
+def require_images(dataset: DetectionDataset) -> None:
+    """DataError naming the folder when the training or the evaluation split has no usable
+    image (the loaders would otherwise fail deep inside with a bare ValueError)."""
+    splits = [dataset.train, dataset.eval_split]
+    for split in splits:
+        if split.num_images:
+            continue
+        stats = dataset.report.splits.get(split.name)
+        read = stats.images_read if stats else 0
+        dropped = [i for i in dataset.report.issues if i.split == split.name and i.image]
+        kinds: dict[str, int] = {}
+        for i in dropped:
+            kinds[i.kind] = kinds.get(i.kind, 0) + 1
+        folders = sorted({str(Path(i.image).parent) for i in dropped})
+        where = folders[0] if len(folders) == 1 else str(dataset.root)
+        why = (
+            f"all {read} images in {where} were dropped ("
+            + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+            + ")"
+            if read
+            else f"no image was found in it under {dataset.root}"
+        )
+        raise DataError(
+            f"{dataset.root}: the {split.name} split has no usable image: {why}; fix or replace "
+            f"those files (python -m model.data check {dataset.root} lists each one)"
+        )
 
 
 def init_pretrained(net: nn.Module, cfg: TrialConfig) -> int:

@@ -15,7 +15,14 @@ Study folder (``--out``, default ``studies/<space>-<timestamp>``)::
     tune/                Ray Tune's experiment (checkpoints, state for --resume)
     optuna.sqlite        the Optuna study of a sampled space
     status.json          how Tune ended each trial
+    study.json           the study's id: --resume loads only studies this user created
+                         (study/trust.py)
+    driver.json          the running driver and its Ray processes (study/session.py)
+    data_report.txt/.json  the data check of every dataset the trials use
     results.csv, report.md, *.png, best_config.yaml
+
+Nothing is overwritten: a new study refuses a folder that holds a study (continue it with
+``--resume``) or anything else (unless ``--force``).
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from model.config import ConfigError, parse_override
-from study import outputs, pipeline, prepare
+from model.data.raw import DataError
+from study import outputs, pipeline, prepare, session, trust
 from study.plan import Plan, build_plan, describe_profile, load_plan
 from study.prepare import StudyError
 from study.spaces import load_space
@@ -62,6 +70,8 @@ class StudyArgs:
     max_failures: int | None = None
     download: bool = True
     searcher_seed: int = 0
+    force: bool = False  # write into a non-empty --out that holds no study
+    strict: bool = False  # any dropped/clipped/fixed image or box stops the study
 
 
 @dataclass
@@ -122,6 +132,22 @@ def make_plan(args: StudyArgs) -> Plan:
     return build_plan(space, data=data, overrides=overrides, seeds=args.seeds)
 
 
+def check_out_free(study_dir: Path, force: bool) -> None:
+    """A new study writes results.csv, report.md, best_config.yaml …: never over a user's files."""
+    if force or not study_dir.exists():
+        return
+    if not study_dir.is_dir():
+        raise StudyError(f"{study_dir} is a file, not a folder; pick another --out")
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in study_dir.iterdir())
+    if entries:
+        shown = ", ".join(entries[:5]) + (", …" if len(entries) > 5 else "")
+        raise StudyError(
+            f"{study_dir} is not empty ({shown}) and holds no study (no plan.json): a study "
+            "writes results.csv, report.md, best_config.yaml and more there, replacing files of "
+            "those names. Pick a new or empty --out, or pass --force to write into it anyway"
+        )
+
+
 def run_study(
     args: StudyArgs, *, train_fn: TrainFn | None = None, log: Log = print
 ) -> StudyOutcome:
@@ -133,6 +159,8 @@ def run_study(
             raise StudyError(f"--resume: {study_dir} has no plan.json; nothing to resume")
         if args.overrides or args.data or args.seeds != 1:
             raise StudyError("--resume keeps the study's own plan; drop --set/--data/--seeds")
+        if not args.dry_run:  # a dry run reads plan.json only (JSON), never Tune's pickles
+            trust.check_resumable(study_dir)
         plan = load_plan(study_dir / "plan.json")
         log(f"resuming study {study_dir} ({plan.space.name})")
     else:
@@ -143,6 +171,8 @@ def run_study(
                 f"{study_dir} already holds a study; continue it with --resume --out {study_dir}, "
                 "or pick another --out"
             )
+        if not args.dry_run:
+            check_out_free(study_dir, args.force)
     cache_root = (Path(args.cache) if args.cache else study_dir / "pretrain_cache").resolve()
     log(describe_profile(plan))
     for note in plan.notes:
@@ -165,18 +195,41 @@ def run_study(
         return _dry_run_outcome(plan, study_dir, " (the saved plan)", {}, log)
 
     fn = train_fn or import_train_fn(args.train_fn)
+    if args.resume:
+        session.stop_stale(study_dir, log)
+    data = prepare.check_data(plan, strict=args.strict, log=log)
     ship_by_value(fn)
+    with trust.private_umask():
+        _run(plan, study_dir, cache_root, fn, data, args, log)
+    return finish(plan, study_dir, time.time() - t0, log)
+
+
+def _run(
+    plan: Plan,
+    study_dir: Path,
+    cache_root: Path,
+    fn: TrainFn,
+    data: list[prepare.DataSource],
+    args: StudyArgs,
+    log: Log,
+) -> None:
+    """Ray up, the study folder, pretraining, the trials; Ray down and the folder's record
+    cleaned whatever happens."""
     cluster = pipeline.start_ray(args.address, args.dashboard_host, log)
     try:  # the folder appears once Ray is up: a failed start leaves nothing to --resume
         study_dir.mkdir(parents=True, exist_ok=True)
         if not args.resume:
             (study_dir / "space.yaml").write_text(plan.space.text)
+            trust.write_manifest(study_dir)
+        session.record(study_dir, pipeline.owns_ray())
+        prepare.write_data_reports(study_dir, data, log)
         plan.save(study_dir / "plan.json")
         res = pipeline.effective_resources(
             plan, args.cpus_per_trial, args.gpus_per_trial, cluster, log
         )
         prepare.run_pretraining(plan, cache_root, res, log)
         plan.save(study_dir / "plan.json")
+        session.record(study_dir, pipeline.owns_ray())  # Ray's agents are up by now
         pipeline.run_trials(
             plan,
             study_dir,
@@ -191,7 +244,8 @@ def run_study(
         )
     finally:
         pipeline.stop_ray()
-    return finish(plan, study_dir, time.time() - t0, log)
+        session.clear(study_dir)
+        trust.harden(study_dir)
 
 
 def finish(plan: Plan, study_dir: Path, wall_s: float, log: Log = print) -> StudyOutcome:
@@ -254,7 +308,7 @@ def main_entry(args: StudyArgs) -> int:
     log: Log = (lambda line: print(line, file=sys.stderr)) if args.dry_run else print
     try:
         return run_study(args, log=log).exit_code
-    except (StudyError, ConfigError) as e:
+    except (StudyError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,5 +1,6 @@
 """Everything written at the end of a study (also after an interruption, from what exists):
-``results.csv``, ``report.md``, the plots and ``best_config.yaml``."""
+``results.csv``, ``report.md`` (with what the data check dropped and every crash and retry), the
+plots and ``best_config.yaml``."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from model.config import describe_inference
+from model.data.raw import plural
+from study.datacheck import REPORT_JSON, REPORT_TXT
 from study.export import choose_best, export_best
 from study.plan import Plan, describe_profile
 from study.plots import plot_by_axis, plot_learning_curves, plot_vs_params
-from study.report import ReportInput, render_report
+from study.report import ReportInput, _table, render_report
 from study.results import histories, write_results
-from study.trial import trial_dir
+from study.trial import CRASHES, FAILED, LOG, trial_dir
+
+SHOWN_PROBLEMS = 5  # files named per dataset in report.md (all of them: data_report.txt)
 
 
 def _ran_on(study_dir: Path, trial_id: str) -> str | None:
@@ -27,6 +32,60 @@ def _ran_on(study_dir: Path, trial_id: str) -> str | None:
 def report_axes(plan: Plan) -> list[str]:
     """Row labels of the report: the grid axes that vary (an axis pinned by --set does not)."""
     return [a for a in plan.grid_axes if a not in plan.pinned]
+
+
+def data_section(study_dir: Path) -> list[str]:
+    """What the study's data check kept, dropped and clipped, and why (data_report.json)."""
+    path = study_dir / REPORT_JSON
+    if not path.is_file():
+        return []
+    sources = json.loads(path.read_text()).get("sources", [])
+    lines = []
+    for src in sources:
+        c, rep = src["counts"], src["report"]
+        who = "all trials" if len(sources) == 1 else ", ".join(src["trials"])
+        lines.append(
+            f"- {rep['root']} ({rep['layout']}; {who}): kept "
+            f"{plural(c['data_images'], 'image')} with {plural(c['data_boxes'], 'box')}; "
+            f"dropped {plural(c['data_images_dropped'], 'image')} and "
+            f"{plural(c['data_boxes_dropped'], 'box')}, clipped "
+            f"{plural(c['data_boxes_clipped'], 'box')}"
+        )
+        if c["data_problems"]:
+            lines.append(f"  - why: {c['data_problems']}")
+        for issue in rep["issues"][:SHOWN_PROBLEMS]:
+            where = issue["image"] or issue["source"]
+            lines.append(f"  - `{where}` ({issue['action']}): {issue['reason']}")
+        if len(rep["issues"]) > SHOWN_PROBLEMS:
+            lines.append(f"  - … and {len(rep['issues']) - SHOWN_PROBLEMS} more")
+    lines += ["", f"Every file and box concerned: [{REPORT_TXT}]({REPORT_TXT})."]
+    return lines
+
+
+def crash_section(rows: list[dict[str, Any]], study_dir: Path) -> list[str]:
+    """Every crash (retried or not), failure (never retried) and restart, per trial."""
+    body = []
+    for r in rows:
+        tdir = trial_dir(study_dir, r["id"])
+        events = []
+        if (tdir / CRASHES).is_file():
+            for line in (tdir / CRASHES).read_text().splitlines():
+                c = json.loads(line)
+                then = "retried from its last checkpoint" if c["retried"] else "not retried"
+                events.append(f"crash {c['failure']}: {c['cause']} ({then})")
+        if (tdir / FAILED).is_file():
+            failed = json.loads((tdir / FAILED).read_text())
+            events.append(f"failed, not retried (deterministic): {failed['error']}")
+        restarts = int(r.get("attempts") or 0) - 1
+        crashes = sum(1 for e in events if e.startswith("crash") and "retried from" in e)
+        if restarts > crashes:
+            events.append(f"{restarts - crashes} restart(s) after the study was interrupted")
+        if events:
+            log = f"[log](trials/{r['id']}/{LOG})"
+            body.append([r["id"], str(r.get("attempts") or 0), "; ".join(events), log])
+    if not body:
+        return []
+    return _table(["id", "attempts", "what happened", "traceback"], body)
 
 
 def write_all(
@@ -109,6 +168,14 @@ def write_all(
             notes=notes,
             plots=plots,
             best_line=best_line,
+            sections=[
+                (title, lines)
+                for title, lines in (
+                    ("Data", data_section(study_dir)),
+                    ("Crashes and retries", crash_section(rows, study_dir)),
+                )
+                if lines
+            ],
         )
     )
     written["report"] = study_dir / "report.md"

@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,32 @@ _OWNED_RAY = False  # whether this process started the Ray session (then it also
 # --- Ray --------------------------------------------------------------------------------------
 
 
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """While ``ray.init`` starts a local session, make Ray take 127.0.0.1 as this node's address.
+
+    Ray binds the GCS, raylet, object manager, agents and workers to the node address it detects:
+    on Linux the machine's network address, where anyone on the network can reach them. Ray's
+    ``_node_ip_address="127.0.0.1"`` is turned back into that address; what makes a local
+    session use 127.0.0.1 throughout is the switch behind ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``
+    (off on macOS/Windows), read from Ray's constants when the address is detected. Checked
+    after start-up by :func:`start_ray` (the address Ray reports) and by the tests (the
+    listening sockets of the session's processes)."""
+    from ray._private import ray_constants
+
+    before = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if before is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = before
+
+
 def start_ray(address: str | None, dashboard_host: str, log: Log) -> dict[str, float]:
-    """Connect to ``address`` or start a local Ray (dashboard on ``dashboard_host``); returns the
-    cluster's resources. A session already running in this process is reused (tests)."""
+    """Connect to ``address`` or start a local Ray (dashboard on ``dashboard_host``, every other
+    port on 127.0.0.1); returns the cluster's resources. A session already running in this
+    process is reused (tests)."""
     global _OWNED_RAY
     import ray
 
@@ -49,20 +73,39 @@ def start_ray(address: str | None, dashboard_host: str, log: Log) -> dict[str, f
         log(f"connected to the Ray cluster at {address}")
     else:
         if dashboard_host not in ("127.0.0.1", "localhost"):
+            auth = os.environ.get("RAY_AUTH_MODE", "token (Ray's default for local sessions)")
             log(
                 f"warning: the Ray dashboard listens on {dashboard_host}: anyone who can reach "
-                "that port sees the cluster and, unless Ray token authentication is on, can run "
-                "code on it"
+                f"that port can try it; Ray's authentication mode is {auth} — with 'disabled' "
+                "they can run code on this machine"
             )
-        try:
-            ctx = ray.init(include_dashboard=True, dashboard_host=dashboard_host, **quiet)
-        except (RuntimeError, ValueError, OSError) as e:  # the dashboard's port or its packages
-            log(f"Ray dashboard could not start ({e}); carrying on without it")
-            ctx = ray.init(include_dashboard=False, **quiet)
+        with _loopback_only():
+            try:
+                ctx = ray.init(include_dashboard=True, dashboard_host=dashboard_host, **quiet)
+            except (RuntimeError, ValueError, OSError) as e:  # the dashboard's port or packages
+                log(f"Ray dashboard could not start ({e}); carrying on without it")
+                ctx = ray.init(include_dashboard=False, **quiet)
+        node_ip = ray.get_runtime_context().gcs_address.rsplit(":", 1)[0]
+        if node_ip not in ("127.0.0.1", "localhost", "::1"):
+            log(f"warning: this Ray version listens on {node_ip}, not only on 127.0.0.1")
     _OWNED_RAY = not address
     url = getattr(ctx, "dashboard_url", None)
-    log(f"Ray dashboard: http://{url}" if url else "Ray dashboard: not available (carrying on)")
+    token = (
+        "; it asks for the token that `ray get-auth-token` prints"
+        if os.environ.get("RAY_AUTH_MODE", "token") == "token"
+        else ""
+    )
+    log(
+        f"Ray dashboard: http://{url}{token}"
+        if url
+        else "Ray dashboard: not available (carrying on)"
+    )
     return dict(ray.cluster_resources())
+
+
+def owns_ray() -> bool:
+    """Whether this process started the Ray session it uses (then it also stops it)."""
+    return _OWNED_RAY
 
 
 def stop_ray() -> None:
@@ -128,8 +171,10 @@ def run_trials(
     from study.progress import StudyCallback
 
     # Tune's legacy reporter is silent at verbose=0 (the new one still prints each trial
-    # error's result table); our callback prints one line per trial instead
+    # error's result table); our callback prints one line per trial instead, and one per crash
+    # (Ray's traceback of it goes to the trial's log, not the console)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     study_dir = study_dir.resolve()
     trainable = tune.with_parameters(
         run_trial,

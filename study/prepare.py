@@ -264,3 +264,64 @@ def run_pretraining(plan: Plan, cache_root: Path, res: Resources, log: Log) -> N
     if plan.space.sampled and any(j.skip for j in plan.pretrain_jobs):
         raise StudyError("pretraining failed: " + "; ".join(j.skip for j in plan.pretrain_jobs))
     apply_artifacts(plan)
+
+
+# --- data check -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class DataSource:
+    """One dataset as the trials read it, its check and the trials that use it."""
+
+    trials: list[str]
+    report: Any  # model.data.validate.DataReport
+
+
+def check_data(plan: Plan, *, strict: bool, log: Log) -> list[DataSource]:
+    """Check every dataset the runnable trials use, once each, before Ray starts: a split
+    without a usable image is a DataError naming the folder, and with ``strict`` any dropped,
+    clipped or fixed image or box stops the study (the trials check their own data again)."""
+    from model.train import load_trial_data
+    from study.datacheck import strict_error
+
+    if plan.space.sampled:
+        cfgs = {"(every sampled trial)": plan.base}
+    else:
+        cfgs = {t.id: t.config for t in plan.runnable()}
+    sources: dict[tuple[Any, ...], DataSource] = {}
+    for tid, cfg in cfgs.items():
+        # the seed only moves images between train and val: one check per dataset
+        key = (cfg.data, cfg.val_fraction, cfg.num_classes, cfg.classes)
+        if key in sources:
+            sources[key].trials.append(tid)
+            continue
+        found: list[Any] = []
+        load_trial_data(cfg, progress=sys.stderr.isatty(), on_report=found.append)
+        sources[key] = DataSource([tid], found[0])
+        report = found[0]
+        if strict and report.issues:
+            listed = f"python -m model.data check {report.root} lists every one"
+            raise strict_error(report, listed)
+    return list(sources.values())
+
+
+def write_data_reports(study_dir: Path, sources: list[DataSource], log: Log) -> None:
+    """``data_report.txt`` (every problem of every dataset) and ``data_report.json`` (per
+    dataset: its trials, counts and console line) into the study folder; one line each here."""
+    from study.datacheck import REPORT_JSON, REPORT_TXT, data_counts, data_line
+
+    txt = study_dir / REPORT_TXT
+    parts, records = [], []
+    for s in sources:
+        text = s.report.format(max_issues=None)
+        if len(sources) > 1:
+            text = f"== data of {len(s.trials)} trials: {', '.join(s.trials)}\n{text}"
+        parts.append(text)
+        line = data_line(s.report, txt)
+        counts = data_counts(s.report)
+        records.append(
+            {"trials": s.trials, "counts": counts, "line": line, "report": s.report.to_dict()}
+        )
+        log(line)
+    txt.write_text("\n\n".join(parts) + "\n")
+    (study_dir / REPORT_JSON).write_text(json.dumps({"sources": records}, indent=1) + "\n")

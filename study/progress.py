@@ -1,9 +1,15 @@
-"""Driver-side Tune callback: progress lines, ``status.json`` and a fresh ``results.csv``."""
+"""Driver-side Tune callback: progress lines, ``status.json`` and a fresh ``results.csv``.
+
+A crash (a trial raising, its worker killed) is one console line naming the cause Ray gave
+(``ActorDiedError: …``, or the trial's own exception); Ray's traceback goes to the trial's log
+(``trials/<id>/trial.log``) and the crash to ``trials/<id>/crashes.jsonl`` (for report.md).
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -14,7 +20,7 @@ from ray.tune import Callback
 from study.pipeline import trial_dirname
 from study.plan import load_plan
 from study.results import FINISHED, STATUS_FILE, collect_rows, write_results
-from study.trial import scratch_dir
+from study.trial import CRASHES, LOG, log_line, scratch_dir, trial_dir
 
 
 class StudyCallback(Callback):
@@ -32,6 +38,12 @@ class StudyCallback(Callback):
         self.ended: set[str] = self._ended_before()
         self.slots = 1  # the most trials seen running at once: the ETA divides by it
 
+    def setup(self, **info: Any) -> None:
+        """Called by every ``fit``: a resumed study restores this object from Tune's state
+        (``tuner.pkl``) as it was when the study began, so count the trials ended since."""
+        self.started.clear()
+        self.ended = self._ended_before()
+
     def _ended_before(self) -> set[str]:
         plan_path = Path(self.study_dir) / "plan.json"
         if not plan_path.is_file():
@@ -45,9 +57,11 @@ class StudyCallback(Callback):
         print(f"  start {trial_dirname(trial)}", flush=True)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        cause = self._crashed(trial, retried=True)
+        tid = trial_dirname(trial)
         print(
-            f"  {trial_dirname(trial)} crashed ({_error_line(trial)}); retrying from its last "
-            f"checkpoint (failure {trial.num_failures})",
+            f"  {tid} crashed: {cause}; retrying from its last checkpoint (failure "
+            f"{trial.num_failures}; traceback in {trial_dir(self.study_dir, tid) / LOG})",
             flush=True,
         )
 
@@ -55,7 +69,24 @@ class StudyCallback(Callback):
         self._ended(trials, trial, "TERMINATED", "")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._ended(trials, trial, "ERROR", _error_line(trial))
+        self._ended(trials, trial, "ERROR", self._crashed(trial, retried=False))
+
+    def _crashed(self, trial: Any, retried: bool) -> str:
+        """Record a crash: Ray's full error in the trial's log, one line in crashes.jsonl."""
+        cause, text = crash_cause(trial)
+        out = trial_dir(self.study_dir, trial_dirname(trial))
+        out.mkdir(parents=True, exist_ok=True)
+        what = "retried from its last checkpoint" if retried else "not retried (no retries left)"
+        log_line(out, f"crashed, {what}: {cause}\n{text}")
+        record = {
+            "time": time.time(),
+            "cause": cause,
+            "failure": trial.num_failures,
+            "retried": retried,
+        }
+        with open(out / CRASHES, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        return cause
 
     def _ended(self, trials: list, trial: Any, status: str, error: str) -> None:
         tid = trial_dirname(trial)
@@ -82,7 +113,13 @@ class StudyCallback(Callback):
             mean = sum(self.durations) / len(self.durations)
             eta = f", ~{_duration(mean * math.ceil(left / self.slots))} left"
         m = row.get("mAP")
-        what = f"mAP {m:.4f} (epoch {row.get('epoch')})" if isinstance(m, (int, float)) else error
+        if row.get("status") == "error":  # crashed for good, or failed (never retried)
+            log = trial_dir(self.study_dir, tid) / LOG
+            what = f"{_clip(row.get('reason') or error)} (traceback in {log})"
+        elif isinstance(m, (int, float)):
+            what = f"mAP {m:.4f} (epoch {row.get('epoch')})"
+        else:
+            what = error
         print(
             f"[{ended}/{self.total}] {row.get('status', status.lower())} {tid}: {what}; "
             f"{running} running{eta}",
@@ -90,10 +127,41 @@ class StudyCallback(Callback):
         )
 
 
-def _error_line(trial: Any) -> str:
-    text = trial.get_error() or ""
-    lines = [ln for ln in str(text).splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else "unknown error"
+def crash_cause(trial: Any) -> tuple[str, str]:
+    """(one line: the exception Ray named and its first line, Ray's full error text).
+
+    Read from the error files Tune writes into the trial's local folder before it calls the
+    callbacks (``trial.get_error()`` reads the storage copy, which may not be synced yet)."""
+    exc = _pickled_error(trial.pickled_error_file)
+    text = ""
+    if trial.error_file and Path(trial.error_file).is_file():
+        blocks = Path(trial.error_file).read_text().split("Failure # ")
+        text = ("Failure # " + blocks[-1]).strip() if len(blocks) > 1 else blocks[-1].strip()
+    if exc is None:
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        return (lines[-1][:300] if lines else "no error recorded by Ray"), text
+    from ray.exceptions import RayTaskError
+
+    if isinstance(exc, RayTaskError) and exc.cause is not None:
+        exc = exc.cause  # the trial's own exception, raised in its worker
+    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    return f"{type(exc).__name__}: {first}"[:300], text or str(exc)
+
+
+def _pickled_error(path: str | None) -> BaseException | None:
+    if not path or not Path(path).is_file():
+        return None
+    from ray import cloudpickle
+
+    try:  # Tune wrote it in this session (the study folder passed the --resume checks)
+        exc = cloudpickle.loads(Path(path).read_bytes())
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError):
+        return None
+    return exc if isinstance(exc, BaseException) else None
+
+
+def _clip(text: str, n: int = 240) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _duration(seconds: float) -> str:

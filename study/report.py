@@ -38,6 +38,8 @@ class ReportInput:
     notes: list[str] = field(default_factory=list)  # data/profile, pinned axes, timings
     plots: list[tuple[str, str]] = field(default_factory=list)  # (caption, file name)
     best_line: str = ""  # which trial is best and where its config is
+    sections: list[tuple[str, list[str]]] = field(default_factory=list)  # (title, lines) after
+    # the tables: what the data check dropped, the crashes and retries
 
 
 @dataclass
@@ -257,6 +259,8 @@ def render_report(inp: ReportInput) -> str:
             ["id", "status", "reason"],
             [[r["id"], r.get("status", ""), str(r.get("reason") or "")] for r in not_run],
         )
+    for title, lines in inp.sections:
+        out += ["", f"## {title}", "", *lines]
     if inp.plots:
         out += ["", "## Plots", ""]
         for caption, name in inp.plots:

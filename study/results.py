@@ -2,11 +2,15 @@
 write, so it can be rebuilt at any time (while the study runs, after a crash, after a resume).
 
 ``results.csv`` columns: ``id, status, reason``, the 12 COCO numbers, ``epoch, train_time_s,
-images_per_s, params, attempts``, then every trial-config key. Status is one of
+images_per_s, params, attempts`` (starts that trained: a resume that only found the trial
+finished does not count), the data check's counts (``data_images`` … ``data_problems``, see
+study/datacheck.py), then every trial-config key. Status is one of
 
 * ``done`` — the training function returned (``trials/<id>/done.json``);
 * ``stopped`` — ended early by the scheduler (ASHA): metrics are its last evaluation;
-* ``error`` — failed after its retries; ``reason`` holds the error's first line;
+* ``error`` — failed for good: a deterministic failure (``trials/<id>/failed.json``, never
+  retried; the reason names the checkpoints kept in the trial folder), or a crash after its
+  retries (the cause Ray named); the tracebacks are in ``trials/<id>/trial.log``;
 * ``skipped`` — never started; ``reason`` says why (e.g. COCO weights unavailable);
 * ``unfinished`` / ``pending`` — interrupted mid-way / not started yet (resume the study).
 """
@@ -21,8 +25,9 @@ from typing import Any
 
 from model.config import config_keys
 from model.evaluate import COCO_METRICS
+from study.datacheck import DATA_COLUMNS
 from study.plan import Plan
-from study.trial import trial_dir
+from study.trial import FAILED, trial_dir
 
 RUN_COLUMNS = ("epoch", "train_time_s", "images_per_s", "params", "attempts")
 HEAD_COLUMNS = ("id", "status", "reason")
@@ -31,7 +36,27 @@ FINISHED = ("done", "stopped", "error", "skipped")
 
 
 def columns() -> list[str]:
-    return [*HEAD_COLUMNS, *COCO_METRICS, *RUN_COLUMNS, *config_keys()]
+    return [*HEAD_COLUMNS, *COCO_METRICS, *RUN_COLUMNS, *DATA_COLUMNS, *config_keys()]
+
+
+# attempts.jsonl lines of a start that did not train: done.json or failed.json found, or the
+# run had already finished and only its record was completed
+NOT_RESTARTS = ("reused_done", "reused_failure", "finished_from_history", "finished_before")
+
+
+def count_attempts(path: Path) -> int:
+    """Starts of the training function that trained (the first run and each real restart)."""
+    if not path.is_file():
+        return 0
+    n = 0
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill: it was a start
+            n += 1
+            continue
+        n += not any(rec.get(k) for k in NOT_RESTARTS)
+    return n
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
@@ -73,10 +98,11 @@ def collect_rows(plan: Plan, study_dir: Path) -> list[dict[str, Any]]:
         info = _json(tdir / "trial.json") or {}
         cfg = info.get("config") or (planned[tid].config.to_dict() if tid in planned else {})
         row: dict[str, Any] = {"id": tid, "status": "pending", "reason": "", **cfg}
-        attempts = tdir / "attempts.jsonl"
-        row["attempts"] = len(attempts.read_text().splitlines()) if attempts.is_file() else 0
+        row["attempts"] = count_attempts(tdir / "attempts.jsonl")
+        row.update(info.get("data") or {})
         history = read_history(tdir / "history.jsonl")
         done = _json(tdir / "done.json")
+        failed = _json(tdir / FAILED)
         metrics: dict[str, Any] = dict(history[-1]) if history else {}
         tune_status = statuses.get(tid, {})
         if tid in planned and planned[tid].skip:
@@ -84,6 +110,8 @@ def collect_rows(plan: Plan, study_dir: Path) -> list[dict[str, Any]]:
         elif done is not None:
             metrics = {**done.get("summary", {}), **done.get("final", {})}
             row["status"] = "done"
+        elif failed is not None:
+            row.update(status="error", reason=failed.get("error", ""))
         elif tune_status.get("status") == "ERROR":
             row.update(status="error", reason=tune_status.get("error", "")[:300])
         elif tune_status.get("status") == "TERMINATED":

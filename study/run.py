@@ -7,7 +7,8 @@ object per line, full config) and the pretraining jobs, and starts nothing.
 
 Outputs go to ``studies/<space>-<timestamp>/`` (or ``--out``): results.csv, report.md, plots,
 best_config.yaml (see study/driver.py). Ctrl-C stops cleanly; ``--resume --out DIR`` continues
-without rerunning finished trials.
+without rerunning finished trials — only in a study folder this user created (it restores Ray
+Tune's pickled state; see docs/studies.md).
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--data", help="dataset folder; without it: embedded dataset + the space's quick profile")
     a("--out", type=Path, help="study folder (default studies/<space>-<timestamp>)")
     a("--name", help="study name: the folder studies/NAME (when --out is not given)")
-    a("--address", help="join this running Ray cluster (its head node, e.g. 10.0.0.5:6379)")
+    a(
+        "--address",
+        help="join this running Ray cluster (its head node, e.g. 10.0.0.5:6379); with token "
+        "authentication on, run with RAY_AUTH_MODE=token and the cluster's token in "
+        "~/.ray/auth_token or RAY_AUTH_TOKEN",
+    )
     a("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (e.g. 0.25)")
     a("--cpus-per-trial", type=float, help="CPUs per trial (also the trial's torch threads)")
     a("--max-concurrent", type=int, help="at most this many trials at once")
@@ -41,7 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_override_argument(
         p, "override a trial-config key for every trial (repeatable); on an axis it pins it"
     )
-    a("--resume", action="store_true", help="continue the study in --out (or the latest one)")
+    a(
+        "--resume",
+        action="store_true",
+        help="continue the study in --out (or the latest one); only a study you created: it "
+        "loads Ray Tune's pickled state, which can run code",
+    )
+    a(
+        "--force",
+        action="store_true",
+        help="write a new study into a non-empty --out that holds no study (replacing its "
+        "results.csv, report.md, best_config.yaml …)",
+    )
+    a(
+        "--strict",
+        action="store_true",
+        help="stop before any trial if the data check drops, clips or fixes an image or a box",
+    )
     a("--dry-run", action="store_true", help="print the planned trials as JSON lines and exit")
     a(
         "--skip-unavailable",
@@ -52,10 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--dashboard-host",
         default="127.0.0.1",
-        help="interface of the Ray dashboard (default 127.0.0.1; it has no authentication)",
+        help="interface of the Ray dashboard (default 127.0.0.1, as every other Ray port of a "
+        "local study). Ray >= 2.59 turns token authentication on for the local session: the "
+        "dashboard asks for the token that `ray get-auth-token` prints (~/.ray/auth_token); "
+        "RAY_AUTH_MODE=disabled turns it off — then anyone reaching the port can run code",
     )
     a("--cache", type=Path, help="pretraining artifact cache (default <study>/pretrain_cache)")
-    a("--max-failures", type=int, help="retries of a crashed trial (default: the space's)")
+    a(
+        "--max-failures",
+        type=int,
+        help="retries of a crashed trial (default: the space's); a non-finite loss, a config "
+        "or a data error is never retried",
+    )
     a("--searcher-seed", type=int, default=0, help="seed of the Optuna sampler")
     a(
         "--train-fn",

@@ -1,11 +1,14 @@
 """Train one trial outside Ray: ``python study/train.py --config CFG.yaml [options]``.
 
 Writes into ``--out`` (default ``runs/train/<config name>``): ``last.pt`` / ``best.pt``,
-``metrics.json`` (the 12 COCO numbers at the top level plus run facts), ``coco_summary.txt`` and
-``config.yaml`` (the exact config trained). Re-running into the same folder resumes from
-``last.pt`` unless ``--no-resume``. Without ``--data`` (and no ``data`` key) it trains on the
-embedded floating-bottle set. center_loss/ssl pretraining is resolved through the artifact cache
-(computed once when missing); COCO weights are checked before training starts.
+``metrics.json`` (the 12 COCO numbers at the top level plus run facts and the data counts),
+``coco_summary.txt``, ``config.yaml`` (the exact config trained) and ``data_report.txt`` (every
+image and box the data check dropped or clipped; ``--strict`` stops on any). Re-running into the
+same folder resumes from ``last.pt`` unless ``--no-resume``; a folder whose ``last.pt`` was trained
+with another config is refused before anything in it is written. Without ``--data`` (and no
+``data`` key) it trains on the embedded floating-bottle set. center_loss/ssl pretraining is
+resolved through the artifact cache (computed once when missing); COCO weights are checked before
+training starts.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 import torch
 
-from model.checkpoint import CheckpointError
+from model.checkpoint import CheckpointError, load_checkpoint
 from model.config import (
     ConfigError,
     TrialConfig,
@@ -31,11 +34,18 @@ from model.config import (
     parse_override,
     save_config,
 )
-from model.data.raw import DataError
+from model.data.raw import DataError, plural
 from model.evaluate import COCO_METRICS
 from model.pretrain.artifact import ArtifactError
-from model.train import TrainingError, train_detector
+from model.train import (
+    RESUME_FREE_KEYS,
+    TrainingError,
+    load_trial_data,
+    preloaded_data,
+    train_detector,
+)
 from model.yolox.weights import WeightsError, WeightsUnavailableError
+from study.datacheck import ReportWriter, data_counts, strict_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_override_argument(p, "override one config key (repeatable), e.g. --set epochs=20")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides the config")
     p.add_argument("--no-resume", action="store_true", help="start over even if last.pt exists")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop before training if the data check dropped, clipped or fixed anything",
+    )
     p.add_argument("--cache", type=Path, help="pretraining artifact cache (default: user cache)")
     p.add_argument(
         "--no-download", action="store_true", help="never download COCO weights (offline)"
@@ -91,6 +106,35 @@ def prepare_pretraining(cfg: TrialConfig, args: argparse.Namespace) -> TrialConf
     return cfg
 
 
+def check_resume_target(out: Path, cfg: TrialConfig, resume: bool) -> None:
+    """Refuse, before writing anything into ``out``, a ``last.pt`` there of another config
+    (resuming would fail after config.yaml was replaced, leaving a folder that no longer
+    matches its checkpoints)."""
+    last = out / "last.pt"
+    if not resume or not last.is_file():
+        return
+    saved = load_checkpoint(last).get("config", {})
+    changed = sorted(
+        k for k, v in cfg.to_dict().items() if k not in RESUME_FREE_KEYS and saved.get(k) != v
+    )
+    if changed:
+        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in changed[:6])
+        raise ConfigError(
+            f"{out} holds a run of another config ({diff}); nothing there was changed. Train "
+            "into another --out, or pass --no-resume to start over in this folder"
+        )
+
+
+def load_run_data(cfg: TrialConfig, out: Path, args: argparse.Namespace) -> Any:
+    """Check the data once (the trainer reuses it): the report into ``out``, its line here."""
+    writer = ReportWriter(out, print)
+    dataset = load_trial_data(cfg, progress=not args.quiet, on_report=writer)
+    assert writer.report is not None and writer.path is not None
+    if args.strict and writer.report.issues:
+        raise strict_error(writer.report, f"every one is listed in {writer.path}")
+    return dataset
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -124,13 +168,16 @@ def run(args: argparse.Namespace) -> int:
         _epoch_lines_to_stderr()
     name = args.config.stem if args.config else "default"
     out = (args.out or Path("runs") / "train" / name).resolve()
+    check_resume_target(out, cfg, resume=not args.no_resume)
     out.mkdir(parents=True, exist_ok=True)
+    dataset = load_run_data(cfg, out, args)
     cfg = prepare_pretraining(cfg, args)
     save_config(cfg, out / "config.yaml", comment=f"trained by study/train.py into {out}")
     start = time.perf_counter()
-    result = train_detector(
-        cfg, checkpoint_dir=out, resume=not args.no_resume, progress=not args.quiet
-    )
+    with preloaded_data(cfg, dataset):
+        result = train_detector(
+            cfg, checkpoint_dir=out, resume=not args.no_resume, progress=not args.quiet
+        )
     (out / "coco_summary.txt").write_text(result["summary"] + "\n")
     facts = {
         **{k: result[k] for k in COCO_METRICS},
@@ -156,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint": result["last_checkpoint"],
         "best_checkpoint": result["best_checkpoint"],
         "config": cfg.to_dict(),
+        "data": {**data_counts(dataset.report), "report": str(out / "data_report.txt")},
     }
     _write_json(out / "metrics.json", facts)
     print(result["summary"])
@@ -173,10 +221,20 @@ def run(args: argparse.Namespace) -> int:
         f"train: YOLOX-{cfg.size} {cfg.epochs} epochs on {result['device']}{resumed}: "
         f"mAP {result['mAP']:.4f} AP50 {result['AP50']:.4f} (best mAP {result['best_mAP']:.4f} "
         f"at epoch {result['best_epoch']}), {_duration(result['train_time_s'])} training at "
-        f"{result['images_per_s']:.1f} img/s, {result['params'] / 1e6:.2f}M params{loaded} "
-        f"-> {out / 'metrics.json'}"
+        f"{result['images_per_s']:.1f} img/s, {result['params'] / 1e6:.2f}M params{loaded}"
+        f"{_data_note(dataset.report)} -> {out / 'metrics.json'}"
     )
     return 0
+
+
+def _data_note(report: Any) -> str:
+    if report.ok:
+        return ""
+    return (
+        f", data: {plural(report.total('images_dropped'), 'image')} and "
+        f"{plural(report.total('boxes_dropped'), 'box')} dropped, "
+        f"{report.total('boxes_clipped')} clipped (data_report.txt)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

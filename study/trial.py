@@ -9,7 +9,14 @@ sees, as for Ray's own local ``storage_path``):
 * ``done.json`` — written when the training function returned: its summary and the final metrics.
   A trial that finds ``done.json`` reports it again instead of training: Tune's experiment state
   is snapshotted every few seconds, so a study killed right after a trial finished may not know it
-  finished — this file makes sure a resume never reruns it.
+  finished — this file makes sure a resume never reruns it. A trial whose last evaluation is in
+  ``history.jsonl`` but that has no checkpoint of it (interrupted while Tune held its final
+  report) writes ``done.json`` from that record instead of training again;
+* ``failed.json`` — a deterministic failure (non-finite loss, config or data error: see
+  :func:`deterministic_errors`): the reason, with the checkpoints it names copied here. The
+  trainable returns instead of raising, so Tune does not retry what would fail the same way;
+* ``trial.log`` — the data line, and every traceback (this trial's, and Ray's for a crash);
+* ``data_report.txt`` / ``data_report.json`` — the data check of the data this trial trained on.
 
 Tune checkpoints: after each evaluation the training function's ``last.pt`` (written to a
 node-local scratch folder) is handed to ``tune.report`` (Tune copies it to the trial's storage
@@ -27,6 +34,7 @@ import os
 import shutil
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +44,9 @@ from model.config import TrialConfig, config_from_dict, config_keys
 TrainFn = Callable[..., dict[str, Any]]
 PLAN_ID = "plan_id"  # the param-space key of grid studies: which planned trial to run
 TRIAL_INDEX = "__trial_index__"  # set by tune.search.Repeater: the seed of a repeated sample
+FAILED = "failed.json"  # a deterministic failure: the reason (never retried)
+LOG = "trial.log"  # tracebacks and the data line of the trial
+CRASHES = "crashes.jsonl"  # every crash Tune saw (written by the driver's callback)
 
 
 def trial_dir(study_dir: str | Path, trial_id: str) -> Path:
@@ -99,6 +110,25 @@ def trial_config(
     return fallback_id, config_from_dict(values, source=f"sampled trial {fallback_id}")
 
 
+def deterministic_errors() -> tuple[type[BaseException], ...]:
+    """Failures that a retry from the checkpoint would only repeat: a non-finite loss, a config
+    or data problem, an unreadable checkpoint or artifact. Imported here: the driver never
+    needs torch for them."""
+    from model.checkpoint import CheckpointError
+    from model.config import ConfigError
+    from model.data.raw import DataError
+    from model.pretrain.artifact import ArtifactError
+    from model.train import TrainingError
+
+    return (TrainingError, ConfigError, DataError, CheckpointError, ArtifactError)
+
+
+def log_line(out: Path, text: str) -> None:
+    """Append to the trial's own log, ``trials/<id>/trial.log`` (tracebacks go here)."""
+    with open(out / LOG, "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text.rstrip()}\n")
+
+
 def run_trial(
     config: dict[str, Any],
     *,
@@ -109,39 +139,83 @@ def run_trial(
     cache_root: str,
     threads: int = 1,
 ) -> None:
-    """Tune function trainable (bind the keyword arguments with ``tune.with_parameters``)."""
+    """Tune function trainable (bind the keyword arguments with ``tune.with_parameters``).
+
+    A deterministic failure (:func:`deterministic_errors`) ends the trial without raising, so
+    that Tune does not retry it: ``failed.json`` holds the reason, ``trial.log`` the traceback.
+    """
     from ray import tune
 
-    # Tune logs every persisted checkpoint at INFO from each worker: noise in the driver output.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    # Tune logs every persisted checkpoint and restore at INFO from each worker: noise in the
+    # driver output.
+    for name in ("ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     import torch
 
     torch.set_num_threads(max(1, threads))  # the trial's CPU share, not the whole machine
     ctx = tune.get_context()
-    tid, cfg = trial_config(config, plan_configs, base, f"trial-{ctx.get_trial_id()}")
+    fallback = f"trial-{ctx.get_trial_id()}"
+    tid = config.get(PLAN_ID) or fallback
+    out = trial_dir(study_dir, tid)
+    out.mkdir(parents=True, exist_ok=True)
+    if _ended_before(out):
+        return
+    scratch = scratch_dir(study_dir, tid)
+    try:
+        _attempt(config, tid, fallback, out, scratch, train_fn, plan_configs, base, cache_root)
+    except deterministic_errors() as e:
+        record_failure(out, scratch, e)
+
+
+def _ended_before(out: Path) -> bool:
+    """A trial that finished (``done.json``) or failed for good (``failed.json``) before an
+    interruption ends again at once: Tune's experiment state is snapshotted every few seconds,
+    so a resumed study may not know it ended."""
+    from ray import tune
+
+    done = out / "done.json"
+    if done.is_file():
+        record = json.loads(done.read_text())
+        _append(out / "attempts.jsonl", {"time": time.time(), "reused_done": True})
+        tune.report(record["final"])
+        return True
+    if (out / FAILED).is_file():
+        _append(out / "attempts.jsonl", {"time": time.time(), "reused_failure": True})
+        return True
+    return False
+
+
+def _attempt(
+    config: dict[str, Any],
+    tid: str,
+    fallback: str,
+    out: Path,
+    scratch: Path,
+    train_fn: TrainFn,
+    plan_configs: dict[str, dict[str, Any]],
+    base: dict[str, Any],
+    cache_root: str,
+) -> None:
+    """One start of the training function (a first run, a retry after a crash, a resume)."""
+    import torch
+    from ray import tune
+
+    from model.train import load_trial_data, preloaded_data
+    from study.datacheck import ReportWriter, data_counts
+
+    _, cfg = trial_config(config, plan_configs, base, fallback)
     if cfg.pretrain in ("center_loss", "ssl") and not cfg.pretrain_artifact:
         from study.cache import ArtifactCache  # sampled pretraining settings: resolved per trial
 
         cfg = ArtifactCache(cache_root).resolve(cfg, progress=False)
-    out = trial_dir(study_dir, tid)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(
-        out / "trial.json",
-        {
-            "id": tid,
-            "tune_trial_id": ctx.get_trial_id(),
-            "torch_threads": torch.get_num_threads(),
-            "config": cfg.to_dict(),
-        },
-    )
+    info = {
+        "id": tid,
+        "tune_trial_id": tune.get_context().get_trial_id(),
+        "torch_threads": torch.get_num_threads(),
+        "config": cfg.to_dict(),
+    }
+    _write_json(out / "trial.json", info)
     done = out / "done.json"
-    if done.is_file():  # finished before an interruption: report it again, do not retrain
-        record = json.loads(done.read_text())
-        _append(out / "attempts.jsonl", {"time": time.time(), "reused_done": True})
-        tune.report(record["final"])
-        return
-
-    scratch = scratch_dir(study_dir, tid)
     work = scratch / "work"  # what the training function writes
     ckpt = tune.get_checkpoint()
     if ckpt is None and not (out / "attempts.jsonl").is_file():
@@ -157,7 +231,24 @@ def run_trial(
                 if f.is_file():
                     shutil.copy2(f, work / f.name)
         restored = ckpt.path
-    _append(out / "attempts.jsonl", {"time": time.time(), "restored_from": restored})
+    previous = _read_last(out / "history.jsonl")
+    finished = isinstance(previous.get("epoch"), int) and previous["epoch"] >= cfg.epochs
+    if finished and restored is None and not any(work.iterdir()):
+        # its last evaluation is on record but no checkpoint of it (a study interrupted while
+        # Tune held the final report): finish from the record instead of training again
+        _append(out / "attempts.jsonl", {"time": time.time(), "finished_from_history": True})
+        tune.report(previous)
+        _write_json(done, {"id": tid, "final": previous, "summary": {}})
+        shutil.rmtree(scratch, ignore_errors=True)
+        return
+    attempt: dict[str, Any] = {"time": time.time(), "restored_from": restored}
+    if finished:
+        attempt["finished_before"] = True  # resumes a finished run: not a restart
+    _append(out / "attempts.jsonl", attempt)
+    writer = ReportWriter(out, lambda line: log_line(out, line))
+    dataset = load_trial_data(cfg, on_report=writer)
+    if writer.report is not None:  # (None only if someone preloaded the data: never here)
+        _write_json(out / "trial.json", {**info, "data": data_counts(writer.report)})
     stage = scratch / "stage"
     last: dict[str, Any] = {}
 
@@ -171,7 +262,9 @@ def run_trial(
         _append(out / "history.jsonl", flat)
         tune.report(flat, checkpoint=_stage(checkpoint_path, stage))
 
-    summary = scalar_metrics(train_fn(cfg, report, str(work), resume=True, progress=False) or {})
+    with preloaded_data(cfg, dataset):
+        result = train_fn(cfg, report, str(work), resume=True, progress=False)
+    summary = scalar_metrics(result or {})
     final = dict(last)
     if not final:  # nothing reported by this attempt (it resumed a finished run): the last
         # evaluation an earlier attempt reported, completed by the returned summary
@@ -180,6 +273,36 @@ def run_trial(
         tune.report(final)
     _write_json(done, {"id": tid, "final": final, "summary": summary})
     shutil.rmtree(scratch, ignore_errors=True)  # Tune keeps the checkpoints
+
+
+def record_failure(out: Path, scratch: Path, error: BaseException) -> None:
+    """``failed.json`` and the traceback in ``trial.log``; the training function's checkpoints
+    move from the scratch folder (deleted when the trial ends) into the trial folder, and the
+    message names them there."""
+    work = scratch / "work"
+    kept = []
+    for name in ("last.pt", "best.pt"):
+        if (work / name).is_file():
+            shutil.copy2(work / name, out / name)
+            kept.append(str(out / name))
+
+    def here(text: str) -> str:
+        return text.replace(str(work), str(out))
+
+    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    log_line(out, "failed, not retried (a retry would fail the same way):\n" + here(trace))
+    reason = here(f"{type(error).__name__}: {error}").replace("\n", " ")
+    _write_json(
+        out / FAILED,
+        {
+            "error": reason,
+            "type": type(error).__name__,
+            "time": time.time(),
+            "kept": kept,
+            "log": str(out / LOG),
+        },
+    )
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _read_last(path: Path) -> dict[str, Any]:

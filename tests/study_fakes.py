@@ -1,9 +1,11 @@
 """A fake training function for the study tests and benchmarks (same signature as
 ``model.train.train_detector``).
 
-Its "dataset" (``cfg.data``) is a control folder: ``fake.json`` sets the behaviour, and every call
-leaves ``calls/<trial>.<n>`` there (what epoch it started from), so a test can count how often a
-trial really trained. Metrics are a deterministic function of the config, the seed and the epoch.
+Its "dataset" (``cfg.data``) is a control folder (:func:`control_folder`: a tiny real FloW-layout
+dataset, which the trials check, plus ``fake.json``): ``fake.json`` sets the behaviour, and every
+call leaves ``calls/<trial>.<n>`` there (what epoch it started from and its pid), so a test can
+count how often a trial really trained, or kill it. Metrics are a deterministic function of the
+config, the seed and the epoch.
 """
 
 from __future__ import annotations
@@ -23,6 +25,20 @@ SIZE = {"nano": 0.20, "tiny": 0.25, "s": 0.23}
 PRETRAIN = {"none": -0.01, "coco": 0.0, "center_loss": 0.02, "ssl": 0.03}
 LOSS = {"iou": 0.0, "giou": 0.002, "diou": 0.004, "ciou": 0.01}
 PARAMS = {"nano": 900_000, "tiny": 5_000_000, "s": 9_000_000}
+
+
+def control_folder(path: Path, **behaviour: Any) -> Path:
+    """A fake training function's "dataset": 3 + 2 tiny images (FloW layout, class bottle) and
+    ``fake.json`` = ``behaviour`` (epoch_s, fail_once, fail_at, diverge, diverge_at, …)."""
+    from tests.data_builders import make_flow
+
+    make_flow(
+        path,
+        train={f"t{i}": [("bottle", 4 + i, 4, 20 + i, 18)] for i in range(3)},
+        test={f"v{i}": [("bottle", 10, 8 + i, 30, 22 + i)] for i in range(2)},
+    )
+    (path / "fake.json").write_text(json.dumps(behaviour))
+    return path
 
 
 def fake_score(cfg: TrialConfig, epoch: int) -> float:
@@ -97,6 +113,11 @@ def fake_train(
             report(metrics, path)
         if tid in ctl.get("fail_once", []) and n == 0 and done == int(ctl.get("fail_at", 1)):
             raise RuntimeError(f"fake crash of {tid} after epoch {done}")
+        if tid in ctl.get("diverge", []) and done == int(ctl.get("diverge_at", 1)):
+            from model.train import TrainingError
+
+            kept = f"the last good checkpoint {ckpt / 'last.pt'} (after epoch {done})"
+            raise TrainingError(f"non-finite loss in epoch {done + 1}: total_loss=nan; {kept}")
     return {
         **coco,
         "params": PARAMS.get(cfg.size, 1),
@@ -138,3 +159,43 @@ def flaky_train(
         raise RuntimeError(f"injected crash after epoch {metrics['epoch']}")
 
     return train_detector(cfg, report_then_crash, checkpoint_dir, resume=resume, progress=progress)
+
+
+def killable_train(
+    cfg: TrialConfig,
+    report: Any = None,
+    checkpoint_dir: str | None = None,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The real ``train_detector``, except that its first attempt stops in the middle of epoch 2
+    (after that epoch's first step) and waits to be killed, its pid in ``<data>/../kill_me.json``
+    (which also marks later attempts as retries that train normally)."""
+    import model.train as mt
+
+    marker = Path(cfg.data).parent / "kill_me.json"
+    if marker.exists() or not checkpoint_dir:
+        return mt.train_detector(cfg, report, checkpoint_dir, resume=resume, progress=progress)
+    rescale = mt.rescale_batch
+    state = {"reported": 0, "steps_after": 0}
+
+    def count_reports(metrics: dict[str, Any], path: str | None) -> None:
+        report(metrics, path)
+        state["reported"] += 1
+
+    def rescale_then_wait(*args: Any, **kwargs: Any) -> Any:
+        if state["reported"]:
+            state["steps_after"] += 1
+            if state["steps_after"] == 2:  # one step of epoch 2 done: mid-epoch
+                marker.write_text(json.dumps({"pid": os.getpid()}))
+                time.sleep(120)
+        return rescale(*args, **kwargs)
+
+    mt.rescale_batch = rescale_then_wait
+    try:
+        return mt.train_detector(
+            cfg, count_reports, checkpoint_dir, resume=resume, progress=progress
+        )
+    finally:
+        mt.rescale_batch = rescale

@@ -103,10 +103,10 @@ def test_problems_are_dropped_clipped_and_counted(tmp_path: Path) -> None:
             ("train", "dropped box", "zero_area"),
             ("train", "dropped box", "excluded_class"),
             ("train", "dropped image", "missing_image"),
+            ("train", "dropped image", "empty_annotation"),
         ]
     )
-    assert boxes_of(ds.train) == {
-        "blank.jpg": [],  # empty annotation file: kept, zero boxes
+    assert boxes_of(ds.train) == {  # an empty XML lost its boxes: its image is not background
         "edge.jpg": [("bottle", [0.0, 40.0, 10.0, 8.0])],
         "ok.jpg": [("bottle", [10.0, 5.0, 10.0, 10.0])],
     }
@@ -124,24 +124,30 @@ def test_problems_are_dropped_clipped_and_counted(tmp_path: Path) -> None:
     assert by_kind["excluded_class"].reason == (
         "class 'can' is not among the chosen classes (bottle)"
     )
-    assert len(ds.report.issues) == 7 and len(ds.report.problems) == 6
+    assert len(ds.report.issues) == 8 and len(ds.report.problems) == 7
     assert by_kind["corrupt_image"].n_boxes == 2
     missing = by_kind["missing_image"]
     assert (missing.image, missing.n_boxes) == (str(train / "images" / "ghost.jpg"), 1)
     assert by_kind["unreadable_annotation"].source == str(train / "annotations" / "broken.xml")
+    empty = by_kind["empty_annotation"]
+    assert (empty.image, empty.source) == (
+        str(train / "images" / "blank.jpg"),
+        str(train / "annotations" / "blank.xml"),
+    )
+    assert empty.reason.startswith("annotation file is empty;")
     s = ds.report.splits["train"]
     # read: 6 images (ok, cut, edge, blank, broken, ghost); boxes 1 + 2 + 4 + 1 = 8
     assert (s.images_read, s.boxes_read) == (6, 8)
     assert (s.images, s.boxes, s.images_dropped, s.boxes_dropped, s.boxes_clipped) == (
-        3,
         2,
-        3,
+        2,
+        4,
         6,
         1,
     )
     assert s.accounted and ds.report.splits["test"].accounted
     assert ds.report.splits["test"].boxes == 1
-    assert "1 empty annotation files (images kept with zero boxes)" in ds.report.notes
+    assert not any("empty annotation" in n for n in ds.report.notes)
 
 
 def test_report_text_and_dict_name_files_and_boxes(tmp_path: Path) -> None:
@@ -155,15 +161,15 @@ def test_report_text_and_dict_name_files_and_boxes(tmp_path: Path) -> None:
     assert f"dropped image {tmp_path / 'training/images/cut.jpg'}" in text
     assert "(2 boxes dropped with it)" in text
     assert "dropped box: zero_area: 0 images, 1 box" in text
-    assert "Problems (2 of 6 shown)" in report.format(max_issues=2)
+    assert "Problems (2 of 7 shown)" in report.format(max_issues=2)
     assert "dropped box: excluded_class: 0 images, 1 box" in text
     assert "  can: 1 box in 1 file (training/annotations/edge.xml); 0 kept (not among the " \
         "chosen classes)" in text
     d = json.loads(json.dumps(report.to_dict()))
     assert d["splits"]["train"]["boxes_dropped"] == 6 and d["splits"]["train"]["accounted"]
     assert d["reasons"]["dropped image: corrupt_image"] == {"images": 1, "boxes": 2}
-    assert len(d["issues"]) == 7 and d["issues"][0]["split"] == "train"
-    assert "dropped 3 images and 6 boxes, clipped 1 box" in report.summary()
+    assert len(d["issues"]) == 8 and d["issues"][0]["split"] == "train"
+    assert "dropped 4 images and 6 boxes, clipped 1 box" in report.summary()
 
 
 def test_strict_raises_listing_every_problem(tmp_path: Path) -> None:
@@ -171,9 +177,10 @@ def test_strict_raises_listing_every_problem(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         load_dataset(tmp_path, classes=["bottle"], strict=True, **FAST)
     text = str(err.value)
-    assert "6 problems (strict=True" in text and "'can'" not in text
+    assert "7 problems (strict=True" in text and "'can'" not in text
     for name in (
         "cut.jpg",
+        "blank.xml",
         "ghost.jpg",
         "broken.xml",
         "edge.jpg",

@@ -27,6 +27,7 @@ from study.plan import build_plan
 from study.prepare import StudyError
 from study.results import read_csv, read_history
 from study.spaces import load_space
+from tests.study_fakes import control_folder
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = [sys.executable, str(REPO / "study" / "run.py")]
@@ -34,6 +35,12 @@ ENV = {**os.environ, "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S
 # Ray enables token authentication on the clusters ray.init starts, and a driver joining one by
 # an explicit --address must ask for it (the token is in ~/.ray/auth_token)
 AUTH_ENV = {**ENV, "RAY_AUTH_MODE": "token"}
+
+
+@pytest.fixture(autouse=True)
+def own_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry of the studies this user created (study/trust.py) lives under tmp_path."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
 
 def jsonl(text: str) -> list[dict]:
@@ -246,15 +253,15 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(
 ) -> None:
     space = tmp_path / "interrupt.yaml"
     space.write_text(INTERRUPT_SPACE)
-    ctl = tmp_path / "ctl"  # the fake training function's "dataset": behaviour + call log
-    ctl.mkdir()
-    (ctl / "fake.json").write_text(json.dumps({"epoch_s": 1.0}))
+    # the fake training function's "dataset": behaviour + call log
+    ctl = control_folder(tmp_path / "ctl", epoch_s=1.0)
     study = tmp_path / "study"
     common = ["--address", ray_address, "--train-fn", "tests.study_fakes:fake_train"]
+    env = {**AUTH_ENV, "XDG_STATE_HOME": str(tmp_path / "state")}
     first = subprocess.Popen(
         [*RUN, "--space", str(space), "--data", str(ctl), "--out", str(study), *common],
         cwd=REPO,
-        env=AUTH_ENV,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -279,7 +286,7 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(
     second = subprocess.run(
         [*RUN, "--resume", "--out", str(study), *common],
         cwd=REPO,
-        env=AUTH_ENV,
+        env=env,
         capture_output=True,
         text=True,
         timeout=180,
@@ -356,9 +363,7 @@ def test_sampled_study_with_optuna_asha_and_seeds(ray_address: str, tmp_path: Pa
 
     space = tmp_path / "sampled.yaml"
     space.write_text(SAMPLED_SPACE)
-    ctl = tmp_path / "ctl"
-    ctl.mkdir()
-    (ctl / "fake.json").write_text(json.dumps({"epoch_s": 0.05}))
+    ctl = control_folder(tmp_path / "ctl", epoch_s=0.05)
     study = tmp_path / "study"
     args = StudyArgs(space=str(space), data=str(ctl), out=study, seeds=2)
     out = run_study(args, train_fn=fake_train, log=lambda s: None)

@@ -214,8 +214,20 @@ def _read_item(img: Path | None, xml: Path | None, split: str, raw: RawDataset) 
         return None
     text = xml.read_bytes()
     if not text.strip():
-        raw.note("empty annotation files (images kept with zero boxes)")
-        return RawImage(path=img or _image_for(xml, ""), source=str(xml))
+        # not "no objects" (that is an <annotation> without <object>): the boxes were lost, and
+        # keeping the image would teach its bottles as background
+        raw.issues.append(
+            Issue(
+                split,
+                "dropped image",
+                "empty_annotation",
+                "annotation file is empty; an image without objects needs an <annotation> "
+                "with no <object>",
+                image=str(img or _image_for(xml, "")),
+                source=str(xml),
+            )
+        )
+        return None
     try:
         tree = ET.fromstring(text)
     except ET.ParseError as e:
