@@ -1,4 +1,4 @@
-"""IoU-family box measures and regression losses; boxes are (cx, cy, w, h) in input pixels.
+"""IoU-family and NWD box measures and regression losses; boxes are (cx, cy, w, h) in input pixels.
 
 ``pairwise_iou`` feeds the SimOTA cost and keeps the official ``bboxes_iou`` arithmetic, operation
 for operation, so that assignments match the reference bit for bit. ``bbox_iou`` and
@@ -10,21 +10,32 @@ boxes.
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import torch
 from torch import Tensor
 
-IOU_KINDS: tuple[str, ...] = ("iou", "giou", "diou", "ciou")
+from model.config import RegLoss
+
+# The regression losses are the config's value set; all but "nwd" are measures of bbox_iou.
+REG_LOSSES: tuple[str, ...] = get_args(RegLoss)
+IOU_KINDS: tuple[str, ...] = tuple(k for k in REG_LOSSES if k != "nwd")
 _EPS = 1e-7  # guards denominators of degenerate (zero-size) boxes; far below any real pixel area
 
 
-def check_iou_kind(kind: str) -> str:
-    """Return ``kind`` if it is one of ``IOU_KINDS``, else raise a ValueError listing them."""
-    if kind not in IOU_KINDS:
+def check_iou_kind(kind: str, allowed: tuple[str, ...] = IOU_KINDS) -> str:
+    """Return ``kind`` if it is one of ``allowed`` (the IoU measures unless told), else raise a
+    ValueError listing them."""
+    if kind not in allowed:
         raise ValueError(
-            f"unknown IoU loss kind {kind!r}; use one of {', '.join(map(repr, IOU_KINDS))}"
+            f"unknown IoU loss kind {kind!r}; use one of {', '.join(map(repr, allowed))}"
         )
     return kind
+
+
+def check_reg_loss(kind: str) -> str:
+    """Return ``kind`` if it is one of ``REG_LOSSES``, else raise a ValueError listing them."""
+    return check_iou_kind(kind, REG_LOSSES)
 
 
 @torch.no_grad()
@@ -106,13 +117,54 @@ def bbox_iou(a: Tensor, b: Tensor, kind: str = "iou") -> Tensor:
     return diou - alpha * v
 
 
-def iou_family_loss(pred: Tensor, target: Tensor, kind: str = "iou") -> Tensor:
+def _safe_sqrt(x: Tensor) -> Tensor:
+    """sqrt with value and gradient 0 at x = 0 (plain sqrt has an infinite gradient there)."""
+    pos = x > 0
+    return torch.where(pos, torch.sqrt(torch.where(pos, x, torch.ones_like(x))), 0.0)
+
+
+def _nwd(a: Tensor, b: Tensor, constant: float) -> Tensor:
+    """exp(-W2 / C) of broadcast (..., 4) boxes -> (...)."""
+    w2 = (a[..., :2] - b[..., :2]).pow(2).sum(-1) + ((a[..., 2:] - b[..., 2:]) / 2).pow(2).sum(-1)
+    return torch.exp(-_safe_sqrt(w2) / constant)
+
+
+def nwd(a: Tensor, b: Tensor, constant: float) -> Tensor:
+    """Elementwise Normalized Gaussian Wasserstein Distance of box ``a[i]`` and ``b[i]``.
+
+    a, b: (N, 4) cx, cy, w, h -> (N,) in (0, 1], at least float32. Wang et al. 2021 (arXiv
+    2110.13389, sec. 3): a box is the Gaussian N([cx, cy], diag(w^2 / 4, h^2 / 4)); between two
+    W2^2 = (cx1 - cx2)^2 + (cy1 - cy2)^2 + ((w1 - w2) / 2)^2 + ((h1 - h2) / 2)^2 and
+    NWD = exp(-sqrt(W2^2) / C), C in pixels (``constant``, the config's ``nwd_constant``).
+    Unlike IoU it changes smoothly with the centre distance of disjoint boxes, so a few pixels'
+    error on a tiny box costs what it costs on a large one. Identical boxes give exactly 1
+    (the sqrt is taken as 0 with gradient 0 at W2 = 0 instead of NaN).
+    """
+    _check_pair(a, b)
+    a, b = _upcast(a, b)
+    return _nwd(a, b, constant)
+
+
+def pairwise_nwd(a: Tensor, b: Tensor, constant: float) -> Tensor:
+    """NWD of every box of ``a`` with every box of ``b``: (..., N, 4), (..., M, 4) -> (..., N, M),
+    at least float32 (see :func:`nwd`)."""
+    a, b = _upcast(a, b)
+    return _nwd(a.unsqueeze(-2), b.unsqueeze(-3), constant)
+
+
+def iou_family_loss(
+    pred: Tensor, target: Tensor, kind: str = "iou", *, nwd_constant: float = 12.8
+) -> Tensor:
     """Per-box regression loss (N,) of predicted vs target boxes, both (N, 4) cx, cy, w, h.
 
     ``iou``: 1 - IoU^2 (the official YOLOX loss); ``giou``/``diou``/``ciou``: 1 - the measure of
     :func:`bbox_iou`. Unlike ``iou``, the last three still pull disjoint boxes together (IoU = 0 has
     no gradient), which matters for small objects whose early predictions rarely overlap.
+    ``nwd``: 1 - :func:`nwd` with C = ``nwd_constant`` pixels (used only by ``nwd``).
     """
+    check_reg_loss(kind)
+    if kind == "nwd":
+        return 1 - nwd(pred, target, nwd_constant)
     value = bbox_iou(pred, target, kind)
     if kind == "iou":
         return 1 - value.pow(2)

@@ -88,6 +88,7 @@ def build_yolox(
     candidate_topk: int = 10,
     iou_cost_weight: float = 3.0,
     reg_weight: float = 5.0,
+    nwd_constant: float = 12.8,
     assign_mode: str = "batched",
 ) -> YOLOX:
     """Build a YOLOX of a named ``size`` (see ``SIZES``) or of explicit depth/width/depthwise.
@@ -137,6 +138,7 @@ def build_yolox_from_config(cfg: TrialConfig) -> YOLOX:
         candidate_topk=cfg.candidate_topk,
         iou_cost_weight=cfg.iou_cost_weight,
         reg_weight=cfg.reg_weight,
+        nwd_constant=cfg.nwd_constant,
     )
     set_bn_momentum(net, cfg.bn_momentum)
     return net

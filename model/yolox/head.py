@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from model.losses import REG_LOSSES
 from model.yolox.blocks import BaseConv, conv_type
 
 STRIDES = (8, 16, 32)
-REG_LOSSES = ("iou", "giou", "diou", "ciou")
 ASSIGN_MODES = ("batched", "per_image")
 _GRID_CACHE_LIMIT = 64  # multiscale training visits ~11 sizes x 3 levels; keep the cache bounded
 
@@ -32,7 +32,8 @@ class YOLOXHead(nn.Module):
 
     Attributes that steer training (read on every loss call, so they can be changed in place):
     ``use_l1`` (add the L1 loss on raw regressions, the official last-15-epochs switch),
-    ``reg_loss``, ``reg_weight``, ``center_radius``, ``candidate_topk``, ``iou_cost_weight``,
+    ``reg_loss``, ``reg_weight``, ``nwd_constant``, ``center_radius``, ``candidate_topk``,
+    ``iou_cost_weight``,
     ``assign_mode`` (``batched`` or ``per_image`` SimOTA).
     """
 
@@ -48,6 +49,7 @@ class YOLOXHead(nn.Module):
         *,
         reg_loss: str = "iou",
         reg_weight: float = 5.0,
+        nwd_constant: float = 12.8,
         center_radius: float = 1.5,
         candidate_topk: int = 10,
         iou_cost_weight: float = 3.0,
@@ -86,6 +88,7 @@ class YOLOXHead(nn.Module):
         self.use_l1 = False
         self.reg_loss = check_choice("reg_loss", reg_loss, REG_LOSSES)
         self.reg_weight = reg_weight
+        self.nwd_constant = nwd_constant
         self.center_radius = center_radius
         self.candidate_topk = candidate_topk
         self.iou_cost_weight = iou_cost_weight
@@ -178,6 +181,7 @@ class YOLOXHead(nn.Module):
             use_l1=self.use_l1,
             reg_loss=self.reg_loss,
             reg_weight=self.reg_weight,
+            nwd_constant=self.nwd_constant,
             center_radius=self.center_radius,
             topk=self.candidate_topk,
             iou_weight=self.iou_cost_weight,

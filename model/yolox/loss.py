@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model.assign import BatchAssignment, simota, simota_batched
-from model.losses import check_iou_kind, iou_family_loss
+from model.losses import check_reg_loss, iou_family_loss
 
 ASSIGN_MODES: tuple[str, ...] = ("batched", "per_image")
 LOSS_KEYS: tuple[str, ...] = (
@@ -39,6 +39,7 @@ def yolox_loss(
     use_l1: bool = False,
     reg_loss: str = "iou",
     reg_weight: float = 5.0,
+    nwd_constant: float = 12.8,
     center_radius: float = 1.5,
     topk: int = 10,
     iou_weight: float = 3.0,
@@ -51,7 +52,9 @@ def yolox_loss(
     raw_reg: (B, A, 4) regression outputs before decoding (needed only when ``use_l1``).
     x_shifts, y_shifts: (A,) grid-cell indices; strides: (A,) pixels per cell.
     targets: (B, M, 5) class, cx, cy, w, h in input pixels; all-zero rows are padding.
-    reg_loss: one of ``model.losses.IOU_KINDS``; assign_mode: "batched" (``simota_batched``) or
+    reg_loss: one of ``model.losses.REG_LOSSES`` (``iou_loss`` then holds that loss, e.g. 1 - NWD);
+        nwd_constant: NWD's C in pixels (``reg_loss="nwd"`` only);
+    assign_mode: "batched" (``simota_batched``) or
         "per_image" (a loop of ``simota`` like the official code; same result, kept as a check).
     Returns float32 scalars ``total_loss`` (= iou + l1 + conf + cls), ``iou_loss`` (times
     ``reg_weight``), ``l1_loss`` (0 without ``use_l1``), ``conf_loss``, ``cls_loss`` and
@@ -60,7 +63,7 @@ def yolox_loss(
     Unlike the official code, a batch with no foreground reports num_fg 0 (it reports
     max(foregrounds, 1) / max(objects, 1), i.e. 1 for an empty batch).
     """
-    check_iou_kind(reg_loss)
+    check_reg_loss(reg_loss)
     if assign_mode not in ASSIGN_MODES:
         raise ValueError(
             f"unknown assign_mode {assign_mode!r}; use one of {', '.join(map(repr, ASSIGN_MODES))}"
@@ -104,7 +107,9 @@ def yolox_loss(
     num_fg = img.numel()
     denom = float(max(num_fg, 1))
 
-    iou_loss = iou_family_loss(boxes[img, anchor], matched[:, 1:], reg_loss).sum() / denom
+    iou_loss = iou_family_loss(
+        boxes[img, anchor], matched[:, 1:], reg_loss, nwd_constant=nwd_constant
+    ).sum() / denom
     conf_loss = (
         F.binary_cross_entropy_with_logits(obj, asg.fg_mask.float(), reduction="sum") / denom
     )
