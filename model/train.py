@@ -247,14 +247,20 @@ def is_eval_epoch(cfg: TrialConfig, epoch: int) -> bool:
     return done % cfg.eval_interval == 0 or done == cfg.epochs or in_no_aug
 
 
-def _check_resume(state: dict[str, Any], cfg: TrialConfig, path: Path, iters: int) -> None:
-    # A key the checkpoint lacks was added later; its default is what that run trained with.
-    saved = {**TrialConfig().to_dict(), **state.get("config", {})}
+def config_changes(saved_config: dict[str, Any], cfg: TrialConfig) -> str:
+    """What ``cfg`` changes against a checkpoint's config, beyond :data:`RESUME_FREE_KEYS`, as
+    ``"lr: 0.01 -> 0.02, …"`` (the first six; "" when nothing). A key the checkpoint lacks was
+    added later, and its default is what that run trained with."""
+    saved = {**TrialConfig().to_dict(), **saved_config}
     changed = sorted(
         k for k, v in cfg.to_dict().items() if k not in RESUME_FREE_KEYS and saved.get(k) != v
     )
-    if changed:
-        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in changed[:6])
+    return ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in changed[:6])
+
+
+def _check_resume(state: dict[str, Any], cfg: TrialConfig, path: Path, iters: int) -> None:
+    diff = config_changes(state.get("config", {}), cfg)
+    if diff:
         raise ConfigError(
             f"{path}: cannot resume, the checkpoint was trained with a different config ({diff}); "
             "use another checkpoint_dir/--out, or resume=False / --no-resume to start over"

@@ -38,8 +38,8 @@ from model.data.raw import DataError, plural
 from model.evaluate import COCO_METRICS
 from model.pretrain.artifact import ArtifactError
 from model.train import (
-    RESUME_FREE_KEYS,
     TrainingError,
+    config_changes,
     load_trial_data,
     preloaded_data,
     train_detector,
@@ -113,12 +113,8 @@ def check_resume_target(out: Path, cfg: TrialConfig, resume: bool) -> None:
     last = out / "last.pt"
     if not resume or not last.is_file():
         return
-    saved = load_checkpoint(last).get("config", {})
-    changed = sorted(
-        k for k, v in cfg.to_dict().items() if k not in RESUME_FREE_KEYS and saved.get(k) != v
-    )
-    if changed:
-        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in changed[:6])
+    diff = config_changes(load_checkpoint(last).get("config", {}), cfg)
+    if diff:
         raise ConfigError(
             f"{out} holds a run of another config ({diff}); nothing there was changed. Train "
             "into another --out, or pass --no-resume to start over in this folder"
