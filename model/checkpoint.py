@@ -178,7 +178,7 @@ def load_trained_detector(
     False. Returns ``(net, config, checkpoint dict)``.
     """
     from model.config import config_from_dict
-    from model.yolox import build_yolox_from_config
+    from model.yolox.build import build_yolox_from_config  # (not the package: no cycle)
 
     state = load_checkpoint(path)
     if "config" not in state or "model" not in state:

@@ -31,6 +31,7 @@ from model.yolox.weights import (
     coco_weights_available,
     resolve_coco_checkpoint,
 )
+from study.files import atomic_write_json
 
 # compute(cfg, out_path, progress=...) -> metrics; run_pretraining unless a test swaps it.
 Compute = Callable[..., dict[str, float]]
@@ -96,9 +97,7 @@ class ArtifactCache:
     def _write_sidecar(path: Path, settings: dict[str, Any], metrics: dict[str, float]) -> None:
         """``<artifact>.json``: settings and figures, for people browsing the cache."""
         side = path.with_suffix(".json")
-        tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"settings": settings, "metrics": metrics}, indent=2) + "\n")
-        os.replace(tmp, side)
+        atomic_write_json(side, {"settings": settings, "metrics": metrics}, indent=2)
 
     def resolve(self, cfg: TrialConfig, *, progress: bool = True) -> TrialConfig:
         """``cfg`` with ``pretrain_artifact`` filled in for center_loss/ssl (computed if needed).

@@ -12,16 +12,15 @@ to stay silent about it. Here each run (study/train.py), each trial and the stud
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from model.data.raw import DataError, plural
 from model.data.validate import DataReport
+from study.files import atomic_write_json, atomic_write_text
+from study.layout import DATA_REPORT_JSON, DATA_REPORT_TXT
 
-REPORT_TXT = "data_report.txt"
-REPORT_JSON = "data_report.json"
 FIRST_FILES = 3  # files named on the console line
 DATA_COLUMNS = (
     "data_images",
@@ -86,9 +85,9 @@ def data_line(report: DataReport, full_report: Path | None = None) -> str:
 def write_report(report: DataReport, folder: Path) -> Path:
     """``data_report.txt`` (every problem listed) and ``data_report.json`` into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    txt = folder / REPORT_TXT
-    txt.write_text(report.format(max_issues=None) + "\n")
-    (folder / REPORT_JSON).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+    txt = folder / DATA_REPORT_TXT
+    atomic_write_text(txt, report.format(max_issues=None) + "\n")
+    atomic_write_json(folder / DATA_REPORT_JSON, report.to_dict())
     return txt
 
 

@@ -13,7 +13,6 @@ with any checkpoint.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from model.config import (
 )
 from model.evaluate import predict_images
 from model.train import resolve_device
+from study.files import atomic_write_json
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".m4v"}
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         if writer is None:
             raise SourceError(f"cannot read any frame of video {video}")
         writer.release()
-    (args.out / "detections.json").write_text(json.dumps(records, indent=1) + "\n")
+    atomic_write_json(args.out / "detections.json", records)
     print(
         f"detect: {len(images)} images and {n_frames} frames of {len(videos)} videos, {n_boxes} "
         f"boxes with score >= {args.conf} on {how} on {device} -> {args.out}"

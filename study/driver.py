@@ -40,8 +40,9 @@ from typing import Any
 from model.config import ConfigError, parse_override
 from model.data.raw import DataError
 from study import outputs, pipeline, prepare, session, trust
+from study.files import atomic_write_text, format_duration
+from study.layout import PLAN, SPACE, StudyError
 from study.plan import Plan, build_plan, describe_profile, load_plan
-from study.prepare import StudyError
 from study.spaces import load_space
 from study.trial import TrainFn
 
@@ -116,7 +117,7 @@ def study_dir_for(args: StudyArgs, space_name: str) -> Path:
         return Path("studies") / args.name
     if args.resume:  # the latest study of this space
         found = sorted(Path("studies").glob(f"{space_name}-*"), key=lambda p: p.stat().st_mtime)
-        found = [p for p in found if (p / "plan.json").is_file()]
+        found = [p for p in found if (p / PLAN).is_file()]
         if not found:
             raise StudyError(f"--resume: no studies/{space_name}-* folder to resume; pass --out")
         return found[-1]
@@ -155,18 +156,18 @@ def run_study(
     t0 = time.time()
     if args.resume:
         study_dir = study_dir_for(args, Path(args.space).stem)
-        if not (study_dir / "plan.json").is_file():
+        if not (study_dir / PLAN).is_file():
             raise StudyError(f"--resume: {study_dir} has no plan.json; nothing to resume")
         if args.overrides or args.data or args.seeds != 1:
             raise StudyError("--resume keeps the study's own plan; drop --set/--data/--seeds")
         if not args.dry_run:  # a dry run reads plan.json only (JSON), never Tune's pickles
             trust.check_resumable(study_dir)
-        plan = load_plan(study_dir / "plan.json")
+        plan = load_plan(study_dir / PLAN)
         log(f"resuming study {study_dir} ({plan.space.name})")
     else:
         plan = make_plan(args)
         study_dir = study_dir_for(args, plan.space.name)
-        if (study_dir / "plan.json").exists() and not args.dry_run:
+        if (study_dir / PLAN).exists() and not args.dry_run:
             raise StudyError(
                 f"{study_dir} already holds a study; continue it with --resume --out {study_dir}, "
                 "or pick another --out"
@@ -219,16 +220,16 @@ def _run(
     try:  # the folder appears once Ray is up: a failed start leaves nothing to --resume
         study_dir.mkdir(parents=True, exist_ok=True)
         if not args.resume:
-            (study_dir / "space.yaml").write_text(plan.space.text)
+            atomic_write_text(study_dir / SPACE, plan.space.text)
             trust.write_manifest(study_dir)
         session.record(study_dir, pipeline.owns_ray())
         prepare.write_data_reports(study_dir, data, log)
-        plan.save(study_dir / "plan.json")
+        plan.save(study_dir / PLAN)
         res = pipeline.effective_resources(
             plan, args.cpus_per_trial, args.gpus_per_trial, cluster, log
         )
         prepare.run_pretraining(plan, cache_root, res, log)
-        plan.save(study_dir / "plan.json")
+        plan.save(study_dir / PLAN)
         session.record(study_dir, pipeline.owns_ray())  # Ray's agents are up by now
         pipeline.run_trials(
             plan,
@@ -264,7 +265,7 @@ def finish(plan: Plan, study_dir: Path, wall_s: float, log: Log = print) -> Stud
         else f"no finished trial ({metric})"
     )
     summary = (
-        f"study {study_dir.name}: {state} in {_duration(wall_s)}; {best_txt} — "
+        f"study {study_dir.name}: {state} in {format_duration(wall_s)}; {best_txt} — "
         f"report {written['report']}, results {written['results']}"
         + (f", best config {written['best_config']}" if "best_config" in written else "")
     )
@@ -272,10 +273,6 @@ def finish(plan: Plan, study_dir: Path, wall_s: float, log: Log = print) -> Stud
         summary += f"; interrupted: continue with python study/run.py --resume --out {study_dir}"
     log(summary)
     return StudyOutcome(study_dir, rows, summary, code, best, wall_s)
-
-
-def _duration(s: float) -> str:
-    return f"{int(s // 60)}m{int(s % 60):02d}s"
 
 
 def _dry_run_outcome(

@@ -8,7 +8,6 @@ writes the numbers.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from model.config import ConfigError, add_override_argument, config_from_dict, p
 from model.data.raw import DataError
 from model.evaluate import COCO_METRICS, evaluate_coco
 from model.train import load_trial_data, resolve_device
+from study.files import atomic_write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             "images": result["images"],
             "config": cfg.to_dict(),
         }
-        args.json.write_text(json.dumps(facts, indent=2) + "\n")
+        atomic_write_json(args.json, facts, indent=2)
     weights = "raw" if args.no_ema or not state.get("ema") else "EMA"
     print(
         f"evaluate: {args.checkpoint} (epoch {state.get('epoch')}, {weights} weights) on "

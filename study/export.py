@@ -16,14 +16,14 @@ from typing import Any
 
 from model.config import TrialConfig, config_from_dict, save_config
 from model.evaluate import COCO_METRICS
-from study.report import RESULT_STATUSES, group_points
+from study.layout import RESULT_STATUSES, valid_metric
+from study.report import group_points
 from study.stats import summarize
 
 
 def _value(row: dict[str, Any], metric: str) -> float | None:
     v = row.get(metric)
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-    return float(v) if ok else None
+    return float(v) if valid_metric(v) else None
 
 
 def choose_best(

@@ -10,20 +10,35 @@ from typing import Any
 
 from model.config import describe_inference
 from model.data.raw import plural
-from study.datacheck import REPORT_JSON, REPORT_TXT
 from study.export import choose_best, export_best
+from study.files import atomic_write_text
+from study.layout import (
+    BEST_CONFIG,
+    CRASHES,
+    DATA_REPORT_JSON,
+    DATA_REPORT_TXT,
+    DONE,
+    FAILED,
+    LEARNING_CURVES,
+    LOG,
+    REPORT,
+    RESULTS,
+    TRIAL,
+    TRIALS,
+    TUNE,
+    trial_dir,
+)
 from study.plan import Plan, describe_profile
 from study.plots import plot_by_axis, plot_learning_curves, plot_vs_params
 from study.report import ReportInput, _table, render_report
 from study.results import histories, write_results
-from study.trial import CRASHES, FAILED, LOG, trial_dir
 
 SHOWN_PROBLEMS = 5  # files named per dataset in report.md (all of them: data_report.txt)
 
 
 def _ran_on(study_dir: Path, trial_id: str) -> str | None:
     """The device the training function says it used (its returned summary)."""
-    done = trial_dir(study_dir, trial_id) / "done.json"
+    done = trial_dir(study_dir, trial_id) / DONE
     if not done.is_file():
         return None
     return json.loads(done.read_text()).get("summary", {}).get("device")
@@ -36,7 +51,7 @@ def report_axes(plan: Plan) -> list[str]:
 
 def data_section(study_dir: Path) -> list[str]:
     """What the study's data check kept, dropped and clipped, and why (data_report.json)."""
-    path = study_dir / REPORT_JSON
+    path = study_dir / DATA_REPORT_JSON
     if not path.is_file():
         return []
     sources = json.loads(path.read_text()).get("sources", [])
@@ -58,7 +73,7 @@ def data_section(study_dir: Path) -> list[str]:
             lines.append(f"  - `{where}` ({issue['action']}): {issue['reason']}")
         if len(rep["issues"]) > SHOWN_PROBLEMS:
             lines.append(f"  - … and {len(rep['issues']) - SHOWN_PROBLEMS} more")
-    lines += ["", f"Every file and box concerned: [{REPORT_TXT}]({REPORT_TXT})."]
+    lines += ["", f"Every file and box concerned: [{DATA_REPORT_TXT}]({DATA_REPORT_TXT})."]
     return lines
 
 
@@ -81,7 +96,7 @@ def crash_section(rows: list[dict[str, Any]], study_dir: Path) -> list[str]:
         if restarts > crashes:
             events.append(f"{restarts - crashes} restart(s) after the study was interrupted")
         if events:
-            log = f"[log](trials/{r['id']}/{LOG})"
+            log = f"[log]({TRIALS}/{r['id']}/{LOG})"
             body.append([r["id"], str(r.get("attempts") or 0), "; ".join(events), log])
     if not body:
         return []
@@ -93,20 +108,20 @@ def write_all(
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Path]]:
     sp = plan.space
     rows = write_results(plan, study_dir)
-    written: dict[str, Path] = {"results": study_dir / "results.csv"}
+    written: dict[str, Path] = {"results": study_dir / RESULTS}
     axes = report_axes(plan)
     sampled_keys = [k for k in sp.sample if k not in plan.pinned]
 
     best = choose_best(rows, sp.metric, sp.mode, axes)
     best_line = ""
     if best is not None:
-        info = json.loads((trial_dir(study_dir, best["id"]) / "trial.json").read_text())
+        info = json.loads((trial_dir(study_dir, best["id"]) / TRIAL).read_text())
         point_rows = [r for r in rows if all(r.get(a) == best.get(a) for a in axes)]
-        ckpts = sorted((study_dir / "tune" / best["id"]).glob("checkpoint_*/last.pt"))
+        ckpts = sorted((study_dir / TUNE / best["id"]).glob("checkpoint_*/last.pt"))
         path = export_best(
             best,
             info["config"],
-            study_dir / "best_config.yaml",
+            study_dir / BEST_CONFIG,
             metric=sp.metric,
             study=study_dir.name,
             point_rows=point_rows,
@@ -125,7 +140,7 @@ def write_all(
     if by_axis is not None:
         plots.append((f"{sp.metric} by size", by_axis.name))
     curves = plot_learning_curves(
-        histories(rows, study_dir), sp.metric, study_dir / "learning_curves.png"
+        histories(rows, study_dir), sp.metric, study_dir / LEARNING_CURVES
     )
     if curves is not None:
         plots.append((f"{sp.metric} per epoch", curves.name))
@@ -178,6 +193,5 @@ def write_all(
             ],
         )
     )
-    written["report"] = study_dir / "report.md"
-    written["report"].write_text(report)
+    written["report"] = atomic_write_text(study_dir / REPORT, report)
     return rows, best, written

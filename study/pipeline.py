@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from model.config import TrialConfig
+from study.layout import PLAN_ID, StudyError, trial_dirname
 from study.plan import Plan
-from study.prepare import StudyError
 from study.spaces import Resources
-from study.trial import PLAN_ID, TrainFn, run_trial
+from study.trial import TrainFn, run_trial
 
 Log = Callable[[str], None]
 _OWNED_RAY = False  # whether this process started the Ray session (then it also stops it)
@@ -118,11 +118,6 @@ def stop_ray() -> None:
 
 
 # --- trials -----------------------------------------------------------------------------------
-
-
-def trial_dirname(trial: Any) -> str:
-    """Tune trial name and folder: the planned id (grid) or ``trial-<tune id>`` (sampled)."""
-    return trial.config.get(PLAN_ID) or f"trial-{trial.trial_id}"
 
 
 def effective_resources(

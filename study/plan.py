@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import ConfigError, TrialConfig, config_from_dict
+from study.files import atomic_write_json
 from study.spaces import Resources, Space, parse_space
 
 PATH_KEYS = ("data", "coco_weights", "pretrain_artifact", "ssl_sources")  # made absolute: trials
@@ -127,9 +128,7 @@ class Plan:
         }
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
-        tmp.replace(path)
+        atomic_write_json(path, self.to_json())
 
 
 def load_plan(path: Path) -> Plan:

@@ -17,6 +17,9 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: headless machines and Ray workers have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from study.files import atomic_write  # noqa: E402
+from study.layout import RESULT_STATUSES  # noqa: E402
+from study.layout import valid_metric as _num  # noqa: E402
 from study.report import group_points  # noqa: E402
 
 SIZE_ORDER = ("nano", "tiny", "s", "m", "l", "x")
@@ -104,7 +107,7 @@ def plot_learning_curves(
 def plot_vs_params(
     rows: Sequence[dict[str, Any]], keys: Sequence[str], metric: str, out: Path
 ) -> Path | None:
-    done = [r for r in rows if r.get("status") in ("done", "stopped") and _num(r.get(metric))]
+    done = [r for r in rows if r.get("status") in RESULT_STATUSES and _num(r.get(metric))]
     if not keys or not done:
         return None
     fig, axs = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), squeeze=False)
@@ -122,10 +125,6 @@ def plot_vs_params(
     return _save(fig, out)
 
 
-def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-
-
 def _order_key(axis: str) -> Callable[[Any], tuple[Any, ...]]:
     if axis == "size":
         return lambda v: (SIZE_ORDER.index(v) if v in SIZE_ORDER else len(SIZE_ORDER), str(v))
@@ -134,6 +133,7 @@ def _order_key(axis: str) -> Callable[[Any], tuple[Any, ...]]:
 
 def _save(fig: Any, out: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    # the format from the target's name: the temporary file's is .tmp
+    atomic_write(out, lambda f: fig.savefig(f, dpi=110, format=out.suffix[1:]), binary=True)
     plt.close(fig)
     return out

@@ -15,15 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from model.config import TrialConfig, config_from_dict, config_keys, describe_inference
+from study.files import atomic_write_json, atomic_write_text
+from study.layout import DATA_REPORT_JSON, DATA_REPORT_TXT, StudyError
 from study.plan import Plan, PretrainJob, plan_pretraining
 from study.spaces import Resources
 
 Log = Callable[[str], None]
 METHODS = ("center_loss", "ssl")
-
-
-class StudyError(RuntimeError):
-    """The study cannot start or go on; the message says why and what to do."""
 
 
 # --- pretraining plan -------------------------------------------------------------------------
@@ -308,9 +306,9 @@ def check_data(plan: Plan, *, strict: bool, log: Log) -> list[DataSource]:
 def write_data_reports(study_dir: Path, sources: list[DataSource], log: Log) -> None:
     """``data_report.txt`` (every problem of every dataset) and ``data_report.json`` (per
     dataset: its trials, counts and console line) into the study folder; one line each here."""
-    from study.datacheck import REPORT_JSON, REPORT_TXT, data_counts, data_line
+    from study.datacheck import data_counts, data_line
 
-    txt = study_dir / REPORT_TXT
+    txt = study_dir / DATA_REPORT_TXT
     parts, records = [], []
     for s in sources:
         text = s.report.format(max_issues=None)
@@ -323,5 +321,5 @@ def write_data_reports(study_dir: Path, sources: list[DataSource], log: Log) -> 
             {"trials": s.trials, "counts": counts, "line": line, "report": s.report.to_dict()}
         )
         log(line)
-    txt.write_text("\n\n".join(parts) + "\n")
-    (study_dir / REPORT_JSON).write_text(json.dumps({"sources": records}, indent=1) + "\n")
+    atomic_write_text(txt, "\n\n".join(parts) + "\n")
+    atomic_write_json(study_dir / DATA_REPORT_JSON, {"sources": records})

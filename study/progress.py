@@ -17,10 +17,20 @@ from typing import Any
 
 from ray.tune import Callback
 
-from study.pipeline import trial_dirname
+from study.files import atomic_write_json, format_duration
+from study.layout import (
+    CRASHES,
+    FINISHED,
+    LOG,
+    PLAN,
+    STATUS,
+    scratch_dir,
+    trial_dir,
+    trial_dirname,
+)
 from study.plan import load_plan
-from study.results import FINISHED, STATUS_FILE, collect_rows, write_results
-from study.trial import CRASHES, LOG, log_line, scratch_dir, trial_dir
+from study.results import collect_rows, write_results
+from study.trial import log_line
 
 
 class StudyCallback(Callback):
@@ -45,7 +55,7 @@ class StudyCallback(Callback):
         self.ended = self._ended_before()
 
     def _ended_before(self) -> set[str]:
-        plan_path = Path(self.study_dir) / "plan.json"
+        plan_path = Path(self.study_dir) / PLAN
         if not plan_path.is_file():
             return set()
         rows = collect_rows(load_plan(plan_path), Path(self.study_dir))
@@ -90,16 +100,14 @@ class StudyCallback(Callback):
 
     def _ended(self, trials: list, trial: Any, status: str, error: str) -> None:
         tid = trial_dirname(trial)
-        path = Path(self.study_dir) / STATUS_FILE
+        path = Path(self.study_dir) / STATUS
         record = json.loads(path.read_text()) if path.is_file() else {}
         record[tid] = {"status": status, "error": error}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.replace(path)
+        atomic_write_json(path, record)
         # a trial stopped by ASHA (or failed for good) never cleans its scratch folder itself;
         # Tune keeps its checkpoints. (Only reachable here when it ran on this node.)
         shutil.rmtree(scratch_dir(self.study_dir, tid), ignore_errors=True)
-        rows = write_results(load_plan(Path(self.study_dir) / "plan.json"), Path(self.study_dir))
+        rows = write_results(load_plan(Path(self.study_dir) / PLAN), Path(self.study_dir))
         row = next((r for r in rows if r["id"] == tid), {})
         if tid in self.started:
             self.durations.append(time.time() - self.started.pop(tid))
@@ -111,7 +119,7 @@ class StudyCallback(Callback):
         eta = ""
         if self.durations and left:
             mean = sum(self.durations) / len(self.durations)
-            eta = f", ~{_duration(mean * math.ceil(left / self.slots))} left"
+            eta = f", ~{format_duration(mean * math.ceil(left / self.slots), approx=True)} left"
         m = row.get("mAP")
         if row.get("status") == "error":  # crashed for good, or failed (never retried)
             log = trial_dir(self.study_dir, tid) / LOG
@@ -162,7 +170,3 @@ def _pickled_error(path: str | None) -> BaseException | None:
 
 def _clip(text: str, n: int = 240) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model.evaluate import COCO_METRICS
+from study.layout import RESULT_STATUSES
+from study.layout import valid_metric as _valid
 from study.stats import Difference, Summary, summarize, welch
 
-RESULT_STATUSES = ("done", "stopped")  # rows whose metrics enter the tables
 DIGITS = 3  # COCO numbers as the FloW study prints them
 
 
@@ -55,10 +56,6 @@ class Point:
     def summary(self, name: str) -> Summary | None:
         xs = self.metric(name)
         return summarize(xs) if xs else None
-
-
-def _valid(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
 
 
 def group_points(rows: Sequence[dict[str, Any]], axes: Sequence[str]) -> list[Point]:

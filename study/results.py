@@ -26,13 +26,22 @@ from typing import Any
 from model.config import config_keys
 from model.evaluate import COCO_METRICS
 from study.datacheck import DATA_COLUMNS
+from study.files import atomic_write
+from study.layout import (
+    ATTEMPTS,
+    DONE,
+    FAILED,
+    FINISHED,  # noqa: F401  (re-exported: older imports of study.results)
+    HISTORY,
+    RESULTS,
+    STATUS,
+    TRIAL,
+    trial_dir,
+)
 from study.plan import Plan
-from study.trial import FAILED, trial_dir
 
 RUN_COLUMNS = ("epoch", "train_time_s", "images_per_s", "params", "attempts")
 HEAD_COLUMNS = ("id", "status", "reason")
-STATUS_FILE = "status.json"  # the driver's record of how Tune ended each trial
-FINISHED = ("done", "stopped", "error", "skipped")
 
 
 def columns() -> list[str]:
@@ -90,18 +99,18 @@ def trial_ids(plan: Plan, study_dir: Path) -> list[str]:
 
 
 def collect_rows(plan: Plan, study_dir: Path) -> list[dict[str, Any]]:
-    statuses = _json(study_dir / STATUS_FILE) or {}
+    statuses = _json(study_dir / STATUS) or {}
     planned = {t.id: t for t in plan.trials}
     rows = []
     for tid in trial_ids(plan, study_dir):
         tdir = trial_dir(study_dir, tid)
-        info = _json(tdir / "trial.json") or {}
+        info = _json(tdir / TRIAL) or {}
         cfg = info.get("config") or (planned[tid].config.to_dict() if tid in planned else {})
         row: dict[str, Any] = {"id": tid, "status": "pending", "reason": "", **cfg}
-        row["attempts"] = count_attempts(tdir / "attempts.jsonl")
+        row["attempts"] = count_attempts(tdir / ATTEMPTS)
         row.update(info.get("data") or {})
-        history = read_history(tdir / "history.jsonl")
-        done = _json(tdir / "done.json")
+        history = read_history(tdir / HISTORY)
+        done = _json(tdir / DONE)
         failed = _json(tdir / FAILED)
         metrics: dict[str, Any] = dict(history[-1]) if history else {}
         tune_status = statuses.get(tid, {})
@@ -141,14 +150,15 @@ def _fill_params(rows: list[dict[str, Any]]) -> None:
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     cols = columns()
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+
+    def write(f: Any) -> None:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: _cell(r.get(k)) for k in cols})
-    tmp.replace(path)  # readers (and a test polling it) never see a half-written table
-    return path
+
+    # readers (and a test polling it) never see a half-written table
+    return atomic_write(path, write, newline="")
 
 
 def _cell(v: Any) -> Any:
@@ -178,9 +188,9 @@ def _parse(text: str | None) -> Any:
 
 def write_results(plan: Plan, study_dir: Path) -> list[dict[str, Any]]:
     rows = collect_rows(plan, study_dir)
-    write_csv(rows, study_dir / "results.csv")
+    write_csv(rows, study_dir / RESULTS)
     return rows
 
 
 def histories(rows: list[dict[str, Any]], study_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    return {r["id"]: read_history(trial_dir(study_dir, r["id"]) / "history.jsonl") for r in rows}
+    return {r["id"]: read_history(trial_dir(study_dir, r["id"]) / HISTORY) for r in rows}

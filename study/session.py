@@ -21,9 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from study.prepare import StudyError
+from study.files import atomic_write_json
+from study.layout import DRIVER, StudyError
 
-RECORD = "driver.json"
+RECORD = DRIVER
 Log = Callable[[str], None]
 
 
@@ -86,9 +87,7 @@ def record(study_dir: Path, owns_ray: bool) -> None:
         "ray_session_dir": session,
         "ray_processes": list(known.values()),
     }
-    tmp = path.with_name(f".{RECORD}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write_json(path, data)
 
 
 def stop_stale(study_dir: Path, log: Log) -> None:

@@ -14,9 +14,7 @@ training starts.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -46,6 +44,8 @@ from model.train import (
 )
 from model.yolox.weights import WeightsError, WeightsUnavailableError
 from study.datacheck import ReportWriter, data_counts, strict_error
+from study.files import atomic_write_json, atomic_write_text, format_duration
+from study.layout import DATA_REPORT_TXT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,16 +131,6 @@ def load_run_data(cfg: TrialConfig, out: Path, args: argparse.Namespace) -> Any:
     return dataset
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
 class _StderrLines(logging.Handler):
@@ -174,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         result = train_detector(
             cfg, checkpoint_dir=out, resume=not args.no_resume, progress=not args.quiet
         )
-    (out / "coco_summary.txt").write_text(result["summary"] + "\n")
+    atomic_write_text(out / "coco_summary.txt", result["summary"] + "\n")
     facts = {
         **{k: result[k] for k in COCO_METRICS},
         **{
@@ -199,9 +189,9 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint": result["last_checkpoint"],
         "best_checkpoint": result["best_checkpoint"],
         "config": cfg.to_dict(),
-        "data": {**data_counts(dataset.report), "report": str(out / "data_report.txt")},
+        "data": {**data_counts(dataset.report), "report": str(out / DATA_REPORT_TXT)},
     }
-    _write_json(out / "metrics.json", facts)
+    atomic_write_json(out / "metrics.json", facts, indent=2)
     print(result["summary"])
     resumed = (
         f", resumed after epoch {result['resumed_from_epoch']}"
@@ -216,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"train: YOLOX-{cfg.size} {cfg.epochs} epochs on {result['device']}{resumed}: "
         f"mAP {result['mAP']:.4f} AP50 {result['AP50']:.4f} (best mAP {result['best_mAP']:.4f} "
-        f"at epoch {result['best_epoch']}), {_duration(result['train_time_s'])} training at "
+        f"at epoch {result['best_epoch']}), {format_duration(result['train_time_s'])} training at "
         f"{result['images_per_s']:.1f} img/s, {result['params'] / 1e6:.2f}M params{loaded}"
         f"{_data_note(dataset.report)} -> {out / 'metrics.json'}"
     )

@@ -26,13 +26,11 @@ training function resumes from it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -40,25 +38,22 @@ from pathlib import Path
 from typing import Any
 
 from model.config import TrialConfig, config_from_dict, config_keys
+from study.files import append_jsonl, atomic_write_json
+from study.layout import (
+    ATTEMPTS,
+    CRASHES,  # noqa: F401  (re-exported: older imports of study.trial)
+    DONE,
+    FAILED,
+    HISTORY,
+    LOG,
+    PLAN_ID,
+    TRIAL,
+    TRIAL_INDEX,
+    scratch_dir,
+    trial_dir,
+)
 
 TrainFn = Callable[..., dict[str, Any]]
-PLAN_ID = "plan_id"  # the param-space key of grid studies: which planned trial to run
-TRIAL_INDEX = "__trial_index__"  # set by tune.search.Repeater: the seed of a repeated sample
-FAILED = "failed.json"  # a deterministic failure: the reason (never retried)
-LOG = "trial.log"  # tracebacks and the data line of the trial
-CRASHES = "crashes.jsonl"  # every crash Tune saw (written by the driver's callback)
-
-
-def trial_dir(study_dir: str | Path, trial_id: str) -> Path:
-    return Path(study_dir) / "trials" / trial_id
-
-
-def scratch_dir(study_dir: str | Path, trial_id: str) -> Path:
-    """Node-local folder for the training function's checkpoints. Not Tune's trial folder: Tune
-    uploads that to storage with every experiment snapshot (hundreds of MB per trial, copied
-    again and again); Tune's own checkpoints already keep every reported last.pt."""
-    study = hashlib.sha1(str(Path(study_dir).resolve()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / "yolox-flow-trials" / f"{study}-{trial_id}"
 
 
 def scalar_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -78,19 +73,6 @@ def scalar_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         elif isinstance(v, str) and len(v) <= 200 and "\n" not in v:
             out[name] = v
     return out
-
-
-def _append(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())  # the driver may be killed next: the line must be on disk
-
-
-def _write_json(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)
 
 
 def trial_config(
@@ -173,14 +155,14 @@ def _ended_before(out: Path) -> bool:
     so a resumed study may not know it ended."""
     from ray import tune
 
-    done = out / "done.json"
+    done = out / DONE
     if done.is_file():
         record = json.loads(done.read_text())
-        _append(out / "attempts.jsonl", {"time": time.time(), "reused_done": True})
+        append_jsonl(out / ATTEMPTS, {"time": time.time(), "reused_done": True})
         tune.report(record["final"])
         return True
     if (out / FAILED).is_file():
-        _append(out / "attempts.jsonl", {"time": time.time(), "reused_failure": True})
+        append_jsonl(out / ATTEMPTS, {"time": time.time(), "reused_failure": True})
         return True
     return False
 
@@ -214,11 +196,11 @@ def _attempt(
         "torch_threads": torch.get_num_threads(),
         "config": cfg.to_dict(),
     }
-    _write_json(out / "trial.json", info)
-    done = out / "done.json"
+    atomic_write_json(out / TRIAL, info)
+    done = out / DONE
     work = scratch / "work"  # what the training function writes
     ckpt = tune.get_checkpoint()
-    if ckpt is None and not (out / "attempts.jsonl").is_file():
+    if ckpt is None and not (out / ATTEMPTS).is_file():
         # this study's first attempt: anything there is left from a deleted study of that path
         shutil.rmtree(scratch, ignore_errors=True)
     # else, without a Tune checkpoint, a scratch last.pt is this trial's own, newer than what
@@ -231,24 +213,24 @@ def _attempt(
                 if f.is_file():
                     shutil.copy2(f, work / f.name)
         restored = ckpt.path
-    previous = _read_last(out / "history.jsonl")
+    previous = _read_last(out / HISTORY)
     finished = isinstance(previous.get("epoch"), int) and previous["epoch"] >= cfg.epochs
     if finished and restored is None and not any(work.iterdir()):
         # its last evaluation is on record but no checkpoint of it (a study interrupted while
         # Tune held the final report): finish from the record instead of training again
-        _append(out / "attempts.jsonl", {"time": time.time(), "finished_from_history": True})
+        append_jsonl(out / ATTEMPTS, {"time": time.time(), "finished_from_history": True})
         tune.report(previous)
-        _write_json(done, {"id": tid, "final": previous, "summary": {}})
+        atomic_write_json(done, {"id": tid, "final": previous, "summary": {}})
         shutil.rmtree(scratch, ignore_errors=True)
         return
     attempt: dict[str, Any] = {"time": time.time(), "restored_from": restored}
     if finished:
         attempt["finished_before"] = True  # resumes a finished run: not a restart
-    _append(out / "attempts.jsonl", attempt)
+    append_jsonl(out / ATTEMPTS, attempt)
     writer = ReportWriter(out, lambda line: log_line(out, line))
     dataset = load_trial_data(cfg, on_report=writer)
     if writer.report is not None:  # (None only if someone preloaded the data: never here)
-        _write_json(out / "trial.json", {**info, "data": data_counts(writer.report)})
+        atomic_write_json(out / TRIAL, {**info, "data": data_counts(writer.report)})
     stage = scratch / "stage"
     last: dict[str, Any] = {}
 
@@ -259,7 +241,7 @@ def _attempt(
         # history first: if the process dies between the two, the line is kept and the next
         # attempt (resuming from the previous checkpoint) rewrites that epoch; readers keep the
         # last line per epoch.
-        _append(out / "history.jsonl", flat)
+        append_jsonl(out / HISTORY, flat)
         tune.report(flat, checkpoint=_stage(checkpoint_path, stage))
 
     with preloaded_data(cfg, dataset):
@@ -268,10 +250,10 @@ def _attempt(
     final = dict(last)
     if not final:  # nothing reported by this attempt (it resumed a finished run): the last
         # evaluation an earlier attempt reported, completed by the returned summary
-        history = _read_last(out / "history.jsonl")
+        history = _read_last(out / HISTORY)
         final = {**summary, **history}
         tune.report(final)
-    _write_json(done, {"id": tid, "final": final, "summary": summary})
+    atomic_write_json(done, {"id": tid, "final": final, "summary": summary})
     shutil.rmtree(scratch, ignore_errors=True)  # Tune keeps the checkpoints
 
 
@@ -292,7 +274,7 @@ def record_failure(out: Path, scratch: Path, error: BaseException) -> None:
     trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     log_line(out, "failed, not retried (a retry would fail the same way):\n" + here(trace))
     reason = here(f"{type(error).__name__}: {error}").replace("\n", " ")
-    _write_json(
+    atomic_write_json(
         out / FAILED,
         {
             "error": reason,

@@ -31,9 +31,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from study.prepare import StudyError
+from study.files import atomic_write_json
+from study.layout import MANIFEST, StudyError
 
-MANIFEST = "study.json"
 RISK = (
     "--resume loads Ray Tune's pickled state (tune/tuner.pkl …), and unpickling runs any code "
     "in it, so only study folders you created yourself are resumed (docs/studies.md, "
@@ -67,9 +67,7 @@ def write_manifest(study_dir: Path) -> str:
 
 
 def _write(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write_json(path, record)
 
 
 def check_resumable(study_dir: Path) -> None:

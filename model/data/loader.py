@@ -46,21 +46,10 @@ from model.data.augment import (
     train_sample,
 )
 from model.data.tiles import TileImages
-from model.data.transforms import letterbox, resize_to_fit
+from model.data.transforms import letterbox, read_image, resize_to_fit
 
 SampleKey = tuple[int, int, int, bool]  # epoch, position in the epoch, image index, augment
 SUBSET_SEED = 0  # max_train_images picks the same images for every trial seed
-
-
-def read_image(path: str) -> np.ndarray:
-    """Decode ``path`` as a BGR uint8 ``(H, W, 3)`` array; raise naming the file if it fails."""
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise FileNotFoundError(
-            f"cannot read image {path!r}: the file is missing or not an image; "
-            "check the dataset with `python -m model.data check <dataset>`"
-        )
-    return img
 
 
 def split_labels(split: Any) -> dict[int, np.ndarray]:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from model.data.transforms import PAD_VALUE
+from model.data.transforms import PAD_VALUE, read_image
 
 # Columns of the cut counts: boxes wholly inside a crop, clipped by its edge, dropped.
 COUNT_WHOLE, COUNT_CLIPPED, COUNT_DROPPED = 0, 1, 2
@@ -135,7 +135,6 @@ class TileImages:
         cache: bool = False,
         progress: bool = True,
     ) -> None:
-        from model.data.loader import read_image  # the loader imports this module
 
         self._read = read_image
         self.paths = paths

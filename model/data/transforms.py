@@ -234,3 +234,14 @@ def to_targets(labels: np.ndarray, max_labels: int) -> np.ndarray:
     out[:n, 3] = lab[:, 2] - lab[:, 0]
     out[:n, 4] = lab[:, 3] - lab[:, 1]
     return out
+
+
+def read_image(path: str) -> np.ndarray:
+    """Decode ``path`` as a BGR uint8 ``(H, W, 3)`` array; raise naming the file if it fails."""
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise FileNotFoundError(
+            f"cannot read image {path!r}: the file is missing or not an image; "
+            "check the dataset with `python -m model.data check <dataset>`"
+        )
+    return img
