@@ -5,9 +5,9 @@ The rule, as in the official ``get_assignments``, ``get_geometry_constraint``, `
 1. candidates: anchors whose cell centre lies strictly within ``center_radius`` strides (a square)
    of some object's centre; only they enter the cost (memory: objects x candidates, not anchors);
 2. cost[g, a] = BCE(sqrt(sigmoid(cls) * sigmoid(obj)), one-hot(class_g)) summed over classes
-   + ``iou_weight`` * -log(IoU + 1e-8) + 1e6 * (anchor a not within the radius of object g);
-3. each object takes its dynamic k = max(1, int(sum of its ``topk`` largest IoUs)) cheapest
-   candidates; an anchor taken by several objects goes to the object of least cost.
+   + ``iou_cost_weight`` * -log(IoU + 1e-8) + 1e6 * (anchor a not within the radius of object g);
+3. each object takes its dynamic k = max(1, int(sum of its ``candidate_topk`` largest IoUs))
+   cheapest candidates; an anchor taken by several objects goes to the object of least cost.
 
 How we compute it, and where we differ from the official code (no normal assignment changes):
 - costs are needed only for the (object, anchor-within-its-radius) pairs, about 27 per object: any
@@ -31,6 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from model.config import CANDIDATE_TOPK, CENTER_RADIUS, IOU_COST_WEIGHT
 from model.losses import pairwise_iou
 
 OUT_OF_RADIUS_COST = 1e6  # official: pairs outside the centre radius are (almost) never picked
@@ -185,17 +186,17 @@ def _class_terms(cls_logits: Tensor, obj_logits: Tensor) -> _ClassTerms:
     return _ClassTerms(p, neg, neg.sum(-1, dtype=torch.float64))
 
 
-def _pair_cost(cls_cost: Tensor, ious: Tensor, iou_weight: float) -> Tensor:
+def _pair_cost(cls_cost: Tensor, ious: Tensor, iou_cost_weight: float) -> Tensor:
     """Cost of within-radius pairs from their class cost and IoU (any equal shapes, float32)."""
-    return cls_cost + iou_weight * -_log32(ious + 1e-8)
+    return cls_cost + iou_cost_weight * -_log32(ious + 1e-8)
 
 
-def _dynamic_k(ious: Tensor, topk: int) -> Tensor:
-    """(B, G, N) IoUs -> (B, G) int64: max(1, int(sum of the ``topk`` largest IoUs)).
+def _dynamic_k(ious: Tensor, candidate_topk: int) -> Tensor:
+    """(B, G, N) IoUs -> (B, G) int64: max(1, int(sum of the ``candidate_topk`` largest IoUs)).
 
     Summed in float64: exact for float32 IoUs, so the truncation never depends on the order.
     """
-    n = min(topk, ious.shape[-1])
+    n = min(candidate_topk, ious.shape[-1])
     return ious.topk(n, dim=-1).values.double().sum(-1).long().clamp(min=1)
 
 
@@ -206,7 +207,7 @@ def _match(
     gt_classes: Tensor,
     ks: Tensor,
     n_cand: Tensor,
-    iou_weight: float,
+    iou_cost_weight: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Dynamic-k matching and conflict resolution on a packed batch.
 
@@ -219,7 +220,8 @@ def _match(
     b, g, n = geometry.shape
     device = geometry.device
     img, obj, slot = geometry.nonzero(as_tuple=True)  # (P,) within-radius pairs, (b, g, n) order
-    cost = _pair_cost(terms.cost(img, slot, gt_classes[img, obj]), ious[img, obj, slot], iou_weight)
+    cls_cost = terms.cost(img, slot, gt_classes[img, obj])
+    cost = _pair_cost(cls_cost, ious[img, obj, slot], iou_cost_weight)
     # each object's k cheapest within-radius pairs (ties: lower slot, since pairs are in n order)
     group = img * g + obj
     n_in = torch.bincount(group, minlength=b * g)  # (B*G,) pairs per object
@@ -233,7 +235,7 @@ def _match(
     if short.numel():
         claims.append(
             _claims_beyond_radius(
-                short, n_in, geometry, ious, terms, gt_classes, ks, n_cand, iou_weight
+                short, n_in, geometry, ious, terms, gt_classes, ks, n_cand, iou_cost_weight
             )
         )
     ci, cg, cn = (torch.cat(t) for t in zip(*claims, strict=True))
@@ -266,7 +268,7 @@ def _claims_beyond_radius(
     gt_classes: Tensor,
     ks: Tensor,
     n_cand: Tensor,
-    iou_weight: float,
+    iou_cost_weight: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Anchors outside the radius taken by the objects ``short`` (flat b * G + g indices).
 
@@ -278,7 +280,7 @@ def _claims_beyond_radius(
     sb, sg = short // g, short % g  # (S,)
     slots = torch.arange(n, device=geometry.device)
     row_cls = terms.cost(sb[:, None], slots, gt_classes[sb, sg][:, None])  # (S, N)
-    row = _pair_cost(row_cls, ious[sb, sg], iou_weight)
+    row = _pair_cost(row_cls, ious[sb, sg], iou_cost_weight)
     row = row + OUT_OF_RADIUS_COST * (~geometry[sb, sg]).float()
     row = row.masked_fill(slots >= n_cand[sb].unsqueeze(1), float("inf"))  # padding slots
     order = row.argsort(dim=1, stable=True)  # (S, N)
@@ -350,9 +352,9 @@ def simota(
     y_shifts: Tensor,
     strides: Tensor,
     *,
-    center_radius: float = 1.5,
-    topk: int = 10,
-    iou_weight: float = 3.0,
+    center_radius: float = CENTER_RADIUS,
+    candidate_topk: int = CANDIDATE_TOPK,
+    iou_cost_weight: float = IOU_COST_WEIGHT,
 ) -> Assignment:
     """SimOTA for one image.
 
@@ -391,7 +393,7 @@ def simota(
     geometry = in_x[:, ax.inverse[cand]] & in_y[:, ay.inverse[cand]]  # (G, N)
     ious = pairwise_iou(gt_bboxes, pred_bboxes[cand].float())  # (G, N)
     terms = _class_terms(cls_logits[cand][None], obj_logits.reshape(-1)[cand][None])
-    ks = _dynamic_k(ious, topk)  # (G,)
+    ks = _dynamic_k(ious, candidate_topk)  # (G,)
     fg, matched, pred_ious = _match(
         geometry[None],
         ious[None],
@@ -399,7 +401,7 @@ def simota(
         gt_classes[None],
         ks[None],
         torch.tensor([cand.numel()], device=device),
-        iou_weight,
+        iou_cost_weight,
     )
     fg = fg[0]
     fg_mask[cand] = fg
@@ -418,9 +420,9 @@ def simota_batched(
     y_shifts: Tensor,
     strides: Tensor,
     *,
-    center_radius: float = 1.5,
-    topk: int = 10,
-    iou_weight: float = 3.0,
+    center_radius: float = CENTER_RADIUS,
+    candidate_topk: int = CANDIDATE_TOPK,
+    iou_cost_weight: float = IOU_COST_WEIGHT,
 ) -> BatchAssignment:
     """SimOTA for a padded batch; image b's result equals :func:`simota` on its valid objects.
 
@@ -480,8 +482,9 @@ def simota_batched(
     )  # (B, G, N)
     cls = cls_logits.gather(1, cand.unsqueeze(-1).expand(b, n, cls_logits.shape[-1]))  # (B, N, C)
     terms = _class_terms(cls, obj_logits.reshape(b, a).gather(1, cand))  # (B, N, C) pieces
-    ks = torch.minimum(_dynamic_k(ious, topk), n_cand.unsqueeze(1)).masked_fill(~gt_valid, 0)
-    fg, matched, pred_ious = _match(geometry, ious, terms, gt_classes, ks, n_cand, iou_weight)
+    ks = _dynamic_k(ious, candidate_topk)
+    ks = torch.minimum(ks, n_cand.unsqueeze(1)).masked_fill(~gt_valid, 0)
+    fg, matched, pred_ious = _match(geometry, ious, terms, gt_classes, ks, n_cand, iou_cost_weight)
     fg_k = fg[img, slot]  # (K,) back from slots to anchors
     fg_mask[img, anchor] = fg_k
     matched_all[img, anchor] = matched[img, slot].masked_fill(~fg_k, -1)

@@ -20,13 +20,26 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 Size = Literal["nano", "tiny", "s", "m", "l", "x"]
-Pretrain = Literal["none", "coco", "center_loss", "ssl"]
+PretrainMethod = Literal["center_loss", "ssl"]  # computed by model/pretrain/ (an artifact)
+Pretrain = Literal["none", "coco", PretrainMethod]  # (a nested Literal is flattened)
 RegLoss = Literal["iou", "giou", "diou", "ciou", "nwd"]
 Device = Literal["auto", "cpu", "cuda"]
 PretrainInit = Literal["scratch", "coco"]
 SslLoss = Literal["cosine", "infonce"]
 Optimizer = Literal["sgd", "adamw"]
 InputMode = Literal["letterbox", "tiles"]
+# the value sets, one definition each, from the Literals (everything else takes these)
+SIZE_NAMES: tuple[str, ...] = get_args(Size)  # smallest first
+PRETRAIN_METHODS: tuple[str, ...] = get_args(PretrainMethod)
+DEVICES: tuple[str, ...] = get_args(Device)
+
+# The constants official YOLOX hard-codes in yolo_head.py (SimOTA and the loss), defined once: the
+# config's defaults and those of every function below it (build_yolox, the head, yolox_loss,
+# simota) are these names.
+CENTER_RADIUS = 1.5  # candidates: cell centre within this many strides of an object centre
+CANDIDATE_TOPK = 10  # IoUs summed for the dynamic k
+IOU_COST_WEIGHT = 3.0  # weight of -log(IoU) in the assignment cost
+REG_WEIGHT = 5.0  # weight of the box-regression loss
 
 
 class ConfigError(ValueError):
@@ -130,10 +143,10 @@ class TrialConfig:
     tile_full_frame: bool = False
 
     # --- SimOTA and loss constants the official code hard-codes ---
-    center_radius: float = 1.5  # candidates: cell centre within this many strides of a gt centre
-    candidate_topk: int = 10  # IoUs summed for the dynamic k
-    iou_cost_weight: float = 3.0
-    reg_weight: float = 5.0
+    center_radius: float = CENTER_RADIUS  # candidates: within this many strides of a gt centre
+    candidate_topk: int = CANDIDATE_TOPK  # IoUs summed for the dynamic k
+    iou_cost_weight: float = IOU_COST_WEIGHT
+    reg_weight: float = REG_WEIGHT
 
     # --- evaluation ---
     eval_interval: int = 10  # evaluate every N epochs (and always after the last one)

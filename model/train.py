@@ -49,11 +49,11 @@ from model.data.raw import plural
 from model.evaluate import COCO_METRICS, evaluate_coco
 from model.optim import ModelEMA, YoloxWarmCos, build_optimizer, set_lr
 from model.yolox import build_yolox_from_config, load_coco_weights
+from model.yolox.loss import LOSS_KEYS
 
 logger = logging.getLogger(__name__)
 
 ReportFn = Callable[[dict[str, Any], "str | None"], None]
-LOSS_KEYS = ("total_loss", "iou_loss", "l1_loss", "conf_loss", "cls_loss", "num_fg")
 MULTISCALE_EVERY = 10  # iterations between input-size changes (official)
 # Keys that may differ between a checkpoint and the config resuming it: where the data or the
 # weights live and how the run is executed, not what is trained.

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from model.config import TrialConfig
-from model.pretrain.artifact import METHODS, pretrain_settings, run_pretraining
+from model.config import PRETRAIN_METHODS, TrialConfig
+from model.pretrain.artifact import pretrain_settings, run_pretraining
 from model.yolox.weights import (
     WeightsUnavailableError,
     coco_cache_path,
@@ -106,7 +106,7 @@ class ArtifactCache:
         cache is kept (their explicit choice); one inside it is re-derived from the settings, so
         a search that varies a pretraining setting never reuses a stale path.
         """
-        if cfg.pretrain not in METHODS:
+        if cfg.pretrain not in PRETRAIN_METHODS:
             return cfg
         if cfg.pretrain_artifact and not self._inside(Path(cfg.pretrain_artifact)):
             if not Path(cfg.pretrain_artifact).is_file():
@@ -122,7 +122,7 @@ class ArtifactCache:
         """Compute every distinct artifact the configs need, once each; key -> path."""
         done: dict[str, Path] = {}
         for cfg in cfgs:
-            if cfg.pretrain in METHODS:
+            if cfg.pretrain in PRETRAIN_METHODS:
                 key = self.key(cfg)
                 if key not in done:
                     done[key] = self.get_or_create(cfg, progress=progress)
@@ -134,7 +134,8 @@ class ArtifactCache:
 
 def coco_weights_needed(cfg: TrialConfig) -> bool:
     """Whether the trial, or the pretraining it needs, starts from the official COCO weights."""
-    return cfg.pretrain == "coco" or (cfg.pretrain in METHODS and cfg.pretrain_init == "coco")
+    method = cfg.pretrain in PRETRAIN_METHODS
+    return cfg.pretrain == "coco" or (method and cfg.pretrain_init == "coco")
 
 
 def needs_download(cfg: TrialConfig, cache: ArtifactCache | None = None) -> bool:
@@ -144,7 +145,7 @@ def needs_download(cfg: TrialConfig, cache: ArtifactCache | None = None) -> bool
     """
     if not coco_weights_needed(cfg):
         return False
-    if cache is not None and cfg.pretrain in METHODS and cache.get(cfg) is not None:
+    if cache is not None and cfg.pretrain in PRETRAIN_METHODS and cache.get(cfg) is not None:
         return False
     return not coco_weights_available(cfg.size, cfg.coco_weights or None)
 

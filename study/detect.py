@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from model.checkpoint import CheckpointError, load_trained_detector
 from model.config import (
+    DEVICES,
     ConfigError,
     add_override_argument,
     config_from_dict,
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_override_argument(
         p, "override a config key, e.g. --set input_mode=tiles --set tile_size=640"
     )
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--batch", type=int, default=4, help="images per forward pass")
     p.add_argument("--max-frames", type=int, default=0, help="stop videos after N frames (0=all)")
     return p

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from model.checkpoint import CheckpointError, load_trained_detector
-from model.config import ConfigError, add_override_argument, config_from_dict, parse_override
+from model.config import (
+    DEVICES,
+    ConfigError,
+    add_override_argument,
+    config_from_dict,
+    parse_override,
+)
 from model.data.raw import DataError
 from model.evaluate import COCO_METRICS, evaluate_coco
 from model.train import load_trial_data, resolve_device
@@ -27,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_override_argument(
         p, "override a config key, e.g. --set test_conf=0.001 or --set img_size=640"
     )
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the config's")
+    p.add_argument("--device", choices=DEVICES, help="default: the config's")
     p.add_argument("--no-ema", action="store_true", help="evaluate the raw weights, not the EMA")
     p.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

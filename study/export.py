@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from model.config import TrialConfig, config_from_dict, save_config
+from model.config import PRETRAIN_METHODS, TrialConfig, config_from_dict, save_config
 from model.evaluate import COCO_METRICS
 from study.layout import RESULT_STATUSES, valid_metric
 from study.report import group_points
@@ -52,7 +52,7 @@ def _rank(row: dict[str, Any], metric: str, sign: float) -> tuple[float, float]:
 
 
 def _pretrain_lines(cfg: TrialConfig) -> list[str]:
-    if cfg.pretrain not in ("center_loss", "ssl") or not cfg.pretrain_artifact:
+    if cfg.pretrain not in PRETRAIN_METHODS or not cfg.pretrain_artifact:
         return []
     artifact = Path(cfg.pretrain_artifact)
     sidecar = artifact.with_suffix(".json")  # written next to it by the artifact cache

@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.config import ConfigError, TrialConfig, config_from_dict
+from model.config import PRETRAIN_METHODS, ConfigError, TrialConfig, config_from_dict
 from study.files import atomic_write_json
 from study.spaces import Resources, Space, parse_space
 
 PATH_KEYS = ("data", "coco_weights", "pretrain_artifact", "ssl_sources")  # made absolute: trials
 # run with the working directory set to their Ray trial folder, where relative paths would break.
-PRETRAIN_METHODS = ("center_loss", "ssl")
 
 
 @dataclass

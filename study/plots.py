@@ -17,12 +17,13 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: headless machines and Ray workers have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from model.config import SIZE_NAMES  # noqa: E402
 from study.files import atomic_write  # noqa: E402
 from study.layout import RESULT_STATUSES  # noqa: E402
 from study.layout import valid_metric as _num  # noqa: E402
 from study.report import group_points  # noqa: E402
 
-SIZE_ORDER = ("nano", "tiny", "s", "m", "l", "x")
+SIZE_ORDER = SIZE_NAMES
 
 
 def plot_by_axis(

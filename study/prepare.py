@@ -14,14 +14,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from model.config import TrialConfig, config_from_dict, config_keys, describe_inference
+from model.config import (
+    PRETRAIN_METHODS,
+    TrialConfig,
+    config_from_dict,
+    config_keys,
+    describe_inference,
+)
 from study.files import atomic_write_json, atomic_write_text
 from study.layout import DATA_REPORT_JSON, DATA_REPORT_TXT, StudyError
 from study.plan import Plan, PretrainJob, plan_pretraining
 from study.spaces import Resources
 
 Log = Callable[[str], None]
-METHODS = ("center_loss", "ssl")
 
 
 # --- pretraining plan -------------------------------------------------------------------------
@@ -32,7 +37,7 @@ def pretraining_keys() -> set[str]:
     from model.pretrain.artifact import pretrain_settings
 
     keys = {"pretrain", "data", "ssl_sources"}
-    for method in METHODS:
+    for method in PRETRAIN_METHODS:
         cfg = config_from_dict({"pretrain": method, "ssl_loss": "infonce"})
         keys |= set(pretrain_settings(cfg, fingerprint="-")) & set(config_keys())
     return keys
@@ -46,7 +51,7 @@ def plan_artifacts(plan: Plan, cache_root: Path, log: Log) -> None:
     if plan.space.sampled:
         b = plan.base
         searched = set(plan.space.sample) - set(plan.pinned)
-        if b.pretrain not in METHODS:
+        if b.pretrain not in PRETRAIN_METHODS:
             return
         touched = searched & pretraining_keys()
         if touched:

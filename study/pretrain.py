@@ -21,6 +21,9 @@ from typing import Any
 import torch
 
 from model.config import (
+    DEVICES,
+    PRETRAIN_METHODS,
+    SIZE_NAMES,
     ConfigError,
     TrialConfig,
     add_override_argument,
@@ -36,8 +39,8 @@ from study.cache import ArtifactCache, prepare_coco_weights
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Pretrain a YOLOX backbone (center loss or SSL).")
-    p.add_argument("--method", required=True, choices=["center_loss", "ssl"])
-    p.add_argument("--size", required=True, choices=["nano", "tiny", "s", "m", "l", "x"])
+    p.add_argument("--method", required=True, choices=PRETRAIN_METHODS)
+    p.add_argument("--size", required=True, choices=SIZE_NAMES)
     p.add_argument("--config", type=Path, help="trial config YAML (defaults for missing keys)")
     p.add_argument("--data", help="dataset folder (default: the embedded floating-bottle set)")
     p.add_argument("--out", type=Path, default=Path("runs/pretrain"), help="artifact folder")
@@ -50,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="ssl: an extra video or image folder (repeatable; key ssl_sources)",
     )
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides the config")
+    p.add_argument("--device", choices=DEVICES, help="overrides the config")
     p.add_argument("--force", action="store_true", help="recompute even if the artifact exists")
     p.add_argument("--no-download", action="store_true", help="never download COCO weights")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")

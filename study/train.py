@@ -24,6 +24,7 @@ import torch
 
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.config import (
+    DEVICES,
     ConfigError,
     TrialConfig,
     add_override_argument,
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder (overrides the config's data key)")
     p.add_argument("--out", type=Path, help="output folder (default runs/train/<config name>)")
     add_override_argument(p, "override one config key (repeatable), e.g. --set epochs=20")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides the config")
+    p.add_argument("--device", choices=DEVICES, help="overrides the config")
     p.add_argument("--no-resume", action="store_true", help="start over even if last.pt exists")
     p.add_argument(
         "--strict",

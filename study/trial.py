@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from model.config import TrialConfig, config_from_dict, config_keys
+from model.config import PRETRAIN_METHODS, TrialConfig, config_from_dict, config_keys
 from study.files import append_jsonl, atomic_write_json
 from study.layout import (
     ATTEMPTS,
@@ -186,7 +186,7 @@ def _attempt(
     from study.datacheck import ReportWriter, data_counts
 
     _, cfg = trial_config(config, plan_configs, base, fallback)
-    if cfg.pretrain in ("center_loss", "ssl") and not cfg.pretrain_artifact:
+    if cfg.pretrain in PRETRAIN_METHODS and not cfg.pretrain_artifact:
         from study.cache import ArtifactCache  # sampled pretraining settings: resolved per trial
 
         cfg = ArtifactCache(cache_root).resolve(cfg, progress=False)

@@ -98,8 +98,9 @@ def test_radius_dynamic_k_and_picks_beyond_the_radius() -> None:
     got = simota(gt, torch.zeros(2), far, LOGITS, LOGITS, X, Y, S)
     assert got.fg_mask.tolist() == [False, True, True, False, True, False]
     assert got.matched_gt_inds.tolist() == [0, 0, 1]
-    # topk=1 sums only the largest IoU: k_A = 1; anchors 1 and 2 tie, the lower index wins.
-    got = simota(gt, torch.zeros(2), pred, LOGITS, LOGITS, X, Y, S, topk=1)
+    # candidate_topk=1 sums only the largest IoU: k_A = 1; anchors 1 and 2 tie, the lower index
+    # wins.
+    got = simota(gt, torch.zeros(2), pred, LOGITS, LOGITS, X, Y, S, candidate_topk=1)
     assert got.fg_mask.tolist() == [False, True, False, False, True, False]
     # radius 0.4 strides (3.2 px): no cell centre near either object -> no foreground.
     got = simota(gt, torch.zeros(2), pred, LOGITS, LOGITS, X, Y, S, center_radius=0.4)
@@ -298,7 +299,7 @@ def test_batched_equals_per_image(seed: int) -> None:
 
 def test_batched_equals_per_image_with_custom_constants() -> None:
     d = random_batch(5)
-    kw = {"center_radius": 2.5, "topk": 4, "iou_weight": 1.0}
+    kw = {"center_radius": 2.5, "candidate_topk": 4, "iou_cost_weight": 1.0}
     got = simota_batched(
         d["gt"],
         d["cls"],

@@ -230,8 +230,8 @@ def test_train_mode_hands_the_agreed_inputs_to_yolox_loss(monkeypatch: pytest.Mo
         "reg_weight": 5.0,
         "nwd_constant": 12.8,
         "center_radius": 1.5,
-        "topk": 10,
-        "iou_weight": 3.0,
+        "candidate_topk": 10,
+        "iou_cost_weight": 3.0,
         "assign_mode": "per_image",
     }
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from model.checkpoint import NotWeightsOnlyError, load_weights_only
-from model.config import TrialConfig
+from model.config import PRETRAIN_METHODS, TrialConfig
 from model.pretrain.center_loss import pretrain_center_loss
 from model.pretrain.sources import cfg_fingerprint, train_split, unlabeled_frames
 from model.pretrain.ssl import pretrain_ssl
@@ -31,7 +31,7 @@ FORMAT_VERSION = 1
 # Bump when the training procedure changes what an artifact holds for the same settings, so
 # that caches made by older code are not reused.
 ALGORITHM_VERSION = 1
-METHODS = ("center_loss", "ssl")
+METHODS = PRETRAIN_METHODS
 
 
 class ArtifactError(ValueError):

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
+from model.config import CANDIDATE_TOPK, CENTER_RADIUS, IOU_COST_WEIGHT, REG_WEIGHT
 from model.yolox.head import YOLOXHead
 from model.yolox.pafpn import IN_CHANNELS, YOLOPAFPN
 
@@ -84,10 +85,10 @@ def build_yolox(
     depthwise: bool | None = None,
     reg_loss: str = "iou",
     act: str = "silu",
-    center_radius: float = 1.5,
-    candidate_topk: int = 10,
-    iou_cost_weight: float = 3.0,
-    reg_weight: float = 5.0,
+    center_radius: float = CENTER_RADIUS,
+    candidate_topk: int = CANDIDATE_TOPK,
+    iou_cost_weight: float = IOU_COST_WEIGHT,
+    reg_weight: float = REG_WEIGHT,
     nwd_constant: float = 12.8,
     assign_mode: str = "batched",
 ) -> YOLOX:

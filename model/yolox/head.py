@@ -12,11 +12,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from model.config import CANDIDATE_TOPK, CENTER_RADIUS, IOU_COST_WEIGHT, REG_WEIGHT
 from model.losses import REG_LOSSES
 from model.yolox.blocks import BaseConv, conv_type
+from model.yolox.loss import ASSIGN_MODES
 
 STRIDES = (8, 16, 32)
-ASSIGN_MODES = ("batched", "per_image")
 _GRID_CACHE_LIMIT = 64  # multiscale training visits ~11 sizes x 3 levels; keep the cache bounded
 
 
@@ -48,11 +49,11 @@ class YOLOXHead(nn.Module):
         prior_prob: float = 1e-2,
         *,
         reg_loss: str = "iou",
-        reg_weight: float = 5.0,
+        reg_weight: float = REG_WEIGHT,
         nwd_constant: float = 12.8,
-        center_radius: float = 1.5,
-        candidate_topk: int = 10,
-        iou_cost_weight: float = 3.0,
+        center_radius: float = CENTER_RADIUS,
+        candidate_topk: int = CANDIDATE_TOPK,
+        iou_cost_weight: float = IOU_COST_WEIGHT,
         assign_mode: str = "batched",
     ) -> None:
         super().__init__()
@@ -183,7 +184,7 @@ class YOLOXHead(nn.Module):
             reg_weight=self.reg_weight,
             nwd_constant=self.nwd_constant,
             center_radius=self.center_radius,
-            topk=self.candidate_topk,
-            iou_weight=self.iou_cost_weight,
+            candidate_topk=self.candidate_topk,
+            iou_cost_weight=self.iou_cost_weight,
             assign_mode=self.assign_mode,
         )

@@ -9,14 +9,18 @@ by the foreground's IoU; ``num_fg`` is foregrounds per object.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from model.assign import BatchAssignment, simota, simota_batched
+from model.config import CANDIDATE_TOPK, CENTER_RADIUS, IOU_COST_WEIGHT, REG_WEIGHT
 from model.losses import check_reg_loss, iou_family_loss
 
-ASSIGN_MODES: tuple[str, ...] = ("batched", "per_image")
+AssignMode = Literal["batched", "per_image"]  # simota_batched (default) or simota per image
+ASSIGN_MODES: tuple[str, ...] = get_args(AssignMode)
 LOSS_KEYS: tuple[str, ...] = (
     "total_loss",
     "iou_loss",
@@ -38,11 +42,11 @@ def yolox_loss(
     num_classes: int,
     use_l1: bool = False,
     reg_loss: str = "iou",
-    reg_weight: float = 5.0,
+    reg_weight: float = REG_WEIGHT,
     nwd_constant: float = 12.8,
-    center_radius: float = 1.5,
-    topk: int = 10,
-    iou_weight: float = 3.0,
+    center_radius: float = CENTER_RADIUS,
+    candidate_topk: int = CANDIDATE_TOPK,
+    iou_cost_weight: float = IOU_COST_WEIGHT,
     assign_mode: str = "batched",
 ) -> dict[str, Tensor]:
     """YOLOX loss of a batch.
@@ -84,8 +88,8 @@ def yolox_loss(
             y_shifts,
             strides,
             center_radius=center_radius,
-            topk=topk,
-            iou_weight=iou_weight,
+            candidate_topk=candidate_topk,
+            iou_cost_weight=iou_cost_weight,
         )
     else:
         asg = _assign_per_image(
@@ -98,8 +102,8 @@ def yolox_loss(
             y_shifts,
             strides,
             center_radius,
-            topk,
-            iou_weight,
+            candidate_topk,
+            iou_cost_weight,
         )
 
     img, anchor = asg.fg_mask.nonzero(as_tuple=True)  # (F,) foregrounds, image-major as official
@@ -185,8 +189,8 @@ def _assign_per_image(
     y_shifts: Tensor,
     strides: Tensor,
     center_radius: float,
-    topk: int,
-    iou_weight: float,
+    candidate_topk: int,
+    iou_cost_weight: float,
 ) -> BatchAssignment:
     """``simota`` image by image (the official loop), in the layout of ``simota_batched``."""
     b, a = obj.shape
@@ -206,8 +210,8 @@ def _assign_per_image(
             y_shifts,
             strides,
             center_radius=center_radius,
-            topk=topk,
-            iou_weight=iou_weight,
+            candidate_topk=candidate_topk,
+            iou_cost_weight=iou_cost_weight,
         )
         fg_mask[i] = r.fg_mask
         matched[i, r.fg_mask] = r.matched_gt_inds
