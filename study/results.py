@@ -30,7 +30,7 @@ from study.plan import Plan
 from study.trial import FAILED, trial_dir
 
 RUN_COLUMNS = ("epoch", "train_time_s", "images_per_s", "params", "attempts")
-HEAD_COLUMNS = ("id", "status", "reason")
+HEAD_COLUMNS = ("id", "status", "reason", "role")  # role: baseline (or its stand-in), else ""
 STATUS_FILE = "status.json"  # the driver's record of how Tune ended each trial
 FINISHED = ("done", "stopped", "error", "skipped")
 
@@ -92,12 +92,18 @@ def trial_ids(plan: Plan, study_dir: Path) -> list[str]:
 def collect_rows(plan: Plan, study_dir: Path) -> list[dict[str, Any]]:
     statuses = _json(study_dir / STATUS_FILE) or {}
     planned = {t.id: t for t in plan.trials}
+    baseline = set(plan.baseline_ids())
+    role = "baseline"
+    if plan.stand_in_for:
+        replaced = ", ".join(f"{k}={v}" for k, v in plan.stand_in_for.items())
+        role += f" (stand-in for {replaced})"
     rows = []
     for tid in trial_ids(plan, study_dir):
         tdir = trial_dir(study_dir, tid)
         info = _json(tdir / "trial.json") or {}
         cfg = info.get("config") or (planned[tid].config.to_dict() if tid in planned else {})
         row: dict[str, Any] = {"id": tid, "status": "pending", "reason": "", **cfg}
+        row["role"] = role if tid in baseline else ""
         row["attempts"] = count_attempts(tdir / "attempts.jsonl")
         row.update(info.get("data") or {})
         history = read_history(tdir / "history.jsonl")
