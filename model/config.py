@@ -183,6 +183,10 @@ class TrialConfig:
     # --- run ---
     seed: int = 0
     device: Device = "auto"  # auto = cuda when available
+    # torch CPU threads of the run (0 = torch's default: every core). CPU float sums depend on
+    # how many threads split them, so the same config reruns bit-identically only with the same
+    # count; a study writes each trial's CPU share here, and best_config.yaml carries it.
+    threads: int = 0
     amp: bool = True  # mixed precision (CUDA only; ignored on CPU)
     channels_last: bool = False  # NHWC memory format (CUDA; also ~18% faster nano steps on CPU)
     max_train_images: int = 0  # 0 = all; a cap for quick profiles
@@ -311,6 +315,7 @@ def _validate(cfg: TrialConfig, source: str) -> None:
         (0 <= cfg.tile_object_share <= 1, "tile_object_share", "must be in [0, 1]"),
         (0 < cfg.tile_min_visible <= 1, "tile_min_visible", "must be in (0, 1]"),
         # pretraining (issue 5): the backbone needs inputs that are multiples of its stride 32
+        (cfg.threads >= 0, "threads", "must be >= 0 (0 = torch's default)"),
         (cfg.pretrain_epochs >= 1, "pretrain_epochs", "must be >= 1"),
         (cfg.pretrain_batch_size >= 2, "pretrain_batch_size", "must be >= 2 (BatchNorm)"),
         (cfg.pretrain_lr > 0, "pretrain_lr", "must be > 0"),

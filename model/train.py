@@ -58,7 +58,8 @@ MULTISCALE_EVERY = 10  # iterations between input-size changes (official)
 # Keys that may differ between a checkpoint and the config resuming it: where the data or the
 # weights live and how the run is executed, not what is trained.
 RESUME_FREE_KEYS = frozenset(
-    {"data", "workers", "device", "coco_weights", "pretrain_artifact", "cache_images"}
+    # threads: a resume on another thread count continues (numbers differ in the last bits)
+    {"data", "workers", "device", "coco_weights", "pretrain_artifact", "cache_images", "threads"}
 )
 
 
@@ -210,10 +211,17 @@ def seed_everything(seed: int) -> None:
 
 
 @contextmanager
-def _deterministic(device: torch.device):
-    """Deterministic kernels on CPU (cheap there); restored afterwards (it is process-global)."""
+def _deterministic(device: torch.device, threads: int = 0):
+    """Deterministic kernels on CPU (cheap there) and ``threads`` torch threads (0 = as they
+    are); both restored afterwards (they are process-global)."""
+    threads_before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
     if device.type != "cpu":
-        yield
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads_before)
         return
     before = torch.are_deterministic_algorithms_enabled()
     warn_before = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -222,6 +230,7 @@ def _deterministic(device: torch.device):
         yield
     finally:
         torch.use_deterministic_algorithms(before, warn_only=warn_before)
+        torch.set_num_threads(threads_before)
 
 
 def _loss_values(out: dict[str, Any]) -> dict[str, float]:
@@ -545,7 +554,7 @@ def train_detector(
     :class:`TrainingError` on a non-finite loss (the last good checkpoint stays intact).
     """
     device = resolve_device(cfg.device)
-    with _deterministic(device):
+    with _deterministic(device, cfg.threads):
         trainer = _Trainer(cfg, checkpoint_dir, progress)
         trainer.setup(resume)
         trainer.run(report)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.config import ConfigError, parse_override
+from model.config import DEVICES, ConfigError, parse_override
 from model.data.raw import DataError
 from study import outputs, pipeline, prepare, session, trust
 from study.files import atomic_write_text, format_duration
@@ -59,7 +59,9 @@ class StudyArgs:
     gpus_per_trial: float | None = None
     cpus_per_trial: float | None = None
     max_concurrent: int | None = None
-    seeds: int = 1
+    seeds: int | None = None  # None: the quick profile's seeds (else 1)
+    full: bool = False  # the quick profile over every grid value of the space
+    device: str = "auto"  # auto | cpu | cuda: which quick profile; the trials' device
     overrides: list[str] = field(default_factory=list)
     resume: bool = False
     dry_run: bool = False
@@ -130,7 +132,29 @@ def make_plan(args: StudyArgs) -> Plan:
     data = str(Path(args.data).expanduser().resolve()) if args.data else None
     if data is not None and not Path(data).exists():
         raise StudyError(f"--data {args.data}: no such file or folder")
-    return build_plan(space, data=data, overrides=overrides, seeds=args.seeds)
+    cuda = quick_on_cuda(args.device) if data is None else False
+    if data is not None and args.device != "auto":
+        overrides.setdefault("device", args.device)
+    return build_plan(
+        space, data=data, overrides=overrides, seeds=args.seeds, full=args.full, cuda=cuda
+    )
+
+
+def quick_on_cuda(device: str) -> bool:
+    """The quick profile's device: ``auto`` = CUDA when this machine has it."""
+    if device not in DEVICES:
+        raise StudyError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device != "auto":
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise StudyError("--device cuda: torch sees no CUDA device here; drop it or "
+                                 "use --device cpu")
+        return device == "cuda"
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def check_out_free(study_dir: Path, force: bool) -> None:
@@ -158,8 +182,10 @@ def run_study(
         study_dir = study_dir_for(args, Path(args.space).stem)
         if not (study_dir / PLAN).is_file():
             raise StudyError(f"--resume: {study_dir} has no plan.json; nothing to resume")
-        if args.overrides or args.data or args.seeds != 1:
-            raise StudyError("--resume keeps the study's own plan; drop --set/--data/--seeds")
+        if args.overrides or args.data or args.seeds not in (None, 1) or args.full:
+            raise StudyError(
+                "--resume keeps the study's own plan; drop --set/--data/--seeds/--full"
+            )
         if not args.dry_run:  # a dry run reads plan.json only (JSON), never Tune's pickles
             trust.check_resumable(study_dir)
         plan = load_plan(study_dir / PLAN)

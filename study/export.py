@@ -9,6 +9,7 @@ artifact from the pretraining settings in the config (the same settings give the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,19 +76,20 @@ def _pretrain_lines(cfg: TrialConfig) -> list[str]:
     return lines
 
 
-def _rerun_lines(name: str, device: str | None, threads: int | None) -> list[str]:
-    cmd = f"python study/train.py --config {name} --out runs/best"
+def _rerun_lines(path: Path, device: str | None, threads: int) -> list[str]:
+    # absolute paths: the command works from any folder (runs/best is relative to where it runs)
+    train = Path(__file__).resolve().parent / "train.py"
+    cmd = f"python {train} --config {path.resolve()} --out runs/best"
     if device != "cpu" or not threads:
         return [
             f"Rerun: {cmd}",
             "(same seed and settings; bit-identical numbers need the same "
             "device, and on CPU the same number of torch threads)",
         ]
-    # CPU float sums depend on how many threads split them: same threads, same numbers
     return [
-        f"Rerun: OMP_NUM_THREADS={threads} {cmd}",
-        f"(trained on CPU with {threads} torch thread(s); with that many the rerun "
-        "reproduces these numbers exactly)",
+        f"Rerun: {cmd}",
+        f"(trained on CPU with {threads} torch thread(s), which this config's `threads` key "
+        "sets: the rerun reproduces these numbers exactly)",
     ]
 
 
@@ -105,6 +107,8 @@ def export_best(
 ) -> Path:
     """Write ``config`` (the trial's full config, as it ran) with its metrics as a comment."""
     cfg = config_from_dict(config, source=f"trial {row['id']}")
+    if cfg.threads == 0 and threads and device == "cpu":  # a trial from before the threads key
+        cfg = dataclasses.replace(cfg, threads=threads)
     figures = ", ".join(
         f"{m} {row[m]:.4f}" for m in COCO_METRICS if isinstance(row.get(m), (int, float))
     )
@@ -121,7 +125,7 @@ def export_best(
             f"(95% CI {s.lo:.4f}..{s.hi:.4f}); this file is its best seed ({cfg.seed})"
         )
     lines += [
-        *_rerun_lines(path.name, device, threads),
+        *_rerun_lines(path, device, cfg.threads),
         *([f"trained weights (Tune's last checkpoint): {weights}"] if weights else []),
         *_pretrain_lines(cfg),
     ]

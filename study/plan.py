@@ -72,9 +72,29 @@ class Plan:
     pretrain_jobs: list[PretrainJob] = field(default_factory=list)
     pinned: dict[str, Any] = field(default_factory=dict)  # axes fixed by --set
     notes: list[str] = field(default_factory=list)  # said once in the output and the report
+    full: bool = False  # --full: the quick profile over every grid value (Space.grid_for)
+    cuda: bool = False  # the quick profile's CUDA variant (quick.cuda)
+
+    @property
+    def grid(self) -> dict[str, list[Any]]:
+        return self.space.grid_for(self.quick, self.full)
+
+    @property
+    def baseline(self) -> dict[str, Any]:
+        """The grid point every difference is measured against (the quick profile's stand-in
+        without --data, where the space has one)."""
+        return self.space.baseline_for(self.quick)
+
+    @property
+    def stand_in_for(self) -> dict[str, Any]:
+        """The space's baseline values that :attr:`baseline` replaces ({} when it is the
+        space's own)."""
+        return {k: v for k, v in self.space.baseline.items() if self.baseline.get(k) != v}
 
     @property
     def resources(self) -> Resources:
+        if self.quick and self.cuda and self.space.quick_cuda_resources is not None:
+            return self.space.quick_cuda_resources
         if self.quick and self.space.quick_resources is not None:
             return self.space.quick_resources
         return self.space.resources
@@ -87,7 +107,7 @@ class Plan:
 
     @property
     def grid_axes(self) -> list[str]:
-        return list(self.space.grid)
+        return list(self.grid)
 
     def runnable(self) -> list[PlannedTrial]:
         return [t for t in self.trials if not t.skip]
@@ -100,7 +120,7 @@ class Plan:
 
     def baseline_ids(self) -> list[str]:
         """Trials at the baseline grid point (one per seed)."""
-        b = self.space.baseline
+        b = self.baseline
         if not b:
             return []
         # by config value, not grid point: an axis pinned by --set keeps its baseline
@@ -115,6 +135,8 @@ class Plan:
                 "text": self.space.text,
             },
             "quick": self.quick,
+            "full": self.full,
+            "cuda": self.cuda,
             "overrides": self.overrides,
             "seeds": self.seeds,
             "pinned": self.pinned,
@@ -149,6 +171,8 @@ def load_plan(path: Path) -> Plan:
         seeds=d["seeds"],
         pinned=d["pinned"],
         notes=d["notes"],
+        full=d.get("full", False),  # (plans written before --full and quick.cuda: neither)
+        cuda=d.get("cuda", False),
     )
     plan.trials = [
         PlannedTrial(t["id"], t["point"], config_from_dict(t["config"], src), t["skip"])
@@ -190,33 +214,65 @@ def build_plan(
     *,
     data: str | None = None,
     overrides: dict[str, Any] | None = None,
-    seeds: int = 1,
+    seeds: int | None = None,
+    full: bool = False,
+    cuda: bool = False,
 ) -> Plan:
-    """Expand ``space`` into trials. ``data`` None = quick profile on the embedded dataset."""
+    """Expand ``space`` into trials. ``data`` None = quick profile on the embedded dataset (its
+    CUDA variant with ``cuda``; every grid value of the space too with ``full``). ``seeds`` None
+    = the quick profile's ``seeds`` (else 1)."""
     overrides = dict(overrides or {})
+    quick = data is None
+    if full and not quick:
+        raise ConfigError("--full widens the quick profile's grid; with --data every grid "
+                          "point runs already")
+    if seeds is None:
+        seeds = (space.quick_seeds if quick else None) or 1
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if seeds > 1 and "seed" in overrides:
         raise ConfigError("--seeds N runs seeds 0..N-1; drop --set seed=… or use --seeds 1")
     if seeds > 1 and "seed" in space.grid:
         raise ConfigError(f"{space.path}: 'seed' is a grid axis already; drop --seeds")
-    quick = data is None
     values: dict[str, Any] = dict(space.fixed)
     notes: list[str] = []
     if quick:
         values.update(space.quick)
+        if cuda:
+            values.update(space.quick_cuda)
+        values["device"] = "cuda" if cuda else "cpu"
         values["data"] = ""
     else:
         values["data"] = data
-    pinned = {k: v for k, v in overrides.items() if k in space.grid or k in space.sample}
+    grid = space.grid_for(quick, full)
+    pinned = {k: v for k, v in overrides.items() if k in grid or k in space.sample}
     values.update(overrides)
     for k, v in pinned.items():
         notes.append(f"axis {k} pinned to {v!r} by --set")
+    if quick:
+        for k, v in space.quick_grid.items():
+            if k in pinned or grid[k] == space.grid[k]:
+                continue
+            what = f"pinned to {v[0]}" if len(v) == 1 else f"narrowed to {', '.join(map(str, v))}"
+            if full:
+                notes.append(f"--full: axis {k} runs {', '.join(map(str, grid[k]))}")
+            else:
+                notes.append(
+                    f"quick profile: axis {k} {what} (the study's grid has "
+                    f"{', '.join(map(str, space.grid[k]))}; --full runs them all)"
+                )
     base = config_from_dict(_absolute(values), source="the study's settings (fixed/quick/--set)")
-    plan = Plan(space, quick, base, overrides, seeds, pinned=pinned, notes=notes)
+    plan = Plan(space, quick, base, overrides, seeds, pinned=pinned, notes=notes, full=full,
+                cuda=quick and cuda)
+    if plan.stand_in_for:
+        ours = ", ".join(f"{k}={v}" for k, v in plan.baseline.items())
+        theirs = ", ".join(f"{k}={v}" for k, v in plan.stand_in_for.items())
+        coco = plan.stand_in_for.get("pretrain") == "coco"
+        why = " (COCO weights are a download)" if coco else ""
+        notes.append(f"baseline: {ours}, a stand-in for the study's {theirs}{why}")
     if space.sampled:
         return plan  # Optuna proposes the trials while the study runs
-    axes = {k: v for k, v in space.grid.items() if k not in pinned}
+    axes = {k: v for k, v in grid.items() if k not in pinned}
     seen: set[str] = set()
     for combo in itertools.product(*axes.values()):
         for s in range(seeds):
@@ -261,8 +317,14 @@ def describe_profile(plan: Plan) -> str:
     """One line: which data and settings the trials use (the quick profile spelled out)."""
     if not plan.quick:
         return f"data {plan.base.data}: the space's own settings"
-    q = ", ".join(f"{k}={_fmt(v)}" for k, v in plan.space.quick.items())
+    sp = plan.space
+    values = sp.quick | (sp.quick_cuda if plan.cuda else {})
+    q = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+    where = (
+        "CUDA (--device cpu for the CPU profile)" if plan.cuda
+        else "CPU" + (" (a CUDA device would get quick.cuda)" if sp.quick_cuda else "")
+    )
     return (
-        "no --data: the embedded floating-bottle dataset with the quick profile of "
-        f"{plan.space.path.name} ({q or 'no overrides'}); pass --data PATH for the real study"
+        f"no --data: the embedded floating-bottle dataset with the quick profile of "
+        f"{sp.path.name} for {where} ({q or 'no overrides'}); pass --data PATH for the real study"
     )

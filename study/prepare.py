@@ -235,6 +235,22 @@ def _pretrain_task(cache_root: str, values: dict[str, Any], threads: int) -> tup
     return str(ArtifactCache(cache_root).get_or_create(cfg, progress=False)), time.time() - t0
 
 
+LEARNED = {  # what a pretraining learned, as its artifact's metrics name it
+    "accuracy": "held-out bottle/background accuracy",
+    "triplet_accuracy": "held-out triplet accuracy",
+}
+
+
+def _learned(path: str) -> str:
+    """`` (held-out … accuracy 0.95)`` from the artifact's sidecar JSON ("" when absent)."""
+    try:
+        metrics = json.loads(Path(path).with_suffix(".json").read_text()).get("metrics", {})
+    except (OSError, ValueError):
+        return ""
+    shown = [f"{text} {metrics[k]:.3f}" for k, text in LEARNED.items() if k in metrics]
+    return f" ({', '.join(shown)})" if shown else ""
+
+
 def run_pretraining(plan: Plan, cache_root: Path, res: Resources, log: Log) -> None:
     """Compute the missing artifacts as parallel Ray tasks, before any trial needs them."""
     import ray
@@ -257,7 +273,7 @@ def run_pretraining(plan: Plan, cache_root: Path, res: Resources, log: Log) -> N
             name = f"{job.config.pretrain}/{job.config.size}/seed{job.config.seed}"
             try:
                 job.path, secs = ray.get(ready[0])
-                log(f"  artifact {name} ready in {secs:.0f}s: {job.path}")
+                log(f"  artifact {name} ready in {secs:.0f}s{_learned(job.path)}: {job.path}")
             except ray.exceptions.RayTaskError as e:
                 job.skip = f"pretraining failed: {str(e).strip().splitlines()[-1][:200]}"
                 log(f"  artifact {name} FAILED, its trials are skipped: {job.skip}")

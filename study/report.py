@@ -32,6 +32,7 @@ class ReportInput:
     rows: list[dict[str, Any]]
     axes: list[str]  # grid axes (row labels); empty for a sampled study
     baseline: dict[str, Any] = field(default_factory=dict)
+    stand_in_for: dict[str, Any] = field(default_factory=dict)  # what the baseline replaces
     metric: str = "mAP"
     mode: str = "max"
     sampled_keys: list[str] = field(default_factory=list)  # sampled studies: the searched keys
@@ -124,7 +125,13 @@ def ablation_tables(inp: ReportInput) -> list[str]:
     def label(p: Point) -> list[str]:
         cells = [str(v) for v in p.values]
         if p is base:
-            cells[0] += " (reference)" if stand_in else " (baseline)"
+            if stand_in:
+                cells[0] += " (reference)"
+            elif inp.stand_in_for:
+                replaced = "/".join(map(str, inp.stand_in_for.values()))
+                cells[0] += f" (baseline, stand-in for {replaced})"
+            else:
+                cells[0] += " (baseline)"
         return cells
 
     header = [*inp.axes, *COCO_METRICS, "train min", "img/s", "params M"]
@@ -152,15 +159,22 @@ def ablation_tables(inp: ReportInput) -> list[str]:
     if base is not None and stand_in:
         named = ", ".join(f"{a}={v}" for a, v in zip(inp.axes, base.values, strict=True))
         legend.append(
-            f"(±x.xxx) = difference from the reference row {named}: the baseline "
+            f"(+x.xxx) / (-x.xxx) after a value = its difference from the reference row {named}: "
+            f"the baseline "
             f"{_point_text(inp.baseline)} has no finished trial, so the nearest finished grid "
             "point stands in"
         )
     elif base is not None:
-        legend.append("(±x.xxx) = difference from the baseline row")
+        legend.append("(+x.xxx) / (-x.xxx) after a value = its difference from the baseline row")
+    if base is not None and inp.stand_in_for and not stand_in:
+        legend.append(
+            f"the baseline row stands in for the study's {_point_text(inp.stand_in_for)}, "
+            "which cannot run in this profile"
+        )
     if seeds > 1:
         legend.append(
-            "mean ± sample std over seeds; * = Welch 95% interval of the difference excludes 0"
+            "a ± b = mean ± sample std over seeds; * after a difference = its Welch 95% "
+            "interval excludes 0"
         )
     lines.append("; ".join(legend) + ".")
     if seeds > 1:

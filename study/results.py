@@ -41,7 +41,7 @@ from study.layout import (
 from study.plan import Plan
 
 RUN_COLUMNS = ("epoch", "train_time_s", "images_per_s", "params", "attempts")
-HEAD_COLUMNS = ("id", "status", "reason")
+HEAD_COLUMNS = ("id", "status", "reason", "role")  # role: baseline (or its stand-in), else ""
 
 
 def columns() -> list[str]:
@@ -101,12 +101,18 @@ def trial_ids(plan: Plan, study_dir: Path) -> list[str]:
 def collect_rows(plan: Plan, study_dir: Path) -> list[dict[str, Any]]:
     statuses = _json(study_dir / STATUS) or {}
     planned = {t.id: t for t in plan.trials}
+    baseline = set(plan.baseline_ids())
+    role = "baseline"
+    if plan.stand_in_for:
+        replaced = ", ".join(f"{k}={v}" for k, v in plan.stand_in_for.items())
+        role += f" (stand-in for {replaced})"
     rows = []
     for tid in trial_ids(plan, study_dir):
         tdir = trial_dir(study_dir, tid)
         info = _json(tdir / TRIAL) or {}
         cfg = info.get("config") or (planned[tid].config.to_dict() if tid in planned else {})
         row: dict[str, Any] = {"id": tid, "status": "pending", "reason": "", **cfg}
+        row["role"] = role if tid in baseline else ""
         row["attempts"] = count_attempts(tdir / ATTEMPTS)
         row.update(info.get("data") or {})
         history = read_history(tdir / HISTORY)

@@ -21,8 +21,9 @@ from pathlib import Path
 # train.py, report.py, … would shadow top-level modules of those names: import them as study.*
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from model.config import add_override_argument  # noqa: E402
+from model.config import DEVICES, add_override_argument  # noqa: E402
 from study.driver import DEFAULT_TRAIN_FN, StudyArgs, main_entry  # noqa: E402
+from study.spaces import shipped_spaces  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ray Tune ablation / hyperparameter study of YOLOX on small floating waste."
     )
     a = p.add_argument
-    a("--space", default="ablation", help="space name (search_spaces/NAME.yaml) or YAML path")
+    shipped = ", ".join(q.stem for q in shipped_spaces())
+    a(
+        "--space",
+        default="ablation",
+        help=f"space name (search_spaces/NAME.yaml: {shipped}) or a YAML path; default ablation",
+    )
     a("--data", help="dataset folder; without it: embedded dataset + the space's quick profile")
     a("--out", type=Path, help="study folder (default studies/<space>-<timestamp>)")
     a("--name", help="study name: the folder studies/NAME (when --out is not given)")
@@ -43,7 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
     a("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (e.g. 0.25)")
     a("--cpus-per-trial", type=float, help="CPUs per trial (also the trial's torch threads)")
     a("--max-concurrent", type=int, help="at most this many trials at once")
-    a("--seeds", type=int, default=1, help="repeat every grid point with seeds 0..N-1")
+    a(
+        "--seeds",
+        type=int,
+        help="repeat every grid point with seeds 0..N-1 (default 1; the quick profile may set "
+        "its own)",
+    )
+    a(
+        "--full",
+        action="store_true",
+        help="without --data: run every grid value of the space, not only the quick profile's",
+    )
+    a(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="auto: the quick profile for CUDA when this machine has a GPU, else for CPU; cpu "
+        "forces the CPU one; with --data it sets the trials' device",
+    )
     add_override_argument(
         p, "override a trial-config key for every trial (repeatable); on an axis it pins it"
     )

@@ -13,7 +13,15 @@ A space file holds (every key optional except that a study needs something to va
     resources: {cpus: 1, gpus: 0}   # per trial; fractional GPUs share a card
     max_failures: 2        # retries of a crashed trial from its last checkpoint
     baseline: {key: value} # the grid point the report compares against (grid axes only)
-    quick: {key: value, resources: {...}, num_samples: N}  # overrides used without --data
+    quick:                 # the quick profile: used without --data (the embedded dataset)
+      key: value           # trial-config overrides
+      grid: {key: [v, ...]}   # replaces these grid axes' values (e.g. pin size: [nano]);
+                              # --full runs the union with the space's own values
+      baseline: {key: value}  # a stand-in baseline point that can run offline
+      seeds: N             # default --seeds of the quick profile
+      resources: {...}     # per trial
+      num_samples: N       # sampled trials
+      cuda: {key: value, resources: {...}}  # on top, when the study runs on a CUDA device
 
 Every value is checked by the trial config's own checker (``config_from_dict``), so a typo or a
 wrong type fails here, naming the file and the key, before anything starts.
@@ -57,7 +65,8 @@ DIST_KEYS = {
     "int": ({"low", "high"}, {"step", "log"}),
     "choice": ({"values"}, set()),
 }  # type: (required keys, optional keys)
-QUICK_STUDY_KEYS = ("resources", "num_samples")  # quick keys that are not trial-config keys
+# quick keys that are not trial-config keys
+QUICK_STUDY_KEYS = ("resources", "num_samples", "grid", "baseline", "seeds", "cuda")
 
 
 class SpaceError(ConfigError):
@@ -133,11 +142,32 @@ class Space:
     quick: dict[str, Any] = field(default_factory=dict)  # trial-config overrides only
     quick_resources: Resources | None = None
     quick_num_samples: int | None = None
+    quick_grid: dict[str, list[Any]] = field(default_factory=dict)  # axes the quick run narrows
+    quick_baseline: dict[str, Any] = field(default_factory=dict)  # its stand-in baseline values
+    quick_seeds: int | None = None
+    quick_cuda: dict[str, Any] = field(default_factory=dict)  # trial-config overrides on CUDA
+    quick_cuda_resources: Resources | None = None
     text: str = ""  # the file as read, kept in the study directory so a resume uses the same
 
     @property
     def sampled(self) -> bool:
         return bool(self.sample)
+
+    def grid_for(self, quick: bool, full: bool = False) -> dict[str, list[Any]]:
+        """The grid a study runs: the space's; without --data its quick grid, or with ``full``
+        every value of both (the quick profile's first)."""
+        if not quick:
+            return dict(self.grid)
+        if not full:
+            return self.grid | self.quick_grid
+        out = {}
+        for key, values in self.grid.items():
+            first = self.quick_grid.get(key, [])
+            out[key] = list(first) + [v for v in values if v not in first]
+        return out
+
+    def baseline_for(self, quick: bool) -> dict[str, Any]:
+        return self.baseline | self.quick_baseline if quick and self.baseline else self.baseline
 
 
 def resolve_space_path(name_or_path: str) -> Path:
@@ -225,9 +255,26 @@ def parse_space(text: str, source: str, name: str, path: Path | None = None) -> 
         if "num_samples" in quick
         else None
     )
+    quick_seeds = (
+        _positive_int(quick.pop("seeds"), "quick.seeds", source) if "seeds" in quick else None
+    )
+    quick_grid_raw = _sub_mapping(quick.pop("grid", None), "quick.grid", source)
+    quick_baseline = _sub_mapping(quick.pop("baseline", None), "quick.baseline", source)
+    quick_cuda = _sub_mapping(quick.pop("cuda", None), "quick.cuda", source)
+    quick_cuda_resources = (
+        _parse_resources(quick_cuda.pop("resources"), "quick.cuda.resources", source)
+        if "resources" in quick_cuda
+        else None
+    )
     quick_base = config_from_dict(quick, source=f"{source}: quick", base=base)
+    quick_cuda_base = config_from_dict(quick_cuda, source=f"{source}: quick.cuda", base=quick_base)
+    for key in quick_grid_raw:
+        if key not in grid:
+            raise err(f"quick.grid.{key}", f"is not a grid axis ({', '.join(grid) or 'none'})")
+    quick_grid = _parse_grid(quick_grid_raw, f"{source}: quick", quick_base)
     _check_combinations(grid, sample, base, source)
-    _check_combinations(grid, sample, quick_base, f"{source}: quick")
+    for where, b in ((f"{source}: quick", quick_base), (f"{source}: quick.cuda", quick_cuda_base)):
+        _check_combinations(grid | quick_grid, sample, b, where)
 
     baseline = mapping("baseline")
     if baseline and not grid:
@@ -242,6 +289,24 @@ def parse_space(text: str, source: str, name: str, path: Path | None = None) -> 
     if grid and baseline and set(baseline) != set(grid):
         missing = ", ".join(k for k in grid if k not in baseline)
         raise err("baseline", f"must give every grid axis; missing {missing}")
+
+    if quick_baseline and not baseline:
+        raise err("quick.baseline", "needs a baseline to stand in for")
+    for key, values in quick_grid.items():
+        if key in baseline and key not in quick_baseline and baseline[key] not in values:
+            raise err(
+                f"quick.baseline.{key}", f"is needed: the baseline's {baseline[key]!r} is not "
+                f"in the quick grid {values}"
+            )
+    for key, value in quick_baseline.items():
+        values = (grid | quick_grid).get(key)
+        if values is None:
+            raise err(f"quick.baseline.{key}", f"is not a grid axis ({', '.join(grid)})")
+        if value not in values:
+            raise err(
+                f"quick.baseline.{key}", f"must be one of the quick grid values {values}, "
+                f"got {value!r}"
+            )
 
     return Space(
         name=name,
@@ -260,6 +325,11 @@ def parse_space(text: str, source: str, name: str, path: Path | None = None) -> 
         quick=quick,
         quick_resources=quick_resources,
         quick_num_samples=quick_num_samples,
+        quick_grid=quick_grid,
+        quick_baseline=dict(quick_baseline),
+        quick_seeds=quick_seeds,
+        quick_cuda=quick_cuda,
+        quick_cuda_resources=quick_cuda_resources,
         text=text,
     )
 
@@ -348,6 +418,14 @@ def _check_combinations(
         for values in itertools.product(*(axes[k] for k in combo)):
             point = dict(zip(combo, values, strict=True))
             config_from_dict(point, f"{source}: axes {point}", base)
+
+
+def _sub_mapping(value: Any, key: str, source: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpaceError(f"{source}: key '{key}' must be a mapping, got {type(value).__name__}")
+    return dict(value)
 
 
 def _known_key(key: Any, where: str, source: str) -> None:

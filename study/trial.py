@@ -26,6 +26,7 @@ training function resumes from it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -190,6 +191,8 @@ def _attempt(
         from study.cache import ArtifactCache  # sampled pretraining settings: resolved per trial
 
         cfg = ArtifactCache(cache_root).resolve(cfg, progress=False)
+    if cfg.threads == 0:  # the trial's CPU share becomes part of its config (and best_config)
+        cfg = dataclasses.replace(cfg, threads=torch.get_num_threads())
     info = {
         "id": tid,
         "tune_trial_id": tune.get_context().get_trial_id(),

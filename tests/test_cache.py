@@ -236,3 +236,14 @@ def test_coco_availability_checks_without_network(
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"w")
     assert not needs_download(coco) and prepare_coco_weights([coco], download=False) == []
+
+
+def test_the_artifact_line_says_what_the_pretraining_learned(tmp_path: Path) -> None:
+    from study.prepare import _learned
+
+    art = tmp_path / "center_loss-nano-x.pt"
+    assert _learned(str(art)) == ""  # no sidecar: nothing claimed
+    art.with_suffix(".json").write_text('{"metrics": {"accuracy": 0.9615, "loss": 0.1}}')
+    assert _learned(str(art)) == " (held-out bottle/background accuracy 0.962)"
+    art.with_suffix(".json").write_text('{"metrics": {"triplet_accuracy": 0.5}}')
+    assert _learned(str(art)) == " (held-out triplet accuracy 0.500)"

@@ -22,7 +22,7 @@ def test_shipped_spaces_load_and_plan(name: str) -> None:
         plan = build_plan(space, data=data)
         if space.grid:
             n = 1
-            for values in space.grid.values():
+            for values in space.grid_for(data is None).values():
                 n *= len(values)
             assert len(plan.trials) == n
             assert len(plan.baseline_ids()) == 1
@@ -39,10 +39,86 @@ def test_ablation_space_is_the_flow_study() -> None:
     full = build_plan(space, data="/data/flow")
     cfg = full.trial("ssl-ciou-tiny").config
     assert (cfg.img_size, cfg.epochs, cfg.batch_size, cfg.data) == (640, 300, 64, "/data/flow")
-    quick = build_plan(space).trial("ssl-ciou-tiny").config
-    assert quick.data == "" and quick.epochs < 10 and quick.img_size < 640
-    assert quick.max_train_images > 0 and quick.workers == 0
-    assert (quick.pretrain, quick.reg_loss, quick.size) == ("ssl", "ciou", "tiny")
+    # the quick profile pins YOLOX-nano and runs a random-init stand-in for the coco baseline
+    plan = build_plan(space)
+    assert plan.grid == {**space.grid, "pretrain": ["none", "center_loss"], "size": ["nano"]}
+    assert [t.id for t in plan.trials][:2] == ["none-iou-nano", "none-ciou-nano"]
+    assert plan.baseline_ids() == ["none-iou-nano"]
+    assert plan.stand_in_for == {"pretrain": "coco", "size": "s"}
+    assert any("stand-in for the study's pretrain=coco, size=s" in n for n in plan.notes)
+    assert any("size pinned to nano" in n and "--full" in n for n in plan.notes)
+    quick = plan.trial("center_loss-ciou-nano").config
+    assert quick.data == "" and quick.epochs < 30 and quick.input_mode == "tiles"
+    assert quick.workers == 0 and quick.device == "cpu"
+    assert (quick.pretrain, quick.reg_loss, quick.size) == ("center_loss", "ciou", "nano")
+    # --full: every grid value of the space as well, on the quick data (coco included)
+    full_quick = build_plan(space, full=True)
+    assert len(full_quick.trials) == 4 * 2 * 3  # none, center_loss, coco, ssl
+    assert full_quick.trial("coco-iou-s").config.epochs == quick.epochs
+    assert full_quick.baseline_ids() == ["none-iou-nano"]
+    with pytest.raises(ConfigError, match="--full"):
+        build_plan(space, data="/data/flow", full=True)
+    # with --data nothing of the quick profile applies: the study's own baseline
+    assert full.baseline_ids() == ["coco-iou-s"] and full.stand_in_for == {}
+
+
+def test_results_csv_names_the_stand_in_baseline(tmp_path: Path) -> None:
+    from study.results import read_csv, write_results
+
+    plan = build_plan(load_space("ablation"))
+    write_results(plan, tmp_path)
+    rows = read_csv(tmp_path / "results.csv")
+    roles = {r["id"]: r["role"] for r in rows}
+    assert roles.pop("none-iou-nano") == "baseline (stand-in for pretrain=coco, size=s)"
+    assert set(roles.values()) == {None}  # an empty cell reads back as None
+    own = build_plan(load_space("ablation"), data="/d")
+    write_results(own, tmp_path)
+    rows = read_csv(tmp_path / "results.csv")
+    assert [(r["id"], r["role"]) for r in rows if r["role"]] == [("coco-iou-s", "baseline")]
+
+
+def test_quick_profile_for_cuda_is_chosen_by_flag_and_says_so() -> None:
+    from study.plan import describe_profile
+
+    space = load_space("ablation")
+    cpu, gpu = build_plan(space), build_plan(space, cuda=True)
+    c, g = cpu.trials[0].config, gpu.trials[0].config
+    assert (c.device, g.device) == ("cpu", "cuda")
+    assert g.epochs > c.epochs and g.batch_size > c.batch_size
+    assert gpu.resources.gpus > 0 and cpu.resources.gpus == 0
+    assert "for CUDA (--device cpu for the CPU profile)" in describe_profile(gpu)
+    assert "for CPU" in describe_profile(cpu)
+    # --data: the space's own settings whatever the device
+    assert build_plan(space, data="/d", cuda=False).resources == space.resources
+
+
+def test_driver_picks_the_quick_profile_by_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from study.driver import StudyArgs, make_plan, quick_on_cuda
+    from study.prepare import StudyError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert quick_on_cuda("auto") and quick_on_cuda("cuda") and not quick_on_cuda("cpu")
+    assert make_plan(StudyArgs(space="ablation")).cuda
+    assert not make_plan(StudyArgs(space="ablation", device="cpu")).cuda
+    on_data = make_plan(StudyArgs(space="ablation", data="/tmp", device="cpu"))
+    assert not on_data.cuda and on_data.trials[0].config.device == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not quick_on_cuda("auto")
+    with pytest.raises(StudyError, match="no CUDA device"):
+        quick_on_cuda("cuda")
+
+
+def test_quick_seeds_are_the_default_and_the_flag_wins(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "grid: {reg_loss: [iou, ciou]}\nbaseline: {reg_loss: iou}\nquick: {seeds: 3}\n",
+    )
+    space = load_space(path)
+    assert build_plan(space).seeds == 3 and len(build_plan(space).trials) == 6
+    assert build_plan(space, seeds=1).seeds == 1
+    assert build_plan(space, data="/d").seeds == 1  # the quick profile's only
 
 
 def test_hparams_space_samples_with_asha() -> None:
@@ -94,6 +170,24 @@ def _write(tmp_path: Path, text: str) -> Path:
         ),
         ("grid: {size: [nano]}\nresources: {cpus: 1, tpus: 1}\n", "resources.tpus"),
         ("grid: {size: [nano]}\nquick: {epochs: -1}\n", "epochs"),
+        ("grid: {size: [nano]}\nquick: {grid: {reg_loss: [iou]}}\n", "quick.grid.reg_loss"),
+        ("grid: {size: [nano, s]}\nquick: {grid: {size: [huge]}}\n", "size"),
+        ("grid: {size: [nano]}\nquick: {grid: [nano]}\n", "quick.grid"),
+        (
+            "grid: {size: [nano, s]}\nbaseline: {size: s}\nquick: {grid: {size: [nano]}}\n",
+            "quick.baseline.size",
+        ),
+        (
+            "grid: {size: [nano, s]}\nbaseline: {size: s}\nquick: {baseline: {size: tiny}}\n",
+            "quick.baseline.size",
+        ),
+        ("grid: {size: [nano]}\nquick: {baseline: {size: nano}}\n", "quick.baseline"),
+        ("grid: {size: [nano]}\nquick: {seeds: 0}\n", "quick.seeds"),
+        ("grid: {size: [nano]}\nquick: {cuda: {epochs: -1}}\n", "epochs"),
+        (
+            "grid: {size: [nano]}\nquick: {cuda: {resources: {gpus: -1}}}\n",
+            "quick.cuda.resources.gpus",
+        ),
         ("grid: {size: [nano]}\nmetric: accuracy\n", "metric"),
         # a cross-key rule only a combination of axis values breaks
         ("grid: {epochs: [5, 20]}\nfixed: {no_aug_epochs: 10}\n", "no_aug_epochs"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def jsonl(text: str) -> list[dict]:
 
 def test_dry_run_cli_prints_every_planned_trial(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [*RUN, "--space", "ablation", "--dry-run", "--no-download"],
+        [*RUN, "--space", "ablation", "--dry-run", "--no-download", "--full"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -63,10 +64,11 @@ def test_dry_run_cli_prints_every_planned_trial(tmp_path: Path) -> None:
     records = jsonl(proc.stdout)  # stdout is JSON lines only
     trials = [r for r in records if r["kind"] == "trial"]
     jobs = [r for r in records if r["kind"] == "pretrain"]
-    assert len(trials) == 18 and len({t["id"] for t in trials}) == 18
+    # --full: the space's 18 grid points and the quick profile's stand-in pretrain=none
+    assert len(trials) == 24 and len({t["id"] for t in trials}) == 24
     assert all(set(t["config"]) == set(config_keys()) for t in trials)  # full configs
     points = {(t["point"]["pretrain"], t["point"]["reg_loss"], t["point"]["size"]) for t in trials}
-    assert len(points) == 18
+    assert len(points) == 24
     # center_loss/ssl × 3 sizes: 6 distinct artifacts, each shared by the iou and ciou trials
     assert len(jobs) == 6 and len({j["key"] for j in jobs}) == 6
     assert all(len(j["trials"]) == 2 for j in jobs)
@@ -77,7 +79,7 @@ def test_dry_run_cli_prints_every_planned_trial(tmp_path: Path) -> None:
     assert "quick profile" in proc.stderr  # said plainly, on stderr
     # the one-line summary closes stderr; the six coco trials' weights are not on disk
     assert proc.stderr.strip().splitlines()[-1] == (
-        "dry run: 18 trials planned (6 need COCO weights not on disk), 6 pretraining jobs; "
+        "dry run: 24 trials planned (6 need COCO weights not on disk), 6 pretraining jobs; "
         "nothing was run"
     )
     assert not (tmp_path / "studies").exists()  # a dry run writes nothing
@@ -85,12 +87,13 @@ def test_dry_run_cli_prints_every_planned_trial(tmp_path: Path) -> None:
 
 def test_dry_run_with_seeds_repeats_points_and_artifacts(capsys: pytest.CaptureFixture) -> None:
     out = run_study(
-        StudyArgs(space="ablation", seeds=2, dry_run=True, download=False), log=lambda s: None
+        StudyArgs(space="ablation", seeds=2, full=True, dry_run=True, download=False),
+        log=lambda s: None,
     )
     records = jsonl(capsys.readouterr().out)
     trials = [r for r in records if r["kind"] == "trial"]
-    assert len(trials) == 36 and out.exit_code == 0
-    assert out.summary.startswith("dry run: 36 trials planned")
+    assert len(trials) == 48 and out.exit_code == 0
+    assert out.summary.startswith("dry run: 48 trials planned")
     assert sorted({t["config"]["seed"] for t in trials}) == [0, 1]
     # the seed is a pretraining setting: one artifact per method x size x seed
     assert len([r for r in records if r["kind"] == "pretrain"]) == 12
@@ -194,6 +197,7 @@ def test_smoke_study_end_to_end_with_a_crash_and_retry(ray_address: str, tmp_pat
         ("center_loss", "ciou"),
     }
     assert all(r["epoch"] == 2 and r["params"] > 0 and r["mAP"] is not None for r in rows)
+    assert [r["id"] for r in rows if r["role"]] == ["none-iou"]  # the space's own baseline
 
     # the center-loss artifact was computed once (a Ray task) and both trials loaded it
     plan = json.loads((study / "plan.json").read_text())
@@ -219,24 +223,29 @@ def test_smoke_study_end_to_end_with_a_crash_and_retry(ray_address: str, tmp_pat
         assert png in report and (study / png).stat().st_size > 1000
     assert out.best is not None and out.best["id"] in out.summary
 
-    # best_config.yaml reruns the best trial to the same numbers on CPU, given the thread count
-    # its comment names (CPU float sums depend on how many threads split them)
+    # best_config.yaml reruns the best trial to the same numbers on CPU: the thread count that
+    # decides its float sums travels in the config, and the header's command works as written
+    # from any folder (here: a fresh one, not the project root)
     import torch
 
-    from model.train import train_detector
-
     text = (study / "best_config.yaml").read_text()
-    assert "Rerun: OMP_NUM_THREADS=1 python study/train.py --config best_config.yaml" in text
     best_cfg = load_config(study / "best_config.yaml")
+    assert best_cfg.threads == 1  # the trial's CPU share (resources: cpus 1)
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("# Rerun: ")]
+    argv = shlex.split(line.removeprefix("# Rerun: "))
+    assert argv[0] == "python" and Path(argv[1]).is_absolute()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    done = subprocess.run(
+        [sys.executable, *argv[1:], "--quiet"], cwd=elsewhere, env=env, capture_output=True,
+        text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((elsewhere / "runs" / "best" / "metrics.json").read_text())
+    assert metrics["mAP"] == out.best["mAP"]
     history = read_history(study / "trials" / out.best["id"] / "history.jsonl")
-    rerun: list[dict] = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = train_detector(best_cfg, lambda m, p: rerun.append(m), progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    assert result["mAP"] == pytest.approx(out.best["mAP"], abs=1e-9)
+    rerun = torch.load(metrics["checkpoint"], weights_only=True)["history"]
     assert rerun[-1]["total_loss"] == history[-1]["total_loss"]  # bit-identical
 
 

@@ -39,7 +39,7 @@ def test_the_network_sizes_and_the_loss_kinds_are_those_sets():
 
 
 @pytest.mark.parametrize(
-    "module", ["study.train", "study.evaluate", "study.detect", "study.pretrain"]
+    "module", ["study.train", "study.evaluate", "study.detect", "study.pretrain", "study.run"]
 )
 def test_the_clis_device_choices(module):
     parser = importlib.import_module(module).build_parser()
