@@ -33,7 +33,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from study import outputs, pipeline, prepare, session, trust
 from study.files import atomic_write_text, format_duration
 from study.layout import PLAN, SPACE, StudyError
 from study.plan import Plan, build_plan, describe_profile, load_plan
-from study.spaces import load_space
+from study.spaces import _nonneg_int, load_space
 from study.trial import TrainFn
 
 DEFAULT_TRAIN_FN = "model.train:train_detector"
@@ -52,7 +52,7 @@ Log = Callable[[str], None]
 
 @dataclass
 class StudyArgs:
-    space: str = "smoke"
+    space: str = "ablation"
     data: str | None = None
     out: Path | None = None
     address: str | None = None
@@ -75,6 +75,17 @@ class StudyArgs:
     searcher_seed: int = 0
     force: bool = False  # write into a non-empty --out that holds no study
     strict: bool = False  # any dropped/clipped/fixed image or box stops the study
+
+
+def study_defaults() -> dict[str, Any]:
+    """Every StudyArgs default (the CLI's defaults: study/run.py sets them on its parser)."""
+    out = {}
+    for f in fields(StudyArgs):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
 @dataclass
@@ -178,6 +189,8 @@ def run_study(
 ) -> StudyOutcome:
     """Run (or with ``args.dry_run`` only print) a study; see the module docstring."""
     t0 = time.time()
+    if args.max_failures is not None:  # checked as the space's own max_failures
+        _nonneg_int(args.max_failures, "max_failures", "--max-failures")
     if args.resume:
         study_dir = study_dir_for(args, Path(args.space).stem)
         if not (study_dir / PLAN).is_file():

@@ -17,12 +17,15 @@ import argparse
 import sys
 from pathlib import Path
 
-# `python study/run.py` puts study/ first on sys.path (and Ray copies it to its workers), where
-# train.py, report.py, … would shadow top-level modules of those names: import them as study.*
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+if __package__ in (None, ""):  # `python study/run.py` (the README's); not -m, not yolox-study
+    # the script's folder, study/, comes first on sys.path (and Ray copies it to its workers),
+    # where train.py, report.py, … would shadow top-level modules of those names: the one place
+    # that cannot be avoided without changing the README's command
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
 
 from model.config import DEVICES, add_override_argument  # noqa: E402
-from study.driver import DEFAULT_TRAIN_FN, StudyArgs, main_entry  # noqa: E402
+from study.driver import DEFAULT_TRAIN_FN, StudyArgs, main_entry, study_defaults  # noqa: E402
 from study.spaces import shipped_spaces  # noqa: E402
 
 
@@ -116,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE:FUNCTION",
         help="training function with train_detector's signature (tests and benchmarks)",
     )
+    # the defaults are StudyArgs's: one source for the CLI and for run_study's callers
+    p.set_defaults(**study_defaults())
     return p
 
 
