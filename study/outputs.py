@@ -13,7 +13,7 @@ from model.data.raw import plural
 from study.datacheck import REPORT_JSON, REPORT_TXT
 from study.export import choose_best, export_best
 from study.plan import Plan, describe_profile
-from study.plots import plot_by_axis, plot_learning_curves, plot_vs_params
+from study.plots import plot_by_axis, plot_learning_curves, plot_vs_params, plot_x_axis
 from study.report import ReportInput, _table, render_report
 from study.results import histories, write_results
 from study.trial import CRASHES, FAILED, LOG, trial_dir
@@ -127,7 +127,8 @@ def write_all(
         )
 
     plots: list[tuple[str, str]] = []
-    by_axis = plot_by_axis(rows, axes, sp.metric, study_dir / f"{sp.metric}_by_size.png")
+    x_axis = plot_x_axis(rows, axes) if axes else "size"
+    by_axis = plot_by_axis(rows, axes, sp.metric, study_dir / f"{sp.metric}_by_{x_axis}.png")
     if by_axis is not None:
         plots.append((f"{sp.metric} by size", by_axis.name))
     curves = plot_learning_curves(
