@@ -29,7 +29,7 @@ from study.layout import (
     trial_dir,
 )
 from study.plan import Plan, describe_profile
-from study.plots import plot_by_axis, plot_learning_curves, plot_vs_params
+from study.plots import plot_by_axis, plot_learning_curves, plot_vs_params, plot_x_axis
 from study.report import ReportInput, _table, render_report
 from study.results import histories, write_results
 
@@ -142,7 +142,8 @@ def write_all(
         )
 
     plots: list[tuple[str, str]] = []
-    by_axis = plot_by_axis(rows, axes, sp.metric, study_dir / f"{sp.metric}_by_size.png")
+    x_axis = plot_x_axis(rows, axes) if axes else "size"
+    by_axis = plot_by_axis(rows, axes, sp.metric, study_dir / f"{sp.metric}_by_{x_axis}.png")
     if by_axis is not None:
         plots.append((f"{sp.metric} by size", by_axis.name))
     curves = plot_learning_curves(

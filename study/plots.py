@@ -1,7 +1,8 @@
 """PNG plots for the report (matplotlib, Agg backend: no display needed).
 
-* ``<metric>_by_size.png`` — the metric against model size, one line per combination of the
-  other grid axes (pretraining × loss in the ablation); error bars = std over seeds;
+* ``<metric>_by_<axis>.png`` — the metric against model size (or, when the size does not vary,
+  the first axis that does), one line per combination of the other grid axes (pretraining ×
+  loss in the ablation); error bars = std over seeds;
 * ``learning_curves.png`` — the metric against epoch for every trial (from ``history.jsonl``);
 * ``<metric>_vs_params.png`` — sampled studies: the metric against each sampled value.
 """
@@ -26,13 +27,23 @@ from study.report import group_points  # noqa: E402
 SIZE_ORDER = SIZE_NAMES
 
 
+def plot_x_axis(rows: Sequence[dict[str, Any]], axes: Sequence[str]) -> str:
+    """``size`` when it takes several values, else the first axis that does (else the first):
+    a profile that pins the size plots against what it varies."""
+    varying = [a for a in axes if len({repr(r.get(a)) for r in rows}) > 1]
+    if "size" in varying:
+        return "size"
+    return (varying or list(axes))[0]
+
+
 def plot_by_axis(
     rows: Sequence[dict[str, Any]], axes: Sequence[str], metric: str, out: Path
 ) -> Path | None:
-    """The metric against ``size`` (or the first grid axis), one line per other-axes combination."""
+    """The metric against :func:`x_axis` (size when it varies), one line per combination of the
+    other axes."""
     if not axes:
         return None
-    x_axis = "size" if "size" in axes else axes[0]
+    x_axis = plot_x_axis(rows, axes)
     others = [a for a in axes if a != x_axis]
     points = group_points(rows, axes)
     if not points:

@@ -308,3 +308,13 @@ def test_plots_are_written(tmp_path: Path) -> None:
     curves = plot_learning_curves(hist, "mAP", tmp_path / "curves.png")
     assert curves is not None and curves.stat().st_size > 1000
     assert plot_by_axis([], AXES, "mAP", tmp_path / "none.png") is None
+
+
+def test_plots_run_along_the_size_only_where_it_varies() -> None:
+    from study.plots import plot_x_axis
+
+    rows = [{**r, "size": "nano"} for r in seeded_rows()]
+    assert plot_x_axis(rows, ["size", *AXES]) == "pretrain"  # pinned to nano: not the x axis
+    rows.append({**rows[0], "size": "s"})
+    assert plot_x_axis(rows, [*AXES, "size"]) == "size"
+    assert plot_x_axis(rows[:1], AXES) == "pretrain"  # nothing varies: the first axis
