@@ -35,6 +35,7 @@ from model.pretrain.ssl import (
 )
 from model.train import init_pretrained
 from model.yolox import build_yolox
+from tests.paths import FIXTURES
 
 # --- center loss -------------------------------------------------------------------------------
 
@@ -144,7 +145,7 @@ def test_a_lone_small_frame_is_a_data_error_naming_it() -> None:
 
 # --- one tiny epoch of each method, end to end -------------------------------------------------
 
-MANIFEST = Path(__file__).parent / "fixtures" / "yolox_state_dict_manifest.json"
+MANIFEST = FIXTURES / "yolox_state_dict_manifest.json"
 PREFIX = "backbone.backbone."
 
 

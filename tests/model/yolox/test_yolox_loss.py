@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from model.losses import IOU_KINDS
 from model.yolox.loss import LOSS_KEYS, yolox_loss
-
-FIXTURES = Path(__file__).parent / "fixtures"
-
+from tests.paths import FIXTURES
 
 # ----------------------------------------------------------------------------- official parity
 

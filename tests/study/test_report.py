@@ -15,6 +15,7 @@ from study.plots import plot_by_axis, plot_learning_curves
 from study.report import ReportInput, render_report
 from study.results import read_csv, read_history, write_csv
 from study.stats import summarize, t_quantile, welch
+from tests.paths import REPO
 
 AXES = ["pretrain", "reg_loss"]
 
@@ -292,7 +293,7 @@ def test_best_config_round_trip(tmp_path: Path) -> None:
     assert load_config(path) == cfg
     text = path.read_text()
     assert text.startswith("# Best trial of study s1: ssl-ciou-tiny (done), mAP 0.3830")
-    train = Path(__file__).resolve().parent.parent / "study" / "train.py"
+    train = REPO / "study" / "train.py"
     assert "AP50 0.5000" in text and f"python {train} --config {path.resolve()}" in text
     assert "reproduces these numbers exactly" not in text  # no threads known: no promise
     assert "over 2 seeds: mAP 0.3820" in text

@@ -16,9 +16,9 @@ from pycocotools.coco import COCO
 from model.data import load_dataset
 from model.data.__main__ import main
 from tests.data_builders import boxes_of, make_flow, truncate
+from tests.paths import REPO
 
 FAST = {"progress": False, "workers": 2}
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _messy(root: Path) -> Path:

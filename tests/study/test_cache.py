@@ -1,7 +1,7 @@
 """The pretraining-artifact cache: keys, hits and misses, concurrency, resolve, COCO checks.
 
 The computation is replaced by a stub that writes a small file and counts its calls, so these
-tests are about the cache; tests/test_pretrain_methods.py runs the real pretraining.
+tests are about the cache; tests/model/pretrain/test_pretrain_methods.py runs the real pretraining.
 """
 
 from __future__ import annotations

@@ -7,15 +7,14 @@ import json
 import math
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
 from model.config import TrialConfig
 from model.yolox import SIZES, YOLOX, build_yolox, build_yolox_from_config
+from tests.paths import FIXTURES
 
-FIXTURES = Path(__file__).parent / "fixtures"
 MANIFEST = json.loads((FIXTURES / "yolox_state_dict_manifest.json").read_text())
 
 

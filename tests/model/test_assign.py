@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from model.assign import Assignment, BatchAssignment, simota, simota_batched
+from tests.paths import FIXTURES
 
-CASES = torch.load(Path(__file__).parent / "fixtures" / "simota_cases.pt", weights_only=True)[
+CASES = torch.load(FIXTURES / "simota_cases.pt", weights_only=True)[
     "cases"
 ]
 

@@ -23,9 +23,9 @@ from study.driver import StudyArgs, run_study
 from study.results import read_csv, read_history
 from study.session import _psutil
 from tests.data_builders import truncate
+from tests.paths import REPO
 from tests.study_fakes import control_folder
 
-REPO = Path(__file__).resolve().parent.parent
 RUN = [sys.executable, str(REPO / "study" / "run.py")]
 
 pytest.importorskip("ray")

@@ -12,8 +12,9 @@ import torch
 
 from model.data.synth import generate_flow_like
 from study import pretrain as cli
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 TINY = ["--size", "nano", "--epochs", "1", "--set", "pretrain_batch_size=8", "--device", "cpu"]
 
 

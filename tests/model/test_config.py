@@ -16,6 +16,7 @@ from model.config import (
     parse_override,
     save_config,
 )
+from tests.paths import REPO
 
 
 def test_defaults_follow_the_official_recipe() -> None:
@@ -130,7 +131,7 @@ def test_dump_is_safe_yaml() -> None:
 
 
 @pytest.mark.parametrize(
-    "path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")), ids=str
+    "path", sorted((REPO / "configs").glob("*.yaml")), ids=str
 )
 def test_shipped_configs_load(path: Path) -> None:
     # every key of a shipped config must still exist and validate (a renamed key fails here)

@@ -16,8 +16,8 @@ from model.evaluate import COCO_METRICS
 from study import detect as detect_cli
 from study import evaluate as evaluate_cli
 from study import train as train_cli
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = (
     "size: nano\nimg_size: 64\nbatch_size: 4\nepochs: 1\nno_aug_epochs: 0\nwarmup_epochs: 0\n"
     "workers: 0\ndevice: cpu\nmultiscale: 0\n"

@@ -14,7 +14,7 @@ from model.config import TrialConfig
 from model.data.augment import AugmentParams, sample_rng, train_sample
 from model.data.loader import SplitImages, epoch_order
 from model.data.preview import class_colour, draw_targets, render_grid, render_preview
-from tests.test_loader import BOXES, W, make_split
+from tests.model.data.test_loader import BOXES, W, make_split
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,9 @@ from study.plan import build_plan
 from study.prepare import StudyError
 from study.results import read_csv, read_history
 from study.spaces import load_space
+from tests.paths import REPO
 from tests.study_fakes import control_folder
 
-REPO = Path(__file__).resolve().parent.parent
 RUN = [sys.executable, str(REPO / "study" / "run.py")]
 ENV = {**os.environ, "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 # Ray enables token authentication on the clusters ray.init starts, and a driver joining one by

@@ -125,7 +125,8 @@ def test_same_config_and_seed_reproduce_the_run(uninterrupted, data_dir, tmp_pat
 
 
 def test_channels_last_runs_on_cpu_and_its_checkpoint_loads_anywhere(data_dir, tmp_path) -> None:
-    # (the layout gives the same step as contiguous tensors: tests/test_yolox_network.py)
+    # (the layout gives the same step as contiguous tensors:
+    # tests/model/yolox/test_yolox_network.py)
     cfg = tiny(data_dir, channels_last=True, epochs=1, no_aug_epochs=0, eval_interval=1)
     result = train_detector(cfg, checkpoint_dir=tmp_path, progress=False)
     assert result["epochs"] == 1
