@@ -49,6 +49,7 @@ from model.data.raw import plural
 from model.evaluate import COCO_METRICS, evaluate_coco
 from model.optim import ModelEMA, YoloxWarmCos, build_optimizer, set_lr
 from model.yolox import build_yolox_from_config, load_coco_weights
+from model.yolox.loss import summarize_stats
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +289,7 @@ class _Trainer:
         self.dataset = load_trial_data(cfg, progress=progress)
         self.net = build_yolox_from_config(cfg)
         self.params = sum(p.numel() for p in self.net.parameters())
+        self.net.head.assign_stats = True  # (issue 17) assignment diagnostics every epoch
         self.loader = build_train_loader(
             self.dataset.train, cfg, device=self.device, progress=progress
         )
@@ -343,6 +345,8 @@ class _Trainer:
         self.tile_counts = {**self.tile_counts, **state.get("tile_counts", {})}
         self.summary = str(state["summary"])
         self.pretrain_loaded = int(state["pretrain_loaded"])
+        if "assign_state" in state:  # (issue 17) the dynamic assigner's threshold and beta
+            self.net.head.dynamic_state.load_state_dict(state["assign_state"])
         set_rng_state(state["rng"])  # last: building the run above consumed random numbers
 
     def _log(self, line: str) -> None:
@@ -377,6 +381,7 @@ class _Trainer:
         net.train()
         self.loader.set_epoch(epoch)
         sums = dict.fromkeys(LOSS_KEYS, 0.0)
+        stat_sums: dict[str, Any] = {}  # assignment counts (tensors), see model.yolox.loss
         autocast = (
             torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
         )
@@ -392,6 +397,8 @@ class _Trainer:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast:
                 out = net(images, targets)
+            for k, v in out.pop("assign_stats", {}).items():  # counts, not losses
+                stat_sums[k] = stat_sums.get(k, 0.0) + v
             values = _loss_values(out)
             if not math.isfinite(values["total_loss"]):
                 self._non_finite(step, epoch, i, values)
@@ -416,6 +423,17 @@ class _Trainer:
         self.images_seen += images_done
         means: dict[str, Any] = {k: v / max(self.iters, 1) for k, v in sums.items()}
         means["lr"] = lr
+        diag = summarize_stats(stat_sums)
+        means.update(diag)
+        buckets = " ".join(
+            f"{k.removeprefix('pos_per_obj_')} {v:.2f}" for k, v in diag.items()
+            if k.startswith("pos_per_obj_")
+        )
+        self._log(
+            f"epoch {epoch + 1}/{cfg.epochs}: positives per object by size (px) {buckets}; "
+            f"objects without a positive {diag['no_pos_share']:.1%}; mean IoU of positives "
+            f"{diag['pos_mean_iou']:.3f}"
+        )
         if cfg.input_mode == "tiles":
             cut = self.loader.take_cut_counts()
             for k, v in cut.items():
@@ -490,6 +508,7 @@ class _Trainer:
             "tile_counts": self.tile_counts,
             "summary": self.summary,
             "pretrain_loaded": self.pretrain_loaded,
+            "assign_state": self.net.head.dynamic_state.state_dict(),
             "params": self.params,
             "class_names": list(self.dataset.train.class_names),
         }

@@ -1,0 +1,354 @@
+"""Label assigners beside SimOTA (issue 17): ATSS, YOLOF's uniform matching, fixed top-k, Dynamic
+R-CNN's dynamic threshold, and HAMBox compensation on top of any of them.
+
+Each is a plain ``@torch.no_grad()`` function of a padded batch returning the
+:class:`~model.assign.BatchAssignment` of ``simota_batched``. The inputs are those of
+``simota_batched`` without the class scores (none of these rules looks at them):
+
+    gt_bboxes: (B, G, 4) cx, cy, w, h in input pixels; gt_valid: (B, G) bool, False = padding;
+    pred_bboxes: (B, A, 4) decoded cx, cy, w, h; x_shifts, y_shifts: (A,) grid-cell indices;
+    strides: (A,) pixels per cell.
+
+They work on dense (B, G, A) tables: FloW images hold a few dozen objects at most, so at
+16 x 30 x 8400 a table is 16 MB; SimOTA's candidate packing is not worth its complexity here.
+A point's position is its cell centre ((shift + 0.5) * stride), as in SimOTA's geometry.
+Conflicts (a point claimed by several objects) follow each paper's rule; ties go to the lower
+object index (``argmax`` returns the first maximum), so results are deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from model.assign import BatchAssignment
+from model.losses import pairwise_iou
+
+ATSS_K = 9  # ATSS sec. 3.2: k = 9 candidates per level
+ATSS_PRIOR_SCALE = 8.0  # ATSS on FCOS (sec. 3.2): one square anchor of 8 x stride per point
+UNIFORM_K = 4  # YOLOF sec. 3.3: k = 4 nearest anchors and 4 nearest predictions
+UNIFORM_PRIOR_SCALE = 1.0  # our prior box for YOLOF's anchor: the cell itself (see uniform)
+UNIFORM_NEG_IGNORE = 0.7  # YOLOF: negatives whose prediction has IoU > 0.7 with an object ignored
+UNIFORM_POS_IGNORE = 0.15  # YOLOF: positives whose anchor has IoU < 0.15 with its object ignored
+TOPK_K = 9
+HAMBOX_K = 3  # compensate objects with fewer positives than this
+HAMBOX_IOU = 0.35  # a compensated prediction's box must overlap its object at least this much
+
+
+def default_k(assigner: str) -> int:
+    """The paper value of ``assign_k`` for ``assigner`` (0 where it has no k)."""
+    return {"atss": ATSS_K, "uniform": UNIFORM_K, "topk": TOPK_K}.get(assigner, 0)
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def prior_centres(x_shifts: Tensor, y_shifts: Tensor, strides: Tensor) -> Tensor:
+    """(A,) grid -> (A, 2) cell centres in input pixels."""
+    s = strides.float()
+    return torch.stack([(x_shifts.float() + 0.5) * s, (y_shifts.float() + 0.5) * s], -1)
+
+
+def prior_boxes(x_shifts: Tensor, y_shifts: Tensor, strides: Tensor, scale: float) -> Tensor:
+    """(A,) grid -> (A, 4) squares of ``scale`` x stride at the cell centres (cx, cy, w, h)."""
+    side = (strides.float() * scale).unsqueeze(-1)
+    return torch.cat([prior_centres(x_shifts, y_shifts, strides), side, side], -1)
+
+
+def _xyxy(b: Tensor) -> Tensor:
+    return torch.cat([b[..., :2] - b[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2], -1)
+
+
+def _centre_inside_box(gt: Tensor, centres: Tensor) -> Tensor:
+    """(B, G, 4) boxes, (A, 2) points -> (B, G, A) bool: point strictly inside the box."""
+    box = _xyxy(gt).unsqueeze(-2)  # (B, G, 1, 4)
+    c = centres[None, None]  # (1, 1, A, 2)
+    return ((c - box[..., :2]) > 0).all(-1) & ((box[..., 2:] - c) > 0).all(-1)
+
+
+def _centre_region(gt: Tensor, centres: Tensor, strides: Tensor, radius: float) -> Tensor:
+    """(B, G, A) bool: point within ``radius`` strides of the object's centre (SimOTA's square)."""
+    d = (centres[None, None] - gt[..., None, :2]).abs()  # (B, G, A, 2)
+    return (d < (strides.float() * radius)[:, None]).all(-1)
+
+
+def _smallest_k(cost: Tensor, k: int) -> Tensor:
+    """(..., N) -> (..., N) bool: the k smallest entries (ties: lower index, a stable order)."""
+    k = min(k, cost.shape[-1])
+    take = torch.zeros_like(cost, dtype=torch.bool)
+    if k:
+        take.scatter_(-1, cost.argsort(dim=-1, stable=True)[..., :k], True)
+    return take
+
+
+def _resolve(
+    claim: Tensor, score: Tensor, pred_iou: Tensor, ignore: Tensor | None = None
+) -> BatchAssignment:
+    """Claims (B, G, A) bool -> BatchAssignment; a point claimed by several objects goes to the
+    one of highest ``score`` (B, G, A); ``pred_iou`` (B, G, A) gives the result's IoUs."""
+    s = score.masked_fill(~claim, -math.inf)
+    gi = s.argmax(1)  # (B, A); ties: the lower object index
+    fg = claim.any(1)
+    matched = torch.where(fg, gi, -1)
+    ious = pred_iou.gather(1, gi.unsqueeze(1)).squeeze(1).masked_fill(~fg, 0.0)
+    return BatchAssignment(fg, matched, ious, ignore)
+
+
+def _pred_ious(gt: Tensor, valid: Tensor, pred: Tensor) -> Tensor:
+    """(B, G, A) IoU of every prediction with every object (0 for padding objects)."""
+    return pairwise_iou(gt.float(), pred.float()).masked_fill(~valid.unsqueeze(-1), 0.0)
+
+
+# --------------------------------------------------------------------------- the assigners
+
+
+@torch.no_grad()
+def atss(
+    gt_bboxes: Tensor,
+    gt_valid: Tensor,
+    pred_bboxes: Tensor,
+    x_shifts: Tensor,
+    y_shifts: Tensor,
+    strides: Tensor,
+    *,
+    k: int = ATSS_K,
+) -> BatchAssignment:
+    """ATSS (Zhang et al., "Bridging the Gap Between Anchor-based and Anchor-free Detection via
+    Adaptive Training Sample Selection", CVPR 2020, sec. 3.2, Algorithm 1).
+
+    Per object: on each level (stride) the ``k`` points whose centres are nearest (L2) to the
+    object's centre are candidates; the IoU of each candidate's prior box (a square of
+    8 x stride, as ATSS gives anchor-free FCOS) with the object is computed; the threshold is
+    mean + std (unbiased, as the reference) of the candidates' IoUs; positives are candidates
+    with IoU >= threshold whose centre lies inside the object. A point claimed by several
+    objects goes to the one of highest prior IoU. ``pred_ious`` are those of the predictions.
+    The prediction is not used for the choice, only for the returned IoU.
+    """
+    valid = gt_valid.bool()
+    gt = gt_bboxes.float()
+    centres = prior_centres(x_shifts, y_shifts, strides)  # (A, 2)
+    dist = (gt[..., None, :2] - centres[None, None]).pow(2).sum(-1)  # (B, G, A) squared L2
+    cand = torch.zeros_like(dist, dtype=torch.bool)
+    for s in torch.unique(strides):
+        idx = (strides == s).nonzero().squeeze(1)  # this level's points
+        cand[..., idx] = _smallest_k(dist[..., idx], k)
+    cand &= valid.unsqueeze(-1)
+    priors = prior_boxes(x_shifts, y_shifts, strides, ATSS_PRIOR_SCALE)  # (A, 4)
+    ious = pairwise_iou(gt, priors.unsqueeze(0))  # (B, G, A)
+    n = cand.sum(-1, keepdim=True).clamp(min=1)  # (B, G, 1)
+    mean = (ious * cand).sum(-1, keepdim=True) / n
+    var = ((ious - mean).pow(2) * cand).sum(-1, keepdim=True) / (n - 1).clamp(min=1)
+    pos = cand & (ious >= mean + var.sqrt()) & _centre_inside_box(gt, centres)
+    return _resolve(pos, ious, _pred_ious(gt, valid, pred_bboxes))
+
+
+@torch.no_grad()
+def uniform(
+    gt_bboxes: Tensor,
+    gt_valid: Tensor,
+    pred_bboxes: Tensor,
+    x_shifts: Tensor,
+    y_shifts: Tensor,
+    strides: Tensor,
+    *,
+    k: int = UNIFORM_K,
+) -> BatchAssignment:
+    """Uniform matching (YOLOF: Chen et al., "You Only Look One-level Feature", CVPR 2021,
+    sec. 3.3).
+
+    Each object takes the ``k`` priors and the ``k`` predicted boxes nearest to it by the L1
+    distance of their (x1, y1, x2, y2) coordinates, so every object, large or tiny, gets up to
+    2k positives. YOLOF's ignore rules: a positive whose prior has IoU < 0.15 with its object
+    is dropped and ignored, and a negative whose predicted box has IoU > 0.7 with some object is
+    ignored (``ignore_mask``: left out of the objectness loss, YOLOF's classification loss).
+
+    Departures, for an anchor-free multi-level head: the prior of a point is its cell (a square
+    of 1 x stride; YOLOF has sized anchors on one level); priors of all levels compete; a point
+    chosen by several objects goes to the one nearest in L1 (YOLOF keeps the last written); and
+    an object's single best-IoU prior positive is never dropped by the 0.15 rule, since a 4 px
+    box straddling two 8 px cells reaches at most IoU 0.05 with any cell.
+    """
+    valid = gt_valid.bool()
+    gt = gt_bboxes.float()
+    priors = prior_boxes(x_shifts, y_shifts, strides, UNIFORM_PRIOR_SCALE)  # (A, 4)
+    gt_xyxy = _xyxy(gt)  # (B, G, 4)
+    cost_prior = (gt_xyxy[..., None, :] - _xyxy(priors)[None, None]).abs().sum(-1)  # (B, G, A)
+    cost_pred = (gt_xyxy[..., None, :] - _xyxy(pred_bboxes.float())[:, None]).abs().sum(-1)
+    claim = (_smallest_k(cost_prior, k) | _smallest_k(cost_pred, k)) & valid.unsqueeze(-1)
+    prior_iou = pairwise_iou(gt, priors.unsqueeze(0))  # (B, G, A)
+    best = prior_iou.masked_fill(~claim, -1.0).argmax(-1, keepdim=True)  # (B, G, 1)
+    keep_best = torch.zeros_like(claim).scatter_(-1, best, True) & claim
+    dropped = claim & (prior_iou < UNIFORM_POS_IGNORE) & ~keep_best
+    claim &= ~dropped
+    pred_iou = _pred_ious(gt, valid, pred_bboxes)
+    asg = _resolve(claim, -torch.minimum(cost_prior, cost_pred), pred_iou)
+    high = (pred_iou > UNIFORM_NEG_IGNORE).any(1)  # (B, A)
+    ignore = ~asg.fg_mask & (high | dropped.any(1))
+    return asg._replace(ignore_mask=ignore)
+
+
+@torch.no_grad()
+def topk(
+    gt_bboxes: Tensor,
+    gt_valid: Tensor,
+    pred_bboxes: Tensor,
+    x_shifts: Tensor,
+    y_shifts: Tensor,
+    strides: Tensor,
+    *,
+    k: int = TOPK_K,
+    center_radius: float = 1.5,
+) -> BatchAssignment:
+    """Fixed top-k: each object takes the ``k`` predictions of highest IoU among the points
+    within ``center_radius`` strides of its centre (SimOTA's centre region, all levels), however
+    small those IoUs are (the fixed-k rule the notes list as a competition trick for small
+    objects: no dynamic k that rounds a tiny object's IoU sum down to 1). Ties in IoU go to the
+    lower point index; a point claimed by several objects goes to the one of highest IoU.
+    """
+    valid = gt_valid.bool()
+    gt = gt_bboxes.float()
+    region = _centre_region(gt, prior_centres(x_shifts, y_shifts, strides), strides, center_radius)
+    region &= valid.unsqueeze(-1)
+    ious = _pred_ious(gt, valid, pred_bboxes)
+    order = (-ious).masked_fill(~region, math.inf)  # outside the region: last
+    claim = _smallest_k(order, k) & region
+    return _resolve(claim, ious, ious)
+
+
+@dataclass
+class DynamicState:
+    """Dynamic R-CNN's training state: the IoU threshold and SmoothL1 beta with the statistics
+    collected since their last update. Plain numbers, saved in checkpoints by ``model/train.py``.
+
+    Constants as the reference (mmdetection ``dynamic_rcnn``): initial IoU 0.4 (the threshold
+    never drops below it), initial beta 1.0 (never rises above it), K_I = 75, K_beta = 10,
+    updated every C = 100 iterations.
+    """
+
+    iou_thr: float = 0.4
+    beta: float = 1.0
+    initial_iou: float = 0.4
+    initial_beta: float = 1.0
+    iou_topk: int = 75
+    beta_topk: int = 10
+    interval: int = 100
+    iteration: int = 0
+    iou_history: list[float] = field(default_factory=list)
+    beta_history: list[float] = field(default_factory=list)
+
+    def observe(self, max_ious: Tensor, gt_valid: Tensor, errors: Tensor) -> None:
+        """Record one iteration: max_ious (B, A) each prediction's best IoU with an object,
+        gt_valid (B, G), errors (F, 2) |L1 error| of the positives' centre offsets; every
+        ``interval`` iterations update the threshold (mean of the per-image K_I-th largest IoU)
+        and beta (median of the per-batch K_beta * B-th smallest error)."""
+        has = gt_valid.any(1)
+        if bool(has.any()):
+            kk = min(self.iou_topk, max_ious.shape[1])
+            kth = max_ious[has].topk(kk, dim=1).values[:, -1]  # (B',)
+            self.iou_history.extend(kth.tolist())
+        if errors.numel():
+            flat = errors.reshape(-1)
+            kk = min(self.beta_topk * max_ious.shape[0], flat.numel())
+            self.beta_history.append(float(flat.kthvalue(kk).values))
+        self.iteration += 1
+        if self.iteration % self.interval == 0:
+            if self.iou_history:
+                self.iou_thr = max(self.initial_iou, float(torch.tensor(self.iou_history).mean()))
+            if self.beta_history:  # np.median's value (the mean of the middle two)
+                med = float(torch.tensor(self.beta_history).quantile(0.5))
+                self.beta = min(self.initial_beta, med)
+            self.iou_history, self.beta_history = [], []
+
+    def state_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in self.__dict__.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, list(v) if isinstance(v, list) else v)
+
+
+@torch.no_grad()
+def dynamic(
+    gt_bboxes: Tensor,
+    gt_valid: Tensor,
+    pred_bboxes: Tensor,
+    x_shifts: Tensor,
+    y_shifts: Tensor,
+    strides: Tensor,
+    *,
+    iou_thr: float = 0.4,
+    center_radius: float = 1.5,
+) -> BatchAssignment:
+    """Dynamic label assignment (Dynamic R-CNN: Zhang et al., ECCV 2020, sec. 3.1), on the
+    one-stage head: a prediction inside an object's centre region is positive when its box has
+    IoU >= ``iou_thr`` with the object; the threshold comes from :class:`DynamicState` and rises
+    with the predictions' IoUs during training (sec. 3.1, eq. 2-3). A point claimed by several
+    objects goes to the one of highest IoU.
+
+    Transfer: Dynamic R-CNN adds each ground-truth box to the proposals, so every object has a
+    positive of IoU 1; here each object instead keeps its best-IoU prediction in its centre
+    region, whatever the IoU (without it an untrained head would have no positive at all).
+    """
+    valid = gt_valid.bool()
+    gt = gt_bboxes.float()
+    region = _centre_region(gt, prior_centres(x_shifts, y_shifts, strides), strides, center_radius)
+    region &= valid.unsqueeze(-1)
+    ious = _pred_ious(gt, valid, pred_bboxes)
+    best = _smallest_k((-ious).masked_fill(~region, math.inf), 1) & region
+    claim = (region & (ious >= iou_thr)) | best
+    return _resolve(claim, ious, ious)
+
+
+@torch.no_grad()
+def hambox(
+    asg: BatchAssignment,
+    gt_bboxes: Tensor,
+    gt_valid: Tensor,
+    pred_bboxes: Tensor,
+    *,
+    k: int = HAMBOX_K,
+    iou_thr: float = HAMBOX_IOU,
+) -> BatchAssignment:
+    """HAMBox compensation (Liu et al., "HAMBox: Delving into Mining High-Quality Anchors on Face
+    Detection", CVPR 2020, sec. 3.2, online high-quality anchor mining) on top of ``asg``.
+
+    An object with N < ``k`` positives takes up to k - N unassigned (and not ignored)
+    predictions whose regressed box has IoU >= ``iou_thr`` with it, highest IoU first (ties:
+    lower point index); a prediction wanted by several objects goes to the one of highest IoU.
+    Compensated positives carry ``weights`` = that IoU (HAMBox's regression-aware weighting),
+    the others 1. Returns the new assignment with ``weights`` (B, A) set.
+    """
+    valid = gt_valid.bool()
+    b, g = valid.shape
+    ious = _pred_ious(gt_bboxes.float(), valid, pred_bboxes)  # (B, G, A)
+    counts = torch.zeros(b, g + 1, dtype=torch.long, device=ious.device)
+    counts.scatter_add_(1, asg.matched_gt_inds + 1, asg.fg_mask.long())  # column 0: background
+    need = (k - counts[:, 1:]).clamp(min=0).masked_fill(~valid, 0)  # (B, G)
+    free = ~asg.fg_mask
+    if asg.ignore_mask is not None:
+        free &= ~asg.ignore_mask
+    eligible = free.unsqueeze(1) & (ious >= iou_thr) & (need > 0).unsqueeze(-1)
+    order = (-ious).masked_fill(~eligible, math.inf).argsort(dim=-1, stable=True)  # (B, G, A)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1],
+                                            device=order.device).expand_as(order))
+    claim = eligible & (rank < need.unsqueeze(-1))
+    extra = _resolve(claim, ious, ious)
+    fg = asg.fg_mask | extra.fg_mask
+    weights = torch.where(extra.fg_mask, extra.pred_ious, fg.float())
+    old_w = asg.weights if asg.weights is not None else asg.fg_mask.float()
+    weights = torch.where(asg.fg_mask, old_w, weights)
+    return BatchAssignment(
+        fg,
+        torch.where(asg.fg_mask, asg.matched_gt_inds, extra.matched_gt_inds),
+        torch.where(asg.fg_mask, asg.pred_ious, extra.pred_ious),
+        asg.ignore_mask,
+        weights,
+    )
+
+
+Assign = Callable[..., BatchAssignment]
+ASSIGNERS: dict[str, Assign] = {"atss": atss, "uniform": uniform, "topk": topk, "dynamic": dynamic}
