@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
@@ -90,6 +90,10 @@ def _resolve(
 ) -> BatchAssignment:
     """Claims (B, G, A) bool -> BatchAssignment; a point claimed by several objects goes to the
     one of highest ``score`` (B, G, A); ``pred_iou`` (B, G, A) gives the result's IoUs."""
+    if claim.shape[1] == 0:  # no object in the batch: all background
+        b, _, a = claim.shape
+        zeros = torch.zeros(b, a, dtype=torch.long, device=claim.device)
+        return BatchAssignment(zeros.bool(), zeros - 1, zeros.float(), ignore)
     s = score.masked_fill(~claim, -math.inf)
     gi = s.argmax(1)  # (B, A); ties: the lower object index
     fg = claim.any(1)
@@ -264,10 +268,15 @@ class DynamicState:
             self.iou_history, self.beta_history = [], []
 
     def state_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, list) else v) for k, v in self.__dict__.items()}
+        """The fields as plain numbers and lists (``torch.load(weights_only=True)`` reads them)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in values.items()}
 
     def load_state_dict(self, state: dict) -> None:
+        names = {f.name for f in fields(self)}
         for k, v in state.items():
+            if k not in names:
+                raise KeyError(f"DynamicState has no field {k!r} (fields: {sorted(names)})")
             setattr(self, k, list(v) if isinstance(v, list) else v)
 
 

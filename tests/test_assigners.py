@@ -253,3 +253,17 @@ def test_unknown_options_name_the_option() -> None:
         with pytest.raises(ValueError, match=f"unknown {key} 'typo'"):
             yolox_loss(d["outputs"], d["raw"], d["x"], d["y"], d["s"], d["targets"],
                        num_classes=1, **{key: "typo"})
+
+
+@pytest.mark.parametrize("name", ["atss", "uniform", "topk", "dynamic", "hambox"])
+def test_zero_objects_and_padding_give_background(name: str) -> None:
+    x, y, s = grid()
+    for g in (0, 2):  # no object row at all, and two padding rows
+        gt, valid = torch.zeros(2, g, 4), torch.zeros(2, g, dtype=torch.bool)
+        if name == "hambox":
+            asg = hambox(topk(gt, valid, preds().expand(2, -1, -1), x, y, s), gt, valid,
+                         preds().expand(2, -1, -1))
+        else:
+            fn = {"atss": atss, "uniform": uniform, "topk": topk, "dynamic": dynamic}[name]
+            asg = fn(gt, valid, preds().expand(2, -1, -1), x, y, s)
+        assert not asg.fg_mask.any() and (asg.matched_gt_inds == -1).all()
