@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor
 
-from model.assign import BatchAssignment
+from model.assign import BatchAssignment, _sortable
 from model.losses import pairwise_iou
 
 ATSS_K = 9  # ATSS sec. 3.2: k = 9 candidates per level
@@ -63,43 +63,120 @@ def _xyxy(b: Tensor) -> Tensor:
     return torch.cat([b[..., :2] - b[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2], -1)
 
 
-def _centre_inside_box(gt: Tensor, centres: Tensor) -> Tensor:
-    """(B, G, 4) boxes, (A, 2) points -> (B, G, A) bool: point strictly inside the box."""
-    box = _xyxy(gt).unsqueeze(-2)  # (B, G, 1, 4)
-    c = centres[None, None]  # (1, 1, A, 2)
-    return ((c - box[..., :2]) > 0).all(-1) & ((box[..., 2:] - c) > 0).all(-1)
-
-
-def _centre_region(gt: Tensor, centres: Tensor, strides: Tensor, radius: float) -> Tensor:
-    """(B, G, A) bool: point within ``radius`` strides of the object's centre (SimOTA's square)."""
-    d = (centres[None, None] - gt[..., None, :2]).abs()  # (B, G, A, 2)
-    return (d < (strides.float() * radius)[:, None]).all(-1)
+def _smallest_k_index(cost: Tensor, k: int) -> Tensor:
+    """(..., N) float -> (..., k') int64, k' = min(k, N): indices of the k smallest entries,
+    smallest first, ties to the lower index. Through one int64 key per entry (the cost's order-
+    preserving bits, then the index), so ``topk`` (linear in N, unlike a sort) is exact and
+    deterministic."""
+    n = cost.shape[-1]
+    k = min(k, n)
+    key = _sortable(cost) * (1 << 24) + torch.arange(n, device=cost.device)  # n < 2^24
+    return key.topk(k, dim=-1, largest=False, sorted=True).indices
 
 
 def _smallest_k(cost: Tensor, k: int) -> Tensor:
     """(..., N) -> (..., N) bool: the k smallest entries (ties: lower index, a stable order)."""
-    k = min(k, cost.shape[-1])
     take = torch.zeros_like(cost, dtype=torch.bool)
-    if k:
-        take.scatter_(-1, cost.argsort(dim=-1, stable=True)[..., :k], True)
+    if min(k, cost.shape[-1]) > 0:
+        take.scatter_(-1, _smallest_k_index(cost, k), True)
     return take
 
 
 def _resolve(
-    claim: Tensor, score: Tensor, pred_iou: Tensor, ignore: Tensor | None = None
+    claim: Tensor, score: Tensor | None, pred_iou: Tensor | None, ignore: Tensor | None = None
 ) -> BatchAssignment:
     """Claims (B, G, A) bool -> BatchAssignment; a point claimed by several objects goes to the
     one of highest ``score`` (B, G, A); ``pred_iou`` (B, G, A) gives the result's IoUs."""
-    if claim.shape[1] == 0:  # no object in the batch: all background
+    if claim.shape[1] == 0 or score is None:  # no object in the batch: all background
         b, _, a = claim.shape
         zeros = torch.zeros(b, a, dtype=torch.long, device=claim.device)
         return BatchAssignment(zeros.bool(), zeros - 1, zeros.float(), ignore)
+    assert pred_iou is not None
     s = score.masked_fill(~claim, -math.inf)
     gi = s.argmax(1)  # (B, A); ties: the lower object index
     fg = claim.any(1)
     matched = torch.where(fg, gi, -1)
     ious = pred_iou.gather(1, gi.unsqueeze(1)).squeeze(1).masked_fill(~fg, 0.0)
     return BatchAssignment(fg, matched, ious, ignore)
+
+
+def _iou(a: Tensor, b: Tensor) -> Tensor:
+    """Elementwise IoU of broadcast (..., 4) cx, cy, w, h boxes -> (...); 0 for two empty boxes."""
+    a_lo, a_hi = a[..., :2] - a[..., 2:] / 2, a[..., :2] + a[..., 2:] / 2
+    b_lo, b_hi = b[..., :2] - b[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2
+    inter = (torch.minimum(a_hi, b_hi) - torch.maximum(a_lo, b_lo)).clamp(min=0).prod(-1)
+    union = a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter
+    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
+
+
+def _gather(table: Tensor, idx: Tensor) -> Tensor:
+    """Rows of ``table`` (A, D) or (B, A, D) at ``idx`` (B, G, K) -> (B, G, K, D)."""
+    if table.dim() == 2:
+        return table[idx]
+    b, d = idx.shape[0], table.shape[-1]
+    flat = idx.reshape(b, -1, 1).expand(-1, -1, d)
+    return table.gather(1, flat).reshape(*idx.shape, d)
+
+
+def _nearest_per_level(dist: Tensor, strides: Tensor, k: int) -> Tensor:
+    """(B, G, A) distances -> (B, G, K) int64: on each level (stride) the k nearest points
+    (ties: lower index), all levels together, in ascending point order (so that a later
+    "lower index first" tie rule over these columns is a rule over point indices)."""
+    parts = []
+    # dist >= 0 (never -0.0), so its float32 bits are already an order-preserving integer
+    key = dist.float().view(torch.int32).long() * (1 << 24)  # (B, G, A); A < 2^24
+    key += torch.arange(dist.shape[-1], device=dist.device)
+    for s in torch.unique(strides):
+        idx = (strides == s).nonzero().squeeze(1)  # this level's points
+        kk = min(k, idx.numel())
+        parts.append(idx[key[..., idx].topk(kk, dim=-1, largest=False, sorted=True).indices])
+    return torch.cat(parts, -1).sort(-1).values
+
+
+def _fg_ious(fg: Tensor, matched: Tensor, gt: Tensor, pred: Tensor) -> Tensor:
+    """(B, A) IoU of each foreground's prediction with its object, 0 for background."""
+    out = torch.zeros(fg.shape, device=fg.device)
+    img, a = fg.nonzero(as_tuple=True)
+    out[img, a] = _iou(pred[img, a].float(), gt[img, matched[img, a]])
+    return out
+
+
+def _resolve_sparse(
+    cand: Tensor, claim: Tensor, score: Tensor, gt: Tensor, pred: Tensor
+) -> BatchAssignment:
+    """:func:`_resolve` for claims on candidate columns: cand (B, G, K) point indices (distinct
+    per object), claim (B, G, K) bool, score (B, G, K); IoUs of the foregrounds' predictions."""
+    b, g, _ = cand.shape
+    a = pred.shape[1]
+    device = cand.device
+    bi, gi, ki = claim.nonzero(as_tuple=True)  # (P,) claimed pairs
+    point = bi * a + cand[bi, gi, ki]  # (P,) flat (image, point)
+    sc = score[bi, gi, ki].float()
+    best = torch.full((b * a,), -math.inf, device=device)
+    best.scatter_reduce_(0, point, sc, "amax")
+    win = sc == best[point]  # the claimants of highest score; ties: the lower object index
+    flat = torch.full((b * a,), g, dtype=torch.long, device=device)
+    flat.scatter_reduce_(0, point[win], gi[win], "amin")
+    fg = (flat < g).view(b, a)
+    matched = flat.masked_fill(flat == g, -1).view(b, a)
+    return BatchAssignment(fg, matched, _fg_ious(fg, matched, gt, pred))
+
+
+def _region_candidates(
+    gt: Tensor, valid: Tensor, x_shifts: Tensor, y_shifts: Tensor, strides: Tensor, radius: float
+) -> tuple[Tensor, Tensor]:
+    """Points within ``radius`` strides of each object's centre (SimOTA's square), as (B, G, K)
+    candidate indices and a (B, G, K) in-region mask. The region holds at most
+    (floor(2 radius) + 1)^2 points a level, all nearer (in L-infinity) than any point outside,
+    so that many nearest points a level contain it."""
+    centres = prior_centres(x_shifts, y_shifts, strides)
+    dist = (centres[:, 0] - gt[..., 0, None]).abs_() / strides  # (B, G, A) in strides
+    dist = torch.maximum(dist, (centres[:, 1] - gt[..., 1, None]).abs_() / strides)
+    m = int(math.floor(2 * radius)) + 1
+    cand = _nearest_per_level(dist, strides, m * m)
+    c, r = centres[cand], (strides[cand] * radius)  # (B, G, K, 2), (B, G, K)
+    inside = ((c[..., 0] - gt[..., 0, None]).abs() < r) & ((c[..., 1] - gt[..., 1, None]).abs() < r)
+    return cand, inside & valid.unsqueeze(-1)
 
 
 def _pred_ious(gt: Tensor, valid: Tensor, pred: Tensor) -> Tensor:
@@ -135,19 +212,18 @@ def atss(
     valid = gt_valid.bool()
     gt = gt_bboxes.float()
     centres = prior_centres(x_shifts, y_shifts, strides)  # (A, 2)
-    dist = (gt[..., None, :2] - centres[None, None]).pow(2).sum(-1)  # (B, G, A) squared L2
-    cand = torch.zeros_like(dist, dtype=torch.bool)
-    for s in torch.unique(strides):
-        idx = (strides == s).nonzero().squeeze(1)  # this level's points
-        cand[..., idx] = _smallest_k(dist[..., idx], k)
-    cand &= valid.unsqueeze(-1)
+    dist = (centres[:, 0] - gt[..., 0, None]).square_()  # (B, G, A) squared L2
+    dist += (centres[:, 1] - gt[..., 1, None]).square_()
+    cand = _nearest_per_level(dist, strides, k)  # (B, G, K) candidates, K = k x levels
     priors = prior_boxes(x_shifts, y_shifts, strides, ATSS_PRIOR_SCALE)  # (A, 4)
-    ious = pairwise_iou(gt, priors.unsqueeze(0))  # (B, G, A)
-    n = cand.sum(-1, keepdim=True).clamp(min=1)  # (B, G, 1)
-    mean = (ious * cand).sum(-1, keepdim=True) / n
-    var = ((ious - mean).pow(2) * cand).sum(-1, keepdim=True) / (n - 1).clamp(min=1)
-    pos = cand & (ious >= mean + var.sqrt()) & _centre_inside_box(gt, centres)
-    return _resolve(pos, ious, _pred_ious(gt, valid, pred_bboxes))
+    ious = _iou(gt.unsqueeze(-2), priors[cand])  # (B, G, K)
+    n = ious.shape[-1]
+    mean = ious.mean(-1, keepdim=True)
+    std = ious.std(-1, keepdim=True) if n > 1 and ious.numel() else torch.zeros_like(mean)
+    c, box = centres[cand], _xyxy(gt).unsqueeze(-2)  # (B, G, K, 2), (B, G, 1, 4)
+    inside = ((c - box[..., :2]) > 0).all(-1) & ((box[..., 2:] - c) > 0).all(-1)
+    pos = (ious >= mean + std) & inside & valid.unsqueeze(-1)
+    return _resolve_sparse(cand, pos, ious, gt, pred_bboxes)
 
 
 @torch.no_grad()
@@ -180,8 +256,10 @@ def uniform(
     gt = gt_bboxes.float()
     priors = prior_boxes(x_shifts, y_shifts, strides, UNIFORM_PRIOR_SCALE)  # (A, 4)
     gt_xyxy = _xyxy(gt)  # (B, G, 4)
-    cost_prior = (gt_xyxy[..., None, :] - _xyxy(priors)[None, None]).abs().sum(-1)  # (B, G, A)
-    cost_pred = (gt_xyxy[..., None, :] - _xyxy(pred_bboxes.float())[:, None]).abs().sum(-1)
+    b = gt.shape[0]
+    prior_xyxy = _xyxy(priors).expand(b, -1, -1)  # (B, A, 4)
+    cost_prior = torch.cdist(gt_xyxy, prior_xyxy, p=1)  # (B, G, A) L1 distances
+    cost_pred = torch.cdist(gt_xyxy, _xyxy(pred_bboxes.float()), p=1)
     claim = (_smallest_k(cost_prior, k) | _smallest_k(cost_pred, k)) & valid.unsqueeze(-1)
     prior_iou = pairwise_iou(gt, priors.unsqueeze(0))  # (B, G, A)
     best = prior_iou.masked_fill(~claim, -1.0).argmax(-1, keepdim=True)  # (B, G, 1)
@@ -215,12 +293,11 @@ def topk(
     """
     valid = gt_valid.bool()
     gt = gt_bboxes.float()
-    region = _centre_region(gt, prior_centres(x_shifts, y_shifts, strides), strides, center_radius)
-    region &= valid.unsqueeze(-1)
-    ious = _pred_ious(gt, valid, pred_bboxes)
+    cand, region = _region_candidates(gt, valid, x_shifts, y_shifts, strides, center_radius)
+    ious = _iou(gt.unsqueeze(-2), _gather(pred_bboxes.float(), cand))  # (B, G, K)
     order = (-ious).masked_fill(~region, math.inf)  # outside the region: last
-    claim = _smallest_k(order, k) & region
-    return _resolve(claim, ious, ious)
+    claim = _smallest_k(order, k) & region  # columns in point order: ties to the lower index
+    return _resolve_sparse(cand, claim, ious, gt, pred_bboxes)
 
 
 @dataclass
@@ -304,12 +381,11 @@ def dynamic(
     """
     valid = gt_valid.bool()
     gt = gt_bboxes.float()
-    region = _centre_region(gt, prior_centres(x_shifts, y_shifts, strides), strides, center_radius)
-    region &= valid.unsqueeze(-1)
-    ious = _pred_ious(gt, valid, pred_bboxes)
+    cand, region = _region_candidates(gt, valid, x_shifts, y_shifts, strides, center_radius)
+    ious = _iou(gt.unsqueeze(-2), _gather(pred_bboxes.float(), cand))  # (B, G, K)
     best = _smallest_k((-ious).masked_fill(~region, math.inf), 1) & region
     claim = (region & (ious >= iou_thr)) | best
-    return _resolve(claim, ious, ious)
+    return _resolve_sparse(cand, claim, ious, gt, pred_bboxes)
 
 
 @torch.no_grad()
@@ -341,10 +417,9 @@ def hambox(
     if asg.ignore_mask is not None:
         free &= ~asg.ignore_mask
     eligible = free.unsqueeze(1) & (ious >= iou_thr) & (need > 0).unsqueeze(-1)
-    order = (-ious).masked_fill(~eligible, math.inf).argsort(dim=-1, stable=True)  # (B, G, A)
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1],
-                                            device=order.device).expand_as(order))
-    claim = eligible & (rank < need.unsqueeze(-1))
+    best = _smallest_k_index((-ious).masked_fill(~eligible, math.inf), k)  # (B, G, k')
+    wanted = torch.arange(best.shape[-1], device=best.device) < need.unsqueeze(-1)  # (B, G, k')
+    claim = torch.zeros_like(eligible).scatter_(-1, best, wanted) & eligible
     extra = _resolve(claim, ious, ious)
     fg = asg.fg_mask | extra.fg_mask
     weights = torch.where(extra.fg_mask, extra.pred_ious, fg.float())
