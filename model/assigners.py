@@ -63,22 +63,26 @@ def _xyxy(b: Tensor) -> Tensor:
     return torch.cat([b[..., :2] - b[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2], -1)
 
 
-def _smallest_k_index(cost: Tensor, k: int) -> Tensor:
+def _smallest_k_index(cost: Tensor, k: int, nonneg: bool = False) -> Tensor:
     """(..., N) float -> (..., k') int64, k' = min(k, N): indices of the k smallest entries,
     smallest first, ties to the lower index. Through one int64 key per entry (the cost's order-
     preserving bits, then the index), so ``topk`` (linear in N, unlike a sort) is exact and
     deterministic."""
     n = cost.shape[-1]
     k = min(k, n)
-    key = _sortable(cost) * (1 << 24) + torch.arange(n, device=cost.device)  # n < 2^24
+    if nonneg:  # the float32 bits of x >= 0 (not -0.0) are already in order: one pass, not five
+        bits = cost.float().view(torch.int32).long()
+    else:
+        bits = _sortable(cost)
+    key = bits * (1 << 24) + torch.arange(n, device=cost.device)  # n < 2^24
     return key.topk(k, dim=-1, largest=False, sorted=True).indices
 
 
-def _smallest_k(cost: Tensor, k: int) -> Tensor:
+def _smallest_k(cost: Tensor, k: int, nonneg: bool = False) -> Tensor:
     """(..., N) -> (..., N) bool: the k smallest entries (ties: lower index, a stable order)."""
     take = torch.zeros_like(cost, dtype=torch.bool)
     if min(k, cost.shape[-1]) > 0:
-        take.scatter_(-1, _smallest_k_index(cost, k), True)
+        take.scatter_(-1, _smallest_k_index(cost, k, nonneg), True)
     return take
 
 
@@ -170,8 +174,9 @@ def _region_candidates(
     (floor(2 radius) + 1)^2 points a level, all nearer (in L-infinity) than any point outside,
     so that many nearest points a level contain it."""
     centres = prior_centres(x_shifts, y_shifts, strides)
-    dist = (centres[:, 0] - gt[..., 0, None]).abs_() / strides  # (B, G, A) in strides
-    dist = torch.maximum(dist, (centres[:, 1] - gt[..., 1, None]).abs_() / strides)
+    inv = 1 / strides.float()
+    dist = (centres[:, 0] - gt[..., 0, None]).abs_().mul_(inv)  # (B, G, A) in strides
+    dist = torch.maximum(dist, (centres[:, 1] - gt[..., 1, None]).abs_().mul_(inv))
     m = int(math.floor(2 * radius)) + 1
     cand = _nearest_per_level(dist, strides, m * m)
     c, r = centres[cand], (strides[cand] * radius)  # (B, G, K, 2), (B, G, K)
@@ -260,16 +265,23 @@ def uniform(
     prior_xyxy = _xyxy(priors).expand(b, -1, -1)  # (B, A, 4)
     cost_prior = torch.cdist(gt_xyxy, prior_xyxy, p=1)  # (B, G, A) L1 distances
     cost_pred = torch.cdist(gt_xyxy, _xyxy(pred_bboxes.float()), p=1)
-    claim = (_smallest_k(cost_prior, k) | _smallest_k(cost_pred, k)) & valid.unsqueeze(-1)
-    prior_iou = pairwise_iou(gt, priors.unsqueeze(0))  # (B, G, A)
-    best = prior_iou.masked_fill(~claim, -1.0).argmax(-1, keepdim=True)  # (B, G, 1)
-    keep_best = torch.zeros_like(claim).scatter_(-1, best, True) & claim
-    dropped = claim & (prior_iou < UNIFORM_POS_IGNORE) & ~keep_best
-    claim &= ~dropped
-    pred_iou = _pred_ious(gt, valid, pred_bboxes)
-    asg = _resolve(claim, -torch.minimum(cost_prior, cost_pred), pred_iou)
-    high = (pred_iou > UNIFORM_NEG_IGNORE).any(1)  # (B, A)
-    ignore = ~asg.fg_mask & (high | dropped.any(1))
+    # (B, G, 2k) the k nearest priors and the k nearest predictions, in point order (a point
+    # chosen both ways appears twice, harmlessly: claims are settled per point)
+    cand = torch.cat(
+        [_smallest_k_index(cost_prior, k, nonneg=True), _smallest_k_index(cost_pred, k, True)], -1
+    ).sort(-1).values
+    score = -torch.minimum(cost_prior.gather(-1, cand), cost_pred.gather(-1, cand))
+    prior_iou = _iou(gt.unsqueeze(-2), priors[cand])  # (B, G, 2k)
+    best = prior_iou.argmax(-1, keepdim=True)  # each object's best prior (ties: lower point)
+    keep_best = torch.zeros_like(prior_iou, dtype=torch.bool).scatter_(-1, best, True)
+    dropped = (prior_iou < UNIFORM_POS_IGNORE) & ~keep_best & valid.unsqueeze(-1)
+    claim = valid.unsqueeze(-1) & ~dropped
+    asg = _resolve_sparse(cand, claim, score, gt, pred_bboxes)
+    high = (_pred_ious(gt, valid, pred_bboxes) > UNIFORM_NEG_IGNORE).any(1)  # (B, A)
+    was_dropped = torch.zeros_like(high)
+    bi, gi, ki = dropped.nonzero(as_tuple=True)
+    was_dropped[bi, cand[bi, gi, ki]] = True
+    ignore = ~asg.fg_mask & (high | was_dropped)
     return asg._replace(ignore_mask=ignore)
 
 
@@ -417,7 +429,8 @@ def hambox(
     if asg.ignore_mask is not None:
         free &= ~asg.ignore_mask
     eligible = free.unsqueeze(1) & (ious >= iou_thr) & (need > 0).unsqueeze(-1)
-    best = _smallest_k_index((-ious).masked_fill(~eligible, math.inf), k)  # (B, G, k')
+    cost = (1 - ious).masked_fill_(~eligible, 2.0)  # >= 0, so the cheap key applies
+    best = _smallest_k_index(cost, k, nonneg=True)  # (B, G, k') highest IoU first
     wanted = torch.arange(best.shape[-1], device=best.device) < need.unsqueeze(-1)  # (B, G, k')
     claim = torch.zeros_like(eligible).scatter_(-1, best, wanted) & eligible
     extra = _resolve(claim, ious, ious)
