@@ -360,3 +360,25 @@ def test_a_dynamic_run_saves_its_state_and_a_resume_continues_it(data_dir, tmp_p
     finally:
         train_mod.build_yolox_from_config = saved
     assert seen == [0.55] * 4
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"assigner": "uniform", "hambox": True, "cls_target": "qfl"},
+        {"assigner": "atss", "cls_target": "cleanliness", "reg_loss": "nwd"},
+        {"assign_overlap": "nwd", "assigner": "topk"},
+        {"assign_overlap": "nwd"},
+    ],
+    ids=["uniform-hambox-qfl", "atss-cleanliness-nwd", "topk", "simota-nwd-overlap"],
+)
+def test_the_assignment_axes_train_an_epoch(data_dir, tmp_path, overrides: dict) -> None:
+    reports: list[dict] = []
+    cfg = tiny(data_dir, epochs=1, no_aug_epochs=1, warmup_epochs=0, eval_interval=1,
+               **overrides)
+    train_detector(cfg, report=lambda m, p: reports.append(m), progress=False)
+    (m,) = reports
+    assert math.isfinite(m["total_loss"]) and m["num_fg"] > 0
+    # (ATSS leaves most of these 64 px-input objects, a few px wide, without a positive: the
+    # centre-inside rule; its few positives' untrained predictions may overlap nothing)
+    assert 0 <= m["no_pos_share"] <= 1 and 0 <= m["pos_mean_iou"] <= 1
