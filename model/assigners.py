@@ -9,8 +9,11 @@ Each is a plain ``@torch.no_grad()`` function of a padded batch returning the
     pred_bboxes: (B, A, 4) decoded cx, cy, w, h; x_shifts, y_shifts: (A,) grid-cell indices;
     strides: (A,) pixels per cell.
 
-They work on dense (B, G, A) tables: FloW images hold a few dozen objects at most, so at
-16 x 30 x 8400 a table is 16 MB; SimOTA's candidate packing is not worth its complexity here.
+Distances to every point are dense (B, G, A) tables (FloW images hold a few dozen objects, so
+16 x 30 x 8400 floats are 16 MB); everything after the choice of candidates (IoUs, thresholds,
+conflicts) runs on the candidate columns only: k a level (ATSS), the centre region (top-k,
+dynamic), the 2k claims (uniform). HAMBox and YOLOF's ignore rule need every prediction's IoU,
+a dense table. ``benchmarks/assign.py`` times each against SimOTA.
 A point's position is its cell centre ((shift + 0.5) * stride), as in SimOTA's geometry.
 Conflicts (a point claimed by several objects) follow each paper's rule; ties go to the lower
 object index (``argmax`` returns the first maximum), so results are deterministic.
@@ -28,9 +31,9 @@ from torch import Tensor
 from model.assign import BatchAssignment, _sortable
 from model.losses import pairwise_iou
 
-ATSS_K = 9  # ATSS sec. 3.2: k = 9 candidates per level
-ATSS_PRIOR_SCALE = 8.0  # ATSS on FCOS (sec. 3.2): one square anchor of 8 x stride per point
-UNIFORM_K = 4  # YOLOF sec. 3.3: k = 4 nearest anchors and 4 nearest predictions
+ATSS_K = 9  # ATSS (Algorithm 1): k = 9 candidates per level
+ATSS_PRIOR_SCALE = 8.0  # ATSS for FCOS: one square anchor of 8 x stride a point
+UNIFORM_K = 4  # YOLOF (Uniform Matching): k = 4 anchors and 4 predictions
 UNIFORM_PRIOR_SCALE = 1.0  # our prior box for YOLOF's anchor: the cell itself (see uniform)
 UNIFORM_NEG_IGNORE = 0.7  # YOLOF: negatives whose prediction has IoU > 0.7 with an object ignored
 UNIFORM_POS_IGNORE = 0.15  # YOLOF: positives whose anchor has IoU < 0.15 with its object ignored
@@ -204,7 +207,7 @@ def atss(
     k: int = ATSS_K,
 ) -> BatchAssignment:
     """ATSS (Zhang et al., "Bridging the Gap Between Anchor-based and Anchor-free Detection via
-    Adaptive Training Sample Selection", CVPR 2020, sec. 3.2, Algorithm 1).
+    Adaptive Training Sample Selection", CVPR 2020; the section of that name, Algorithm 1).
 
     Per object: on each level (stride) the ``k`` points whose centres are nearest (L2) to the
     object's centre are candidates; the IoU of each candidate's prior box (a square of
@@ -243,7 +246,7 @@ def uniform(
     k: int = UNIFORM_K,
 ) -> BatchAssignment:
     """Uniform matching (YOLOF: Chen et al., "You Only Look One-level Feature", CVPR 2021,
-    sec. 3.3).
+    section "Uniform Matching").
 
     Each object takes the ``k`` priors and the ``k`` predicted boxes nearest to it by the L1
     distance of their (x1, y1, x2, y2) coordinates, so every object, large or tiny, gets up to
@@ -381,11 +384,11 @@ def dynamic(
     iou_thr: float = 0.4,
     center_radius: float = 1.5,
 ) -> BatchAssignment:
-    """Dynamic label assignment (Dynamic R-CNN: Zhang et al., ECCV 2020, sec. 3.1), on the
-    one-stage head: a prediction inside an object's centre region is positive when its box has
-    IoU >= ``iou_thr`` with the object; the threshold comes from :class:`DynamicState` and rises
-    with the predictions' IoUs during training (sec. 3.1, eq. 2-3). A point claimed by several
-    objects goes to the one of highest IoU.
+    """Dynamic label assignment (Dynamic R-CNN: Zhang et al., ECCV 2020, "Dynamic Label
+    Assignment"), on the one-stage head: a prediction inside an object's centre region is
+    positive when its box has IoU >= ``iou_thr`` with the object; the threshold comes from
+    :class:`DynamicState` and rises with the predictions' IoUs during training (and beta,
+    "Dynamic SmoothL1 Loss"). A point claimed by several objects goes to the one of highest IoU.
 
     Transfer: Dynamic R-CNN adds each ground-truth box to the proposals, so every object has a
     positive of IoU 1; here each object instead keeps its best-IoU prediction in its centre
@@ -411,7 +414,7 @@ def hambox(
     iou_thr: float = HAMBOX_IOU,
 ) -> BatchAssignment:
     """HAMBox compensation (Liu et al., "HAMBox: Delving into Mining High-Quality Anchors on Face
-    Detection", CVPR 2020, sec. 3.2, online high-quality anchor mining) on top of ``asg``.
+    Detection", CVPR 2020, online high-quality anchor mining) on top of ``asg``.
 
     An object with N < ``k`` positives takes up to k - N unassigned (and not ignored)
     predictions whose regressed box has IoU >= ``iou_thr`` with it, highest IoU first (ties:

@@ -14,6 +14,7 @@ import torch
 
 from model.assign import BatchAssignment
 from model.assigners import DynamicState, atss, dynamic, hambox, topk, uniform
+from model.config import ConfigError, TrialConfig
 from model.yolox.loss import assignment_stats, summarize_stats, yolox_loss
 
 FAR = (200.0, 200.0, 4.0, 4.0)
@@ -56,7 +57,7 @@ ATSS_GT = gts((10.0, 6.5, 32.0, 32.0), (13.0, 13.5, 4.0, 4.0))
 
 
 def test_atss_hand_worked() -> None:
-    # ATSS sec. 3.2 with k = 2 per level; prior boxes 8 x stride: 32 px (level 1), 64 px (level 2).
+    # ATSS (Algorithm 1), k = 2 a level; prior boxes 8 x stride: 32 px (level 1), 64 px (level 2).
     # GT 0, centre (10, 6.5). Squared distances, level 1: (10, 6) a6 0.25, (10, 10) a10 12.25,
     #   next (6, 6)/(14, 6) 16.25 -> candidates a6, a10. Level 2: (12, 4) a17 10.25,
     #   (12, 12) a19 34.25, (4, 4) 42.25 -> a17, a19.
@@ -94,7 +95,7 @@ SMALL_GT = gts(xyxy(5, 1.5, 15, 11.5), xyxy(11, 11.5, 15, 15.5))
 
 
 def test_uniform_hand_worked() -> None:
-    # YOLOF sec. 3.3 with k = 1; priors are the cells (4 px level 1, 8 px level 2).
+    # YOLOF's uniform matching with k = 1; priors are the cells (4 px level 1, 8 px level 2).
     # L1 of (x1, y1, x2, y2) to the priors. GT 0: a17 [8, 16] x [0, 8]: 3 + 1.5 + 1 + 3.5 = 9,
     #   the least (a6 [8, 12] x [4, 8]: 12, a10: 13) -> a17. Predictions: a6 equals GT 0 (L1 0),
     #   a0 = [5, 15] x [2, 12] (L1 1) -> a6. Prior IoUs: a17 45.5 / 118.5 = 0.384, a6 (inside the
@@ -140,9 +141,10 @@ def test_dynamic_hand_worked(thr: float, want: dict[int, int]) -> None:
 
 
 def test_dynamic_state_updates_every_interval() -> None:
-    # Dynamic R-CNN sec. 3.1-3.2 with K_I = 2, K_beta = 1, C = 2: iteration 1 records the 2nd
-    # largest IoU 0.8 and the (1 x 1)-th smallest error 0.2; iteration 2 records 0.5 and 0.05;
-    # then threshold = max(0.4, mean(0.8, 0.5)) = 0.65, beta = min(1, median(0.2, 0.05)) = 0.125.
+    # Dynamic R-CNN (label assignment, SmoothL1), K_I = 2, K_beta = 1, C = 2: iteration 1
+    # records the 2nd largest IoU 0.8 and the (1 x 1)-th smallest error 0.2; iteration 2
+    # records 0.5 and 0.05; then threshold = max(0.4, mean(0.8, 0.5)) = 0.65 and
+    # beta = min(1, median(0.2, 0.05)) = 0.125.
     st = DynamicState(iou_topk=2, beta_topk=1, interval=2)
     valid = torch.ones(1, 1, dtype=torch.bool)
     st.observe(torch.tensor([[0.9, 0.8, 0.1]]), valid, torch.tensor([[0.3, 0.2]]))
@@ -267,3 +269,14 @@ def test_zero_objects_and_padding_give_background(name: str) -> None:
             fn = {"atss": atss, "uniform": uniform, "topk": topk, "dynamic": dynamic}[name]
             asg = fn(gt, valid, preds().expand(2, -1, -1), x, y, s)
         assert not asg.fg_mask.any() and (asg.matched_gt_inds == -1).all()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("assigner", "atsss"), ("assign_overlap", "giou"), ("cls_target", "soft"), ("assign_k", -1),
+     ("dynamic_interval", 0), ("hambox", "yes")],
+)
+def test_config_errors_name_the_key(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=f"key '{key}'"):
+        TrialConfig(**{key: value})
+    assert TrialConfig().assigner == "simota" and TrialConfig().cls_target == "iou"

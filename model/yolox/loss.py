@@ -29,8 +29,8 @@ ASSIGN_MODES: tuple[str, ...] = ("batched", "per_image")
 ASSIGNER_NAMES: tuple[str, ...] = get_args(Assigner)
 ASSIGN_OVERLAPS: tuple[str, ...] = get_args(AssignOverlap)
 CLS_TARGETS: tuple[str, ...] = get_args(ClsTarget)
-CLEANLINESS_ALPHA = 0.75  # Li et al. 2020 (noisy anchors), sec. 3.1: c = 0.75 loc + 0.25 cls
-QFL_BETA = 2.0  # GFL (Li et al. 2020), sec. 3.2: beta = 2
+CLEANLINESS_ALPHA = 0.75  # Li et al. 2020 (noisy anchors): cleanliness c = 0.75 loc + 0.25 cls
+QFL_BETA = 2.0  # GFL (Li et al. 2020), Quality Focal Loss: beta = 2
 # Size buckets of the assignment statistics, by sqrt(w * h) of the object in input pixels.
 SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
     ("lt16", 0.0, 16.0),
@@ -177,7 +177,7 @@ def yolox_loss(
     one_hot = F.one_hot(matched[:, 0].long(), num_classes).float()
     quality = fg_ious
     if cls_target == "cleanliness":
-        # Li et al. 2020 sec. 3.1-3.2: soft label c = alpha * IoU + (1 - alpha) * class score;
+        # Li et al. 2020 (noisy anchors): soft label c = alpha * IoU + (1 - alpha) * class score;
         # the regression is re-weighted by c normalised to mean 1 over the positives
         score = (cls_logit.detach().sigmoid() * one_hot).sum(-1)  # (F,) score of its class
         quality = CLEANLINESS_ALPHA * fg_ious + (1 - CLEANLINESS_ALPHA) * score
@@ -205,7 +205,7 @@ def yolox_loss(
         )
     else:
         bce_cls = F.binary_cross_entropy_with_logits(cls_logit, target, reduction="none")
-        if cls_target == "qfl":  # GFL sec. 3.2: |y - sigma|^beta * BCE(sigma, y)
+        if cls_target == "qfl":  # GFL's QFL: |y - sigma|^beta * BCE(sigma, y)
             bce_cls = bce_cls * (target - cls_logit.sigmoid()).abs().pow(QFL_BETA)
         cls_loss = weighted(bce_cls.sum(-1), cls_weight).sum() / denom
     need_l1 = use_l1 or (assigner == "dynamic" and raw_reg is not None)
@@ -214,7 +214,7 @@ def yolox_loss(
         l1_target = _l1_target(matched[:, 1:], x_shifts[anchor], y_shifts[anchor], strides[anchor])
         err = raw_reg[img, anchor].float() - l1_target  # (F, 4)
     if use_l1:
-        if assigner == "dynamic":  # Dynamic R-CNN sec. 3.2: SmoothL1 of the current beta
+        if assigner == "dynamic":  # Dynamic R-CNN's Dynamic SmoothL1: of the current beta
             assert dynamic_state is not None
             per = F.smooth_l1_loss(err, torch.zeros_like(err), reduction="none",
                                    beta=dynamic_state.beta)
