@@ -49,7 +49,7 @@ from model.data.raw import plural
 from model.evaluate import COCO_METRICS, evaluate_coco
 from model.optim import ModelEMA, YoloxWarmCos, build_optimizer, set_lr
 from model.yolox import build_yolox_from_config, load_coco_weights
-from model.yolox.loss import summarize_stats
+from model.yolox.loss import ASSIGN_DIAGNOSTICS, summarize_stats
 
 logger = logging.getLogger(__name__)
 
@@ -536,6 +536,8 @@ class _Trainer:
             "eval_boxes": "clipped to the image" if self.cfg.eval_clip_boxes else
             "unclipped (official)",
             **({"tile_counts": dict(self.tile_counts)} if self.cfg.input_mode == "tiles" else {}),
+            # (issue 17) the last evaluated epoch's assignment diagnostics (see summarize_stats)
+            "assignment": {k: final[k] for k in ASSIGN_DIAGNOSTICS if k in final},
             "summary": self.summary,
             "last_checkpoint": str(last) if last and last.is_file() else None,
             "best_checkpoint": str(best) if best and best.is_file() else None,
@@ -558,7 +560,9 @@ def train_detector(
     (None without ``checkpoint_dir``). With ``resume`` and an existing ``checkpoint_dir/last.pt``
     the run continues from it. Returns the final 12 numbers, ``best_mAP``, ``best_epoch``,
     ``epochs``, ``train_time_s``, ``images_per_s``, ``params``, ``pretrain_loaded``, ``device``,
-    ``summary`` (COCO summary text) and ``last_checkpoint`` / ``best_checkpoint`` paths.
+    ``summary`` (COCO summary text), ``assignment`` (the last evaluated epoch's assignment
+    diagnostics: positives per object by size, share of objects without one, mean IoU of
+    positives; also in every report) and ``last_checkpoint`` / ``best_checkpoint`` paths.
 
     Raises :class:`~model.config.ConfigError` for config/data mismatches and
     :class:`TrainingError` on a non-finite loss (the last good checkpoint stays intact).

@@ -376,9 +376,11 @@ def test_the_assignment_axes_train_an_epoch(data_dir, tmp_path, overrides: dict)
     reports: list[dict] = []
     cfg = tiny(data_dir, epochs=1, no_aug_epochs=1, warmup_epochs=0, eval_interval=1,
                **overrides)
-    train_detector(cfg, report=lambda m, p: reports.append(m), progress=False)
+    result = train_detector(cfg, report=lambda m, p: reports.append(m), progress=False)
     (m,) = reports
     assert math.isfinite(m["total_loss"]) and m["num_fg"] > 0
     # (ATSS leaves most of these 64 px-input objects, a few px wide, without a positive: the
     # centre-inside rule; its few positives' untrained predictions may overlap nothing)
     assert 0 <= m["no_pos_share"] <= 1 and 0 <= m["pos_mean_iou"] <= 1
+    assert result["assignment"] == {k: m[k] for k in result["assignment"]}
+    assert len(result["assignment"]) == 6

@@ -172,7 +172,7 @@ def yolox_loss(
     fg_ious = asg.pred_ious[img, anchor]  # (F,)
     # (F,) per-foreground weights of the regression terms; None = 1 (official, no multiply)
     weight = asg.weights[img, anchor] if asg.weights is not None else None
-    cls_weight = weight
+    cls_weight = weight  # HAMBox weights both the class term and the regression terms
     cls_logit = cls[img, anchor]  # (F, C)
     one_hot = F.one_hot(matched[:, 0].long(), num_classes).float()
     quality = fg_ious
@@ -278,6 +278,13 @@ def assignment_stats(asg: BatchAssignment, gt_boxes: Tensor, gt_valid: Tensor) -
     stats["positives"] = asg.fg_mask.sum().float()
     stats["positive_iou_sum"] = asg.pred_ious[asg.fg_mask].sum().float()
     return stats
+
+
+ASSIGN_DIAGNOSTICS: tuple[str, ...] = (
+    *(f"pos_per_obj_{name}" for name, _, _ in SIZE_BUCKETS),
+    "no_pos_share",
+    "pos_mean_iou",
+)
 
 
 def summarize_stats(sums: dict[str, Tensor | float]) -> dict[str, float]:
