@@ -3,7 +3,9 @@
 16 images x 30 objects at 640 x 640 (8400 anchors), FloW-like small objects (4-64 px) plus a few
 crowded clusters; each anchor predicts a box scattered around its cell, one to a few strides
 wide, and random scores. Prints wall-clock (median, minimum) and CPU time of each path and the
-speed-ups, and checks that the two paths agree.
+speed-ups, and checks that the two paths agree. Then (issue 17) times every other assigner of
+``model/assigners.py`` (and SimOTA with NWD, HAMBox on top of SimOTA) on the same batch against
+``simota_batched``, with the positives each gives per object.
 
     python benchmarks/assign.py [--batch 16] [--objects 30] [--size 640] [--classes 1]
                                 [--repeat 15] [--threads 1] [--device cpu|cuda]
@@ -19,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from model import assigners
 from model.assign import BatchAssignment, simota, simota_batched
 
 
@@ -62,7 +65,7 @@ def make_batch(batch: int, objects: int, size: int, classes: int, seed: int = 0)
     }
 
 
-def run_batched(d: dict) -> BatchAssignment:
+def run_batched(d: dict, **kw: object) -> BatchAssignment:
     return simota_batched(
         d["gt"],
         d["cls"],
@@ -73,7 +76,17 @@ def run_batched(d: dict) -> BatchAssignment:
         d["x"],
         d["y"],
         d["s"],
+        **kw,
     )
+
+
+def run_other(d: dict, name: str) -> BatchAssignment:
+    """One of ``model.assigners`` (paper defaults), "simota_nwd", or "simota+hambox"."""
+    if name == "simota_nwd":
+        return run_batched(d, overlap="nwd")
+    if name == "simota+hambox":
+        return assigners.hambox(run_batched(d), d["gt"], d["valid"], d["pred"])
+    return assigners.ASSIGNERS[name](d["gt"], d["valid"], d["pred"], d["x"], d["y"], d["s"])
 
 
 def run_loop(d: dict) -> list:
@@ -148,6 +161,21 @@ def main() -> None:
         print(f"  {name:24s} {t[0] * 1e3:9.1f} ms {t[1] * 1e3:7.1f} ms {t[2] * 1e3:9.1f} ms")
     ratios = "  ".join(f"{a / b:8.2f} x" for a, b in zip(loop, fast, strict=True))
     print(f"  {'speed-up':24s} {ratios}")
+
+    print("\nOther assigners on the same batch, against simota_batched (time ratio; > 1 = slower)")
+    print("                            wall median   wall min   CPU median   ratio   pos/object")
+    n_obj = int(d["valid"].sum())
+    for name in ("simota_batched", *assigners.ASSIGNERS, "simota_nwd", "simota+hambox"):
+        if name == "simota_batched":
+            fn, t = (lambda: run_batched(d)), fast
+        else:
+            fn = lambda n=name: run_other(d, n)  # noqa: E731
+            t = timings(fn, args.repeat, args.device)
+        pos = int(fn().fg_mask.sum()) / max(n_obj, 1)
+        print(
+            f"  {name:24s} {t[0] * 1e3:9.1f} ms {t[1] * 1e3:7.1f} ms {t[2] * 1e3:9.1f} ms "
+            f"{t[1] / fast[1]:7.2f} {pos:10.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,11 @@ How we compute it, and where we differ from the official code (no normal assignm
 - ties in cost go to the lower anchor index (a stable order) instead of ``topk``'s unspecified one;
 - an object with no candidate anchor (centre far outside the grid) gets none instead of a crash,
   and zero objects give an all-background assignment.
+
+Added (issue 17): ``overlap="nwd"`` puts NWD (Wang et al. 2021, ``model.losses.nwd``) in place of
+the IoU in the cost and the dynamic k, so a tiny object's disjoint candidates are still ranked
+by distance; the returned ``pred_ious`` stay IoUs (the class target). The default "iou" runs
+exactly the official arithmetic.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import torch
 from torch import Tensor
 
 from model.config import CANDIDATE_TOPK, CENTER_RADIUS, IOU_COST_WEIGHT
-from model.losses import pairwise_iou
+from model.losses import pairwise_iou, pairwise_nwd
 
 OUT_OF_RADIUS_COST = 1e6  # official: pairs outside the centre radius are (almost) never picked
 _BCE_LOG_FLOOR = -100.0  # F.binary_cross_entropy clamps log() here
@@ -66,11 +71,17 @@ class BatchAssignment(NamedTuple):
     fg_mask: (B, A) bool.
     matched_gt_inds: (B, A) int64, the object (index along G of ``gt_bboxes``), -1 for background.
     pred_ious: (B, A) float32, IoU with the matched object, 0 for background.
+    ignore_mask: (B, A) bool or None (issue 17, YOLOF's ignore rules): background anchors left
+        out of the objectness loss. None (SimOTA) = none ignored.
+    weights: (B, A) float32 or None (issue 17, HAMBox): loss weight of each foreground. None
+        (SimOTA) = 1 for all.
     """
 
     fg_mask: Tensor
     matched_gt_inds: Tensor
     pred_ious: Tensor
+    ignore_mask: Tensor | None = None
+    weights: Tensor | None = None
 
     def image(self, b: int) -> Assignment:
         """Image ``b`` in the layout of :func:`simota`."""
@@ -355,6 +366,8 @@ def simota(
     center_radius: float = CENTER_RADIUS,
     candidate_topk: int = CANDIDATE_TOPK,
     iou_cost_weight: float = IOU_COST_WEIGHT,
+    overlap: str = "iou",
+    nwd_constant: float = 12.8,
 ) -> Assignment:
     """SimOTA for one image.
 
@@ -392,6 +405,9 @@ def simota(
         return empty
     geometry = in_x[:, ax.inverse[cand]] & in_y[:, ay.inverse[cand]]  # (G, N)
     ious = pairwise_iou(gt_bboxes, pred_bboxes[cand].float())  # (G, N)
+    true_ious = ious
+    if overlap == "nwd":
+        ious = pairwise_nwd(gt_bboxes, pred_bboxes[cand].float(), nwd_constant)
     terms = _class_terms(cls_logits[cand][None], obj_logits.reshape(-1)[cand][None])
     ks = _dynamic_k(ious, candidate_topk)  # (G,)
     fg, matched, pred_ious = _match(
@@ -405,6 +421,8 @@ def simota(
     )
     fg = fg[0]
     fg_mask[cand] = fg
+    if overlap == "nwd":
+        pred_ious = true_ious.gather(0, matched[0].unsqueeze(0))
     return Assignment(fg_mask, matched[0][fg], pred_ious[0][fg])
 
 
@@ -423,6 +441,8 @@ def simota_batched(
     center_radius: float = CENTER_RADIUS,
     candidate_topk: int = CANDIDATE_TOPK,
     iou_cost_weight: float = IOU_COST_WEIGHT,
+    overlap: str = "iou",
+    nwd_constant: float = 12.8,
 ) -> BatchAssignment:
     """SimOTA for a padded batch; image b's result equals :func:`simota` on its valid objects.
 
@@ -480,11 +500,17 @@ def simota_batched(
         gt_bboxes.masked_fill(~gt_valid.unsqueeze(-1), 0.0),
         boxes.masked_fill_(~cand_valid.unsqueeze(-1), 0.0),
     )  # (B, G, N)
+    true_ious = ious
+    if overlap == "nwd":  # padding pairs stay 0, as their IoUs are
+        pad = ~gt_valid.unsqueeze(-1) | ~cand_valid.unsqueeze(1)
+        ious = pairwise_nwd(gt_bboxes, boxes, nwd_constant).masked_fill_(pad, 0.0)
     cls = cls_logits.gather(1, cand.unsqueeze(-1).expand(b, n, cls_logits.shape[-1]))  # (B, N, C)
     terms = _class_terms(cls, obj_logits.reshape(b, a).gather(1, cand))  # (B, N, C) pieces
     ks = _dynamic_k(ious, candidate_topk)
     ks = torch.minimum(ks, n_cand.unsqueeze(1)).masked_fill(~gt_valid, 0)
     fg, matched, pred_ious = _match(geometry, ious, terms, gt_classes, ks, n_cand, iou_cost_weight)
+    if overlap == "nwd":
+        pred_ious = true_ious.gather(1, matched.unsqueeze(1)).squeeze(1)
     fg_k = fg[img, slot]  # (K,) back from slots to anchors
     fg_mask[img, anchor] = fg_k
     matched_all[img, anchor] = matched[img, slot].masked_fill(~fg_k, -1)

@@ -40,6 +40,9 @@ CENTER_RADIUS = 1.5  # candidates: cell centre within this many strides of an ob
 CANDIDATE_TOPK = 10  # IoUs summed for the dynamic k
 IOU_COST_WEIGHT = 3.0  # weight of -log(IoU) in the assignment cost
 REG_WEIGHT = 5.0  # weight of the box-regression loss
+Assigner = Literal["simota", "atss", "uniform", "topk", "dynamic"]
+AssignOverlap = Literal["iou", "nwd"]
+ClsTarget = Literal["iou", "cleanliness", "qfl"]
 
 
 class ConfigError(ValueError):
@@ -147,6 +150,31 @@ class TrialConfig:
     candidate_topk: int = CANDIDATE_TOPK  # IoUs summed for the dynamic k
     iou_cost_weight: float = IOU_COST_WEIGHT
     reg_weight: float = REG_WEIGHT
+
+    # --- label assignment and classification targets (added, issue 17; model/assigners.py) ---
+    # simota: the official SimOTA (bit-identical). atss: ATSS (Zhang et al. 2020), per level the
+    # k nearest points, IoU threshold mean + std. uniform: YOLOF's uniform matching (k nearest
+    # priors + k nearest predictions by L1). topk: the k highest-IoU predictions inside the
+    # centre region. dynamic: Dynamic R-CNN's rising IoU threshold and SmoothL1 beta (state in
+    # checkpoints). See each function's docstring for the rule and where we depart
+    assigner: Assigner = "simota"
+    # k of atss/uniform/topk; 0 = the paper's value (atss 9, uniform 4, topk 9). Not SimOTA's
+    # (candidate_topk) nor dynamic's (which has no k)
+    assign_k: int = 0
+    # HAMBox compensation (Liu et al. 2020) on top of any assigner: an object left with fewer
+    # than 3 positives gets the unassigned predictions whose box overlaps it best (IoU >= 0.35),
+    # weighted by that IoU
+    hambox: bool = False
+    # dynamic: iterations between updates of its IoU threshold and SmoothL1 beta (Dynamic R-CNN's
+    # C, 100); the statistics collected in between are saved in checkpoints
+    dynamic_interval: int = 100
+    # the overlap inside SimOTA's cost and dynamic k: iou (official) or nwd (NWD with
+    # nwd_constant; a tiny object's disjoint candidates are still ranked by distance)
+    assign_overlap: AssignOverlap = "iou"
+    # class target of a positive: iou (official: one-hot x IoU of its prediction), cleanliness
+    # (Li et al. 2020: 0.75 IoU + 0.25 class score, also re-weighting the regression), qfl
+    # (GFL's quality focal loss against the IoU target, beta 2)
+    cls_target: ClsTarget = "iou"
 
     # --- evaluation ---
     eval_interval: int = 10  # evaluate every N epochs (and always after the last one)
@@ -302,6 +330,8 @@ def _validate(cfg: TrialConfig, source: str) -> None:
         (cfg.mosaic_scale_min <= cfg.mosaic_scale_max, "mosaic_scale_min", "must be <= max"),
         (cfg.mixup_scale_min <= cfg.mixup_scale_max, "mixup_scale_min", "must be <= max"),
         (cfg.candidate_topk >= 1, "candidate_topk", "must be >= 1"),
+        (cfg.dynamic_interval >= 1, "dynamic_interval", "must be >= 1 (iterations)"),
+        (cfg.assign_k >= 0, "assign_k", "must be >= 0 (0 = the assigner's paper value)"),
         (0 < cfg.test_conf < 1, "test_conf", "must be in (0, 1)"),
         (0 < cfg.nms_iou <= 1, "nms_iou", "must be in (0, 1]"),
         (cfg.center_loss_weight >= 0, "center_loss_weight", "must be >= 0"),

@@ -49,7 +49,7 @@ from model.data.raw import plural
 from model.evaluate import COCO_METRICS, evaluate_coco
 from model.optim import ModelEMA, YoloxWarmCos, build_optimizer, set_lr
 from model.yolox import build_yolox_from_config, load_coco_weights
-from model.yolox.loss import LOSS_KEYS
+from model.yolox.loss import ASSIGN_DIAGNOSTICS, LOSS_KEYS, summarize_stats
 
 logger = logging.getLogger(__name__)
 
@@ -297,6 +297,7 @@ class _Trainer:
         self.dataset = load_trial_data(cfg, progress=progress)
         self.net = build_yolox_from_config(cfg)
         self.params = sum(p.numel() for p in self.net.parameters())
+        self.net.head.assign_stats = True  # (issue 17) assignment diagnostics every epoch
         self.loader = build_train_loader(
             self.dataset.train, cfg, device=self.device, progress=progress
         )
@@ -352,6 +353,8 @@ class _Trainer:
         self.tile_counts = {**self.tile_counts, **state.get("tile_counts", {})}
         self.summary = str(state["summary"])
         self.pretrain_loaded = int(state["pretrain_loaded"])
+        if "assign_state" in state:  # (issue 17) the dynamic assigner's threshold and beta
+            self.net.head.dynamic_state.load_state_dict(state["assign_state"])
         set_rng_state(state["rng"])  # last: building the run above consumed random numbers
 
     def _log(self, line: str) -> None:
@@ -386,6 +389,7 @@ class _Trainer:
         net.train()
         self.loader.set_epoch(epoch)
         sums = dict.fromkeys(LOSS_KEYS, 0.0)
+        stat_sums: dict[str, Any] = {}  # assignment counts (tensors), see model.yolox.loss
         autocast = (
             torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
         )
@@ -401,6 +405,8 @@ class _Trainer:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast:
                 out = net(images, targets)
+            for k, v in out.pop("assign_stats", {}).items():  # counts, not losses
+                stat_sums[k] = stat_sums.get(k, 0.0) + v
             values = _loss_values(out)
             if not math.isfinite(values["total_loss"]):
                 self._non_finite(step, epoch, i, values)
@@ -425,6 +431,17 @@ class _Trainer:
         self.images_seen += images_done
         means: dict[str, Any] = {k: v / max(self.iters, 1) for k, v in sums.items()}
         means["lr"] = lr
+        diag = summarize_stats(stat_sums)
+        means.update(diag)
+        buckets = " ".join(
+            f"{k.removeprefix('pos_per_obj_')} {v:.2f}" for k, v in diag.items()
+            if k.startswith("pos_per_obj_")
+        )
+        self._log(
+            f"epoch {epoch + 1}/{cfg.epochs}: positives per object by size (px) {buckets}; "
+            f"objects without a positive {diag['no_pos_share']:.1%}; mean IoU of positives "
+            f"{diag['pos_mean_iou']:.3f}"
+        )
         if cfg.input_mode == "tiles":
             cut = self.loader.take_cut_counts()
             for k, v in cut.items():
@@ -499,6 +516,7 @@ class _Trainer:
             "tile_counts": self.tile_counts,
             "summary": self.summary,
             "pretrain_loaded": self.pretrain_loaded,
+            "assign_state": self.net.head.dynamic_state.state_dict(),
             "params": self.params,
             "class_names": list(self.dataset.train.class_names),
         }
@@ -526,6 +544,8 @@ class _Trainer:
             "eval_boxes": "clipped to the image" if self.cfg.eval_clip_boxes else
             "unclipped (official)",
             **({"tile_counts": dict(self.tile_counts)} if self.cfg.input_mode == "tiles" else {}),
+            # (issue 17) the last evaluated epoch's assignment diagnostics (see summarize_stats)
+            "assignment": {k: final[k] for k in ASSIGN_DIAGNOSTICS if k in final},
             "summary": self.summary,
             "last_checkpoint": str(last) if last and last.is_file() else None,
             "best_checkpoint": str(best) if best and best.is_file() else None,
@@ -548,7 +568,9 @@ def train_detector(
     (None without ``checkpoint_dir``). With ``resume`` and an existing ``checkpoint_dir/last.pt``
     the run continues from it. Returns the final 12 numbers, ``best_mAP``, ``best_epoch``,
     ``epochs``, ``train_time_s``, ``images_per_s``, ``params``, ``pretrain_loaded``, ``device``,
-    ``summary`` (COCO summary text) and ``last_checkpoint`` / ``best_checkpoint`` paths.
+    ``summary`` (COCO summary text), ``assignment`` (the last evaluated epoch's assignment
+    diagnostics: positives per object by size, share of objects without one, mean IoU of
+    positives; also in every report) and ``last_checkpoint`` / ``best_checkpoint`` paths.
 
     Raises :class:`~model.config.ConfigError` for config/data mismatches and
     :class:`TrainingError` on a non-finite loss (the last good checkpoint stays intact).

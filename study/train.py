@@ -185,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
             )
         },
         **({"tile_counts": result["tile_counts"]} if "tile_counts" in result else {}),
+        # positives per object by size, objects without a positive, IoU of positives (last epoch)
+        **({"assignment": result["assignment"]} if "assignment" in result else {}),
         "wall_time_s": time.perf_counter() - start,
         "torch": torch.__version__,
         "checkpoint": result["last_checkpoint"],

@@ -91,6 +91,11 @@ def build_yolox(
     reg_weight: float = REG_WEIGHT,
     nwd_constant: float = 12.8,
     assign_mode: str = "batched",
+    assigner: str = "simota",
+    assign_k: int = 0,
+    hambox: bool = False,
+    assign_overlap: str = "iou",
+    cls_target: str = "iou",
 ) -> YOLOX:
     """Build a YOLOX of a named ``size`` (see ``SIZES``) or of explicit depth/width/depthwise.
 
@@ -110,10 +115,16 @@ def build_yolox(
         prior_prob=PRIOR_PROB,
         reg_loss=reg_loss,
         reg_weight=reg_weight,
+        nwd_constant=nwd_constant,  # (issue 17) was not passed on: NWD ran with the default C
         center_radius=center_radius,
         candidate_topk=candidate_topk,
         iou_cost_weight=iou_cost_weight,
         assign_mode=assign_mode,
+        assigner=assigner,
+        assign_k=assign_k,
+        hambox=hambox,
+        assign_overlap=assign_overlap,
+        cls_target=cls_target,
     )
     arch = {
         "size": size,
@@ -140,7 +151,13 @@ def build_yolox_from_config(cfg: TrialConfig) -> YOLOX:
         iou_cost_weight=cfg.iou_cost_weight,
         reg_weight=cfg.reg_weight,
         nwd_constant=cfg.nwd_constant,
+        assigner=cfg.assigner,
+        assign_k=cfg.assign_k,
+        hambox=cfg.hambox,
+        assign_overlap=cfg.assign_overlap,
+        cls_target=cfg.cls_target,
     )
+    net.head.dynamic_state.interval = cfg.dynamic_interval
     set_bn_momentum(net, cfg.bn_momentum)
     return net
 

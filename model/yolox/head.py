@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import get_args
 
 import torch
 from torch import Tensor, nn
 
-from model.config import CANDIDATE_TOPK, CENTER_RADIUS, IOU_COST_WEIGHT, REG_WEIGHT
+from model.assigners import DynamicState
+from model.config import (
+    CANDIDATE_TOPK,
+    CENTER_RADIUS,
+    IOU_COST_WEIGHT,
+    REG_WEIGHT,
+    Assigner,
+    AssignOverlap,
+    ClsTarget,
+)
 from model.losses import REG_LOSSES
 from model.yolox.blocks import BaseConv, conv_type
 from model.yolox.loss import ASSIGN_MODES
@@ -35,7 +45,11 @@ class YOLOXHead(nn.Module):
     ``use_l1`` (add the L1 loss on raw regressions, the official last-15-epochs switch),
     ``reg_loss``, ``reg_weight``, ``nwd_constant``, ``center_radius``, ``candidate_topk``,
     ``iou_cost_weight``,
-    ``assign_mode`` (``batched`` or ``per_image`` SimOTA).
+    ``assign_mode`` (``batched`` or ``per_image`` SimOTA), and (issue 17) ``assigner``,
+    ``assign_k``, ``hambox``, ``assign_overlap``, ``cls_target``, ``assign_stats`` (return the
+    assignment counts under ``assign_stats`` in the loss dict). ``dynamic_state`` holds the
+    ``dynamic`` assigner's threshold and beta (not in the state_dict, so official checkpoints
+    still load strictly; the trainer saves it beside the weights).
     """
 
     def __init__(
@@ -55,6 +69,11 @@ class YOLOXHead(nn.Module):
         candidate_topk: int = CANDIDATE_TOPK,
         iou_cost_weight: float = IOU_COST_WEIGHT,
         assign_mode: str = "batched",
+        assigner: str = "simota",
+        assign_k: int = 0,
+        hambox: bool = False,
+        assign_overlap: str = "iou",
+        cls_target: str = "iou",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -94,6 +113,15 @@ class YOLOXHead(nn.Module):
         self.candidate_topk = candidate_topk
         self.iou_cost_weight = iou_cost_weight
         self.assign_mode = check_choice("assign_mode", assign_mode, ASSIGN_MODES)
+        self.assigner = check_choice("assigner", assigner, get_args(Assigner))
+        self.assign_k = assign_k
+        self.hambox = hambox
+        self.assign_overlap = check_choice(
+            "assign_overlap", assign_overlap, get_args(AssignOverlap)
+        )
+        self.cls_target = check_choice("cls_target", cls_target, get_args(ClsTarget))
+        self.assign_stats = False
+        self.dynamic_state = DynamicState()
         # (level, H, W, dtype, device) -> (xy (H*W, 2) cell indices, (H*W,) stride); not state.
         self._grids: dict[tuple, tuple[Tensor, Tensor]] = {}
 
@@ -187,4 +215,11 @@ class YOLOXHead(nn.Module):
             candidate_topk=self.candidate_topk,
             iou_cost_weight=self.iou_cost_weight,
             assign_mode=self.assign_mode,
+            assigner=self.assigner,
+            assign_k=self.assign_k,
+            hambox=self.hambox,
+            assign_overlap=self.assign_overlap,
+            cls_target=self.cls_target,
+            dynamic_state=self.dynamic_state,
+            assign_stats=self.assign_stats,
         )

@@ -13,6 +13,7 @@ import torch
 from model.config import ConfigError
 from model.data.synth import generate_flow_like
 from model.evaluate import COCO_METRICS
+from model.yolox.loss import ASSIGN_DIAGNOSTICS
 from study import detect as detect_cli
 from study import evaluate as evaluate_cli
 from study import train as train_cli
@@ -64,6 +65,9 @@ def test_train_writes_metrics_summary_config_and_checkpoint(trained: Path, capsy
     assert metrics["device"] == "cpu" and metrics["epochs"] == 1
     assert metrics["input_mode"] == "letterbox" and "tile_counts" not in metrics
     assert metrics["eval_boxes"] == "unclipped (official)"  # the scoring choice, named
+    # the label assignment's diagnostics of the last epoch (issue 11)
+    diag = metrics["assignment"]
+    assert set(diag) == set(ASSIGN_DIAGNOSTICS) and 0.0 <= diag["no_pos_share"] <= 1.0
     assert (trained / "last.pt").is_file()
     assert metrics["checkpoint"] == str(trained / "last.pt")
     summary = (trained / "coco_summary.txt").read_text().splitlines()

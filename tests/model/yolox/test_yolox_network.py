@@ -232,6 +232,13 @@ def test_train_mode_hands_the_agreed_inputs_to_yolox_loss(monkeypatch: pytest.Mo
         "candidate_topk": 10,
         "iou_cost_weight": 3.0,
         "assign_mode": "per_image",
+        "assigner": "simota",
+        "assign_k": 0,
+        "hambox": False,
+        "assign_overlap": "iou",
+        "cls_target": "iou",
+        "dynamic_state": net.head.dynamic_state,
+        "assign_stats": False,
     }
 
 
