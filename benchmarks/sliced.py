@@ -81,7 +81,7 @@ def main() -> None:
             h, w = fs[0].shape[:2]
             for size in args.letterbox:
                 c = dataclasses.replace(cfg, input_mode="letterbox", img_size=size)
-                sec = _timed(lambda c=c: predict_images(net, fs, c, batch_size=args.batch))
+                sec = _timed(lambda c=c, fs=fs: predict_images(net, fs, c, batch_size=args.batch))
                 boxes = sum(len(b) for b in predict_images(net, fs, c, batch_size=args.batch))
                 print(f"| {name} | letterbox {size} | 1 | {len(fs) / sec:.2f} | "
                       f"{1000 * sec / len(fs):.0f} | – | {boxes / len(fs):.0f} |")
@@ -91,7 +91,7 @@ def main() -> None:
                 n_tiles = len(frame_tiles(h, w, tile, c.tile_overlap))
                 timings: dict[str, float] = {}
 
-                def run(s=s, timings=timings):
+                def run(s=s, timings=timings, fs=fs):
                     timings.clear()
                     return sliced_detect(net, fs, s, batch_size=args.batch, timings=timings)
 

@@ -30,7 +30,7 @@ from study.layout import (
 )
 from study.plan import Plan, describe_profile
 from study.plots import plot_by_axis, plot_learning_curves, plot_vs_params, plot_x_axis
-from study.report import ReportInput, _table, render_report
+from study.report import ReportInput, _table, assignment_section, render_report
 from study.results import histories, write_results
 
 # measured (docs/measurements.md): two seeds of the same short run on the embedded data end
@@ -200,6 +200,7 @@ def write_all(
             sections=[
                 (title, lines)
                 for title, lines in (
+                    ("Label assignment", assignment_section(rows, axes)),
                     ("Data", data_section(study_dir)),
                     ("Crashes and retries", crash_section(rows, study_dir)),
                 )

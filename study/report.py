@@ -249,6 +249,39 @@ def _param(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+ASSIGN_HEADERS = {  # model.yolox.loss.ASSIGN_DIAGNOSTICS, as the report's columns say them
+    "pos_per_obj_lt16": "positives / object < 16 px",
+    "pos_per_obj_16_32": "16–32 px",
+    "pos_per_obj_32_96": "32–96 px",
+    "pos_per_obj_gt96": "> 96 px",
+    "no_pos_share": "objects without a positive",
+    "pos_mean_iou": "mean IoU of positives",
+}
+
+
+def assignment_section(rows: Sequence[dict[str, Any]], axes: Sequence[str]) -> list[str]:
+    """Label-assignment diagnostics of each grid point's last evaluated epoch (mean over seeds);
+    [] when no trial reported them."""
+    points = [p for p in group_points(rows, axes) if any(p.metric(k) for k in ASSIGN_HEADERS)]
+    if not points or not axes:
+        return []
+    body = []
+    for p in points:
+        cells = [str(v) for v in p.values]
+        for key in ASSIGN_HEADERS:
+            sm = p.summary(key)
+            cells.append("–" if sm is None else f"{sm.mean:.2f}")
+        body.append(cells)
+    lines = _table([*axes, *ASSIGN_HEADERS.values()], body)
+    lines += [
+        "",
+        "Positives per object by the object's size (sqrt of its area in input pixels), averaged "
+        "over the last evaluated epoch's training batches: the number the label assigner gives "
+        "tiny objects.",
+    ]
+    return lines
+
+
 def render_report(inp: ReportInput) -> str:
     counts: dict[str, int] = {}
     for r in inp.rows:

@@ -25,6 +25,7 @@ from typing import Any
 
 from model.config import config_keys
 from model.evaluate import COCO_METRICS
+from model.yolox.loss import ASSIGN_DIAGNOSTICS
 from study.datacheck import DATA_COLUMNS
 from study.files import atomic_write
 from study.layout import (
@@ -41,11 +42,14 @@ from study.layout import (
 from study.plan import Plan
 
 RUN_COLUMNS = ("epoch", "train_time_s", "images_per_s", "params", "attempts")
+ASSIGN_COLUMNS = ASSIGN_DIAGNOSTICS  # label-assignment diagnostics of the last evaluated epoch
 HEAD_COLUMNS = ("id", "status", "reason", "role")  # role: baseline (or its stand-in), else ""
 
 
 def columns() -> list[str]:
-    return [*HEAD_COLUMNS, *COCO_METRICS, *RUN_COLUMNS, *DATA_COLUMNS, *config_keys()]
+    return [
+        *HEAD_COLUMNS, *COCO_METRICS, *RUN_COLUMNS, *ASSIGN_COLUMNS, *DATA_COLUMNS, *config_keys()
+    ]
 
 
 # attempts.jsonl lines of a start that did not train: done.json or failed.json found, or the
@@ -138,7 +142,8 @@ def collect_rows(plan: Plan, study_dir: Path) -> list[dict[str, Any]]:
                 )
         elif history:
             row["status"] = "unfinished"
-        for key in (*COCO_METRICS, "epoch", "train_time_s", "images_per_s", "params"):
+        run_keys = ("epoch", "train_time_s", "images_per_s", "params")
+        for key in (*COCO_METRICS, *run_keys, *ASSIGN_COLUMNS):
             if key in metrics:
                 row[key] = metrics[key]
         rows.append(row)

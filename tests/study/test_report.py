@@ -319,3 +319,21 @@ def test_plots_run_along_the_size_only_where_it_varies() -> None:
     rows.append({**rows[0], "size": "s"})
     assert plot_x_axis(rows, [*AXES, "size"]) == "size"
     assert plot_x_axis(rows[:1], AXES) == "pretrain"  # nothing varies: the first axis
+
+
+def test_the_report_shows_the_assignment_diagnostics_of_each_point() -> None:
+    from model.yolox.loss import ASSIGN_DIAGNOSTICS
+    from study.report import ASSIGN_HEADERS, assignment_section
+
+    assert list(ASSIGN_HEADERS) == list(ASSIGN_DIAGNOSTICS)  # one column per diagnostic
+    diag = dict.fromkeys(ASSIGN_DIAGNOSTICS, 1.0)
+    rows = [
+        {**row("a", "none", "iou"), **diag, "pos_per_obj_lt16": 0.5},
+        {**row("b", "none", "iou"), **diag, "pos_per_obj_lt16": 1.5},  # a second seed
+        row("c", "ssl", "ciou"),  # ran before the diagnostics existed
+    ]
+    lines = assignment_section(rows, AXES)
+    assert lines[0].startswith("| pretrain | reg_loss | positives / object < 16 px |")
+    assert lines[2] == "| none | iou | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 |"  # mean 0.5, 1.5
+    assert not any(line.startswith("| ssl") for line in lines)
+    assert assignment_section([row("c", "ssl", "ciou")], AXES) == []
