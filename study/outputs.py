@@ -131,7 +131,7 @@ def write_all(
             metric=sp.metric,
             study=study_dir.name,
             point_rows=point_rows,
-            weights=ckpts[-1] if ckpts else None,
+            weights=ckpts[-1].resolve() if ckpts else None,  # absolute: read from anywhere
             threads=info.get("torch_threads"),
             device=_ran_on(study_dir, best["id"]),
         )
