@@ -7,8 +7,8 @@ A crash (a trial raising, its worker killed) is one console line naming the caus
 
 from __future__ import annotations
 
+import heapq
 import json
-import math
 import pickle
 import shutil
 import time
@@ -119,7 +119,10 @@ class StudyCallback(Callback):
         eta = ""
         if self.durations and left:
             mean = sum(self.durations) / len(self.durations)
-            eta = f", ~{format_duration(mean * math.ceil(left / self.slots), approx=True)} left"
+            now = time.time()
+            elapsed = [now - t0 for t0 in self.started.values()]  # the trials still running
+            secs = time_left(mean, elapsed, max(left - len(elapsed), 0), self.slots)
+            eta = f", ~{format_duration(secs, approx=True)} left"
         m = row.get("mAP")
         if row.get("status") == "error":  # crashed for good, or failed (never retried)
             log = trial_dir(self.study_dir, tid) / LOG
@@ -133,6 +136,21 @@ class StudyCallback(Callback):
             f"{running} running{eta}",
             flush=True,
         )
+
+
+def time_left(mean: float, elapsed: list[float], pending: int, slots: int) -> float:
+    """Seconds until the last trial ends, if every trial takes ``mean`` seconds: each running
+    trial ends ``mean - elapsed`` from now (0 when past the mean), and the pending trials start,
+    in turn, on whichever of the ``slots`` frees first."""
+    free = [max(mean - e, 0.0) for e in elapsed]
+    free += [0.0] * max(slots - len(free), 0)
+    heapq.heapify(free)
+    end = max(free, default=0.0)
+    for _ in range(pending):
+        start = heapq.heappop(free)
+        heapq.heappush(free, start + mean)
+        end = max(end, start + mean)
+    return end
 
 
 def crash_cause(trial: Any) -> tuple[str, str]:
