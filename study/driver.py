@@ -1,7 +1,8 @@
 """The study driver: plan → COCO weights → pretraining (Ray tasks) → trials (Ray Tune) → outputs.
 
-The steps live in study/prepare.py (before the trials), study/pipeline.py (Ray and Tune),
-study/trial.py (one trial) and study/outputs.py (results, report, plots, best config).
+The steps live in study/plan.py, study/pretraining.py and study/coco.py (the plan, complete
+before Ray starts and saved once), study/prepare.py (dry run, data check), study/pipeline.py
+(Ray and Tune), study/trial.py (one trial) and study/outputs.py (the end of a study).
 
 ``run_study(StudyArgs(...))`` is what ``study/run.py`` calls; tests call it in-process with a fake
 training function (``train_fn=``) and a Ray session they started themselves.
@@ -9,6 +10,7 @@ training function (``train_fn=``) and a Ray session they started themselves.
 Study folder (``--out``, default ``studies/<space>-<timestamp>``)::
 
     plan.json            every planned trial's config, the pretraining jobs, skips (resume reads it)
+    pretraining.json     what the pretraining jobs produced (study/pretraining.py)
     space.yaml           the space file as it was
     pretrain_cache/      center_loss / ssl backbones (default cache; see study/cache.py)
     trials/<id>/         trial.json, history.jsonl, attempts.jsonl, done.json (study/trial.py)
@@ -27,6 +29,7 @@ Nothing is overwritten: a new study refuses a folder that holds a study (continu
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import socket
@@ -39,10 +42,11 @@ from typing import Any
 
 from model.config import DEVICES, ConfigError, parse_override
 from model.data.raw import DataError
-from study import outputs, pipeline, prepare, session, trust
-from study.files import atomic_write_text, format_duration
+from study import coco, pipeline, prepare, pretraining, session, trust
+from study.files import atomic_write_text
 from study.layout import PLAN, SPACE, StudyError
-from study.plan import Plan, build_plan, describe_profile, load_plan
+from study.outputs import StudyOutcome, finish
+from study.plan import Plan, build_plan, describe_profile
 from study.spaces import _nonneg_int, load_space
 from study.trial import TrainFn
 
@@ -86,16 +90,6 @@ def study_defaults() -> dict[str, Any]:
         elif f.default_factory is not MISSING:
             out[f.name] = f.default_factory()
     return out
-
-
-@dataclass
-class StudyOutcome:
-    study_dir: Path
-    rows: list[dict[str, Any]]
-    summary: str
-    exit_code: int  # 0 all finished, 1 some trial failed, 130 interrupted
-    best: dict[str, Any] | None = None
-    wall_s: float = 0.0
 
 
 def import_train_fn(spec: str) -> TrainFn:
@@ -201,7 +195,7 @@ def run_study(
             )
         if not args.dry_run:  # a dry run reads plan.json only (JSON), never Tune's pickles
             trust.check_resumable(study_dir)
-        plan = load_plan(study_dir / PLAN)
+        plan = pretraining.load_study_plan(study_dir)
         log(f"resuming study {study_dir} ({plan.space.name})")
     else:
         plan = make_plan(args)
@@ -218,15 +212,7 @@ def run_study(
     for note in plan.notes:
         log(note)
     if not args.resume:
-        prepare.plan_artifacts(plan, cache_root, log)
-        needs = prepare.check_coco(
-            plan,
-            cache_root=cache_root,
-            download=args.download,
-            skip_unavailable=args.skip_unavailable,
-            probe_only=args.dry_run,
-            log=log,
-        )
+        plan, needs = complete_plan(plan, args, cache_root, log)
         if args.dry_run:
             prepare.print_dry_run(plan, needs)
             return _dry_run_outcome(plan, study_dir, "", needs, log)
@@ -240,8 +226,26 @@ def run_study(
     data = prepare.check_data(plan, strict=args.strict, log=log)
     ship_by_value(fn)
     with trust.private_umask():
-        _run(plan, study_dir, cache_root, fn, data, args, log)
+        plan = _run(plan, study_dir, cache_root, fn, data, args, log)
     return finish(plan, study_dir, time.time() - t0, log)
+
+
+def complete_plan(
+    plan: Plan, args: StudyArgs, cache_root: Path, log: Log
+) -> tuple[Plan, dict[str, bool]]:
+    """The trials' plan with its pretraining jobs and the skips of the COCO-weights check;
+    also trial id → its COCO weights are not on disk (the dry run's ``needs_download``)."""
+    jobs, notes = pretraining.plan_jobs(plan, cache_root, log)
+    plan = dataclasses.replace(plan, pretrain_jobs=jobs, notes=[*plan.notes, *notes])
+    check = coco.check_study(
+        plan,
+        cache_root=cache_root,
+        download=args.download,
+        skip_unavailable=args.skip_unavailable,
+        probe_only=args.dry_run,
+        log=log,
+    )
+    return pretraining.with_skips(plan, check.skips), check.needs
 
 
 def _run(
@@ -252,9 +256,9 @@ def _run(
     data: list[prepare.DataSource],
     args: StudyArgs,
     log: Log,
-) -> None:
+) -> Plan:
     """Ray up, the study folder, pretraining, the trials; Ray down and the folder's record
-    cleaned whatever happens."""
+    cleaned whatever happens. Returns the plan with what the pretraining produced."""
     cluster = pipeline.start_ray(args.address, args.dashboard_host, log)
     try:  # the folder appears once Ray is up: a failed start leaves nothing to --resume
         study_dir.mkdir(parents=True, exist_ok=True)
@@ -263,12 +267,13 @@ def _run(
             trust.write_manifest(study_dir)
         session.record(study_dir, pipeline.owns_ray())
         prepare.write_data_reports(study_dir, data, log)
-        plan.save(study_dir / PLAN)
+        if not args.resume:
+            plan.save(study_dir / PLAN)  # once: what the pretraining adds is pretraining.json
         res = pipeline.effective_resources(
             plan, args.cpus_per_trial, args.gpus_per_trial, cluster, log
         )
-        prepare.run_pretraining(plan, cache_root, res, log)
-        plan.save(study_dir / PLAN)
+        done = pretraining.run_jobs(plan, study_dir, cache_root, res, log)
+        plan = pretraining.applied(plan, done)
         session.record(study_dir, pipeline.owns_ray())  # Ray's agents are up by now
         pipeline.run_trials(
             plan,
@@ -286,32 +291,7 @@ def _run(
         pipeline.stop_ray()
         session.clear(study_dir)
         trust.harden(study_dir)
-
-
-def finish(plan: Plan, study_dir: Path, wall_s: float, log: Log = print) -> StudyOutcome:
-    """Write results.csv, report.md, plots and best_config.yaml; print the one-line summary."""
-    rows, best, written = outputs.write_all(plan, study_dir, wall_s)
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    state = ", ".join(f"{n} {s}" for s, n in counts.items())
-    unfinished = counts.get("pending", 0) + counts.get("unfinished", 0)
-    code = 130 if unfinished else (1 if counts.get("error") else 0)
-    metric = plan.space.metric
-    best_txt = (
-        f"best {best['id']} {metric} {best[metric]:.4f}"
-        if best
-        else f"no finished trial ({metric})"
-    )
-    summary = (
-        f"study {study_dir.name}: {state} in {format_duration(wall_s)}; {best_txt} — "
-        f"report {written['report']}, results {written['results']}"
-        + (f", best config {written['best_config']}" if "best_config" in written else "")
-    )
-    if unfinished:
-        summary += f"; interrupted: continue with python study/run.py --resume --out {study_dir}"
-    log(summary)
-    return StudyOutcome(study_dir, rows, summary, code, best, wall_s)
+    return plan
 
 
 def _dry_run_outcome(

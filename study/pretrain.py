@@ -34,7 +34,8 @@ from model.config import (
 from model.data.raw import DataError
 from model.pretrain import ArtifactError, PretrainDataError, load_artifact, run_pretraining
 from model.yolox.weights import WeightsError, WeightsUnavailableError
-from study.cache import ArtifactCache, prepare_coco_weights
+from study.cache import ArtifactCache
+from study.coco import prepare_coco_weights
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -90,7 +90,8 @@ def prepare_pretraining(cfg: TrialConfig, args: argparse.Namespace) -> TrialConf
     """Fill ``pretrain_artifact`` (center_loss/ssl) and make sure COCO weights are on disk."""
     if cfg.pretrain == "none":
         return cfg
-    from study.cache import ArtifactCache, default_cache_root, prepare_coco_weights
+    from study.cache import ArtifactCache, default_cache_root
+    from study.coco import prepare_coco_weights
 
     cache = ArtifactCache(args.cache or default_cache_root())
     # COCO weights first: the coco trial needs them, and so may the pretraining (pretrain_init).
