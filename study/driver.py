@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import os
 import socket
 import sys
@@ -38,11 +39,11 @@ import time
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from model.config import DEVICES, ConfigError, parse_override
-from model.data.raw import DataError
-from study import coco, pipeline, prepare, pretraining, session, trust
+from model.config import DEVICES, parse_override
+from study import cli, coco, pipeline, prepare, pretraining, session, trust
 from study.files import atomic_write_text
 from study.layout import PLAN, SPACE, StudyError
 from study.outputs import StudyOutcome, finish
@@ -93,17 +94,31 @@ def study_defaults() -> dict[str, Any]:
 
 
 def import_train_fn(spec: str) -> TrainFn:
-    """``module:function`` → the function (the training function is pluggable: tests,
-    benchmarks, a user's own trainer). The module may also live under the current folder."""
-    module, _, name = spec.partition(":")
+    """``module:function`` (an importable module) or ``path/to/file.py:function`` → the function
+    (the training function is pluggable: tests, benchmarks, a user's own trainer). A file is
+    loaded from its path: ``python study/run.py`` puts study/ on sys.path, not the current
+    folder, and nothing here adds it."""
+    module, _, name = spec.rpartition(":")
     if not module or not name:
-        raise StudyError(f"--train-fn must be MODULE:FUNCTION, got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())  # `python study/run.py` puts study/ on the path, not "."
+        raise StudyError(f"--train-fn must be MODULE:FUNCTION or FILE.py:FUNCTION, got {spec!r}")
     try:
-        return getattr(importlib.import_module(module), name)
+        return getattr(_load_module(module), name)
     except (ImportError, AttributeError) as e:
         raise StudyError(f"--train-fn {spec}: cannot import it ({e})") from e
+
+
+def _load_module(module: str) -> ModuleType:
+    if not module.endswith(".py"):
+        return importlib.import_module(module)
+    path = Path(module).expanduser().resolve()
+    name = f"train_fn_{path.stem}"
+    found = importlib.util.spec_from_file_location(name, path)
+    if found is None or found.loader is None or not path.is_file():
+        raise ImportError(f"no Python file {path}")
+    loaded = importlib.util.module_from_spec(found)
+    sys.modules[name] = loaded  # ship_by_value pickles it by value from there
+    found.loader.exec_module(loaded)
+    return loaded
 
 
 def ship_by_value(fn: TrainFn) -> None:
@@ -322,15 +337,11 @@ def main_entry(args: StudyArgs) -> int:
     socket.setdefaulttimeout(60)  # a download on a black-holed network must not hang the study
     # a dry run's stdout is JSON lines only: the human notes go to stderr
     log: Log = (lambda line: print(line, file=sys.stderr)) if args.dry_run else print
-    try:
-        return run_study(args, log=log).exit_code
-    except (StudyError, ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        out = f" --out {args.out}" if args.out else ""
-        print(
-            f"\ninterrupted; continue with: python study/run.py --resume{out} --space {args.space}",
-            file=sys.stderr,
-        )
-        return 130
+    out = f" --out {args.out}" if args.out else ""
+    return cli.run_command(
+        None,
+        lambda: run_study(args, log=log).exit_code,
+        interrupted=lambda: (
+            f"\ninterrupted; continue with: python study/run.py --resume{out} --space {args.space}"
+        ),
+    )

@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-fn",
         default=DEFAULT_TRAIN_FN,
         metavar="MODULE:FUNCTION",
-        help="training function with train_detector's signature (tests and benchmarks)",
+        help="training function with train_detector's signature (tests and benchmarks); "
+        "MODULE may be a path/to/file.py",
     )
     # the defaults are StudyArgs's: one source for the CLI and for run_study's callers
     p.set_defaults(**study_defaults())

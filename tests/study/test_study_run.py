@@ -28,7 +28,7 @@ from study.layout import StudyError
 from study.plan import build_plan
 from study.results import read_csv, read_history
 from study.spaces import load_space
-from tests.paths import REPO
+from tests.paths import FAKE_TRAIN_FN, REPO
 from tests.study_fakes import control_folder
 
 RUN = [sys.executable, str(REPO / "study" / "run.py")]
@@ -266,7 +266,7 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(
     # the fake training function's "dataset": behaviour + call log
     ctl = control_folder(tmp_path / "ctl", epoch_s=1.0)
     study = tmp_path / "study"
-    common = ["--address", ray_address, "--train-fn", "tests.study_fakes:fake_train"]
+    common = ["--address", ray_address, "--train-fn", FAKE_TRAIN_FN]
     env = {**AUTH_ENV, "XDG_STATE_HOME": str(tmp_path / "state")}
     first = subprocess.Popen(
         [*RUN, "--space", str(space), "--data", str(ctl), "--out", str(study), *common],
