@@ -37,13 +37,12 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 from model.config import DEVICES, parse_override
 from study import cli, coco, pipeline, prepare, pretraining, session, trust
+from study.args import StudyArgs
 from study.files import atomic_write_text
 from study.layout import PLAN, SPACE, StudyError
 from study.outputs import StudyOutcome, finish
@@ -51,46 +50,7 @@ from study.plan import Plan, build_plan, describe_profile
 from study.spaces import _nonneg_int, load_space
 from study.trial import TrainFn
 
-DEFAULT_TRAIN_FN = "model.train:train_detector"
 Log = Callable[[str], None]
-
-
-@dataclass
-class StudyArgs:
-    space: str = "ablation"
-    data: str | None = None
-    out: Path | None = None
-    address: str | None = None
-    gpus_per_trial: float | None = None
-    cpus_per_trial: float | None = None
-    max_concurrent: int | None = None
-    seeds: int | None = None  # None: the quick profile's seeds (else 1)
-    full: bool = False  # the quick profile over every grid value of the space
-    device: str = "auto"  # auto | cpu | cuda: which quick profile; the trials' device
-    overrides: list[str] = field(default_factory=list)
-    resume: bool = False
-    dry_run: bool = False
-    skip_unavailable: bool = False
-    dashboard_host: str = "127.0.0.1"
-    name: str | None = None
-    cache: Path | None = None
-    train_fn: str = DEFAULT_TRAIN_FN
-    max_failures: int | None = None
-    download: bool = True
-    searcher_seed: int = 0
-    force: bool = False  # write into a non-empty --out that holds no study
-    strict: bool = False  # any dropped/clipped/fixed image or box stops the study
-
-
-def study_defaults() -> dict[str, Any]:
-    """Every StudyArgs default (the CLI's defaults: study/run.py sets them on its parser)."""
-    out = {}
-    for f in fields(StudyArgs):
-        if f.default is not MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not MISSING:
-            out[f.name] = f.default_factory()
-    return out
 
 
 def import_train_fn(spec: str) -> TrainFn:
