@@ -49,6 +49,16 @@ class ConfigError(ValueError):
     """A config value or key is invalid; the message names the key and the source file."""
 
 
+def check_choice(name: str, value: str, allowed: tuple[str, ...] | list[str]) -> str:
+    """Return ``value`` if allowed, else raise a ValueError listing the allowed values.
+
+    For the public functions of model/ that take an ablation switch directly (a config was
+    checked when it was loaded); ``allowed`` is the switch's Literal (``get_args``)."""
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; use one of {', '.join(map(repr, allowed))}")
+    return value
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     """Every setting of one trial. Defaults follow the official YOLOX recipe (``yolox_base.py``)."""

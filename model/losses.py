@@ -15,27 +15,12 @@ from typing import get_args
 import torch
 from torch import Tensor
 
-from model.config import RegLoss
+from model.config import RegLoss, check_choice
 
 # The regression losses are the config's value set; all but "nwd" are measures of bbox_iou.
 REG_LOSSES: tuple[str, ...] = get_args(RegLoss)
 IOU_KINDS: tuple[str, ...] = tuple(k for k in REG_LOSSES if k != "nwd")
 _EPS = 1e-7  # guards denominators of degenerate (zero-size) boxes; far below any real pixel area
-
-
-def check_iou_kind(kind: str, allowed: tuple[str, ...] = IOU_KINDS) -> str:
-    """Return ``kind`` if it is one of ``allowed`` (the IoU measures unless told), else raise a
-    ValueError listing them."""
-    if kind not in allowed:
-        raise ValueError(
-            f"unknown IoU loss kind {kind!r}; use one of {', '.join(map(repr, allowed))}"
-        )
-    return kind
-
-
-def check_reg_loss(kind: str) -> str:
-    """Return ``kind`` if it is one of ``REG_LOSSES``, else raise a ValueError listing them."""
-    return check_iou_kind(kind, REG_LOSSES)
 
 
 @torch.no_grad()
@@ -86,7 +71,12 @@ def bbox_iou(a: Tensor, b: Tensor, kind: str = "iou") -> Tensor:
     ``ciou`` = DIoU - alpha * v, v = 4 / pi^2 * (atan(w_b / h_b) - atan(w_a / h_a))^2,
     alpha = v / (1 - IoU + v) (Zheng et al. 2020; alpha carries no gradient).
     """
-    check_iou_kind(kind)
+    check_choice("IoU loss kind", kind, IOU_KINDS)
+    return _bbox_iou(a, b, kind)
+
+
+def _bbox_iou(a: Tensor, b: Tensor, kind: str) -> Tensor:
+    """:func:`bbox_iou` for a ``kind`` already checked."""
     _check_pair(a, b)
     a, b = _upcast(a, b)
     a_tl, a_br = a[:, :2] - a[:, 2:] / 2, a[:, :2] + a[:, 2:] / 2  # (N, 2)
@@ -162,10 +152,17 @@ def iou_family_loss(
     no gradient), which matters for small objects whose early predictions rarely overlap.
     ``nwd``: 1 - :func:`nwd` with C = ``nwd_constant`` pixels (used only by ``nwd``).
     """
-    check_reg_loss(kind)
+    check_choice("IoU loss kind", kind, REG_LOSSES)
+    return regression_loss(pred, target, kind, nwd_constant=nwd_constant)
+
+
+def regression_loss(
+    pred: Tensor, target: Tensor, kind: str, *, nwd_constant: float = 12.8
+) -> Tensor:
+    """:func:`iou_family_loss` for a ``kind`` its caller checked (``yolox_loss``, every step)."""
     if kind == "nwd":
         return 1 - nwd(pred, target, nwd_constant)
-    value = bbox_iou(pred, target, kind)
+    value = _bbox_iou(pred, target, kind)
     if kind == "iou":
         return 1 - value.pow(2)
     return 1 - value

@@ -8,7 +8,7 @@ artifact compute it once and everyone else waits for it, and a crashed run leave
 The lock needs a filesystem where ``flock`` works across the processes involved (local disk, or a
 shared one for a multi-node Ray cluster).
 
-Also here: the COCO-weights checks the driver runs before the first trial.
+The COCO weights (which runs need them, fetching them) are study/coco.py's.
 """
 
 from __future__ import annotations
@@ -24,13 +24,6 @@ from typing import Any
 
 from model.config import PRETRAIN_METHODS, TrialConfig
 from model.pretrain.artifact import pretrain_settings, run_pretraining
-from model.yolox.weights import (
-    WeightsUnavailableError,
-    coco_cache_path,
-    coco_url,
-    coco_weights_available,
-    resolve_coco_checkpoint,
-)
 from study.files import atomic_write_json
 
 # compute(cfg, out_path, progress=...) -> metrics; run_pretraining unless a test swaps it.
@@ -130,54 +123,3 @@ class ArtifactCache:
 
     def _inside(self, path: Path) -> bool:
         return path.resolve().parent == self.root.resolve()
-
-
-def coco_weights_needed(cfg: TrialConfig) -> bool:
-    """Whether the trial, or the pretraining it needs, starts from the official COCO weights."""
-    method = cfg.pretrain in PRETRAIN_METHODS
-    return cfg.pretrain == "coco" or (method and cfg.pretrain_init == "coco")
-
-
-def needs_download(cfg: TrialConfig, cache: ArtifactCache | None = None) -> bool:
-    """Whether the trial needs COCO weights that are not on disk (no network access here).
-
-    With a ``cache``, a center_loss/ssl trial whose artifact is already computed needs nothing.
-    """
-    if not coco_weights_needed(cfg):
-        return False
-    if cache is not None and cfg.pretrain in PRETRAIN_METHODS and cache.get(cfg) is not None:
-        return False
-    return not coco_weights_available(cfg.size, cfg.coco_weights or None)
-
-
-def prepare_coco_weights(
-    cfgs: Iterable[TrialConfig],
-    *,
-    download: bool = True,
-    cache: ArtifactCache | None = None,
-    progress: bool = True,
-) -> list[str]:
-    """Make sure every COCO checkpoint the trials need is on disk before the first trial runs.
-
-    Downloads each missing one once (into the torch hub cache) when ``download``; otherwise, or
-    when a download fails, raises WeightsUnavailableError listing every missing checkpoint with
-    its URL and where to put it. Returns the sizes that were fetched.
-    """
-    missing: dict[tuple[str, str], TrialConfig] = {}
-    for cfg in cfgs:
-        if needs_download(cfg, cache):
-            missing.setdefault((cfg.size, cfg.coco_weights), cfg)
-    if not missing:
-        return []
-    if not download:
-        lines = [
-            f"  YOLOX-{size}: {coco_url(size)} -> {path or coco_cache_path(size)}"
-            for size, path in sorted(missing)
-        ]
-        raise WeightsUnavailableError(
-            "the study needs COCO checkpoints that are not on disk and downloading is off:\n"
-            + "\n".join(lines)
-        )
-    for size, path in sorted(missing):
-        resolve_coco_checkpoint(size, path or None, download=True, progress=progress)
-    return sorted({size for size, _ in missing})

@@ -23,17 +23,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.checkpoint import CheckpointError, load_trained_detector
+from model.checkpoint import load_trained_detector
 from model.config import (
     DEVICES,
-    ConfigError,
     add_override_argument,
-    config_from_dict,
     describe_inference,
-    parse_override,
 )
 from model.evaluate import predict_images
 from model.train import resolve_device
+from study import cli
 from study.files import atomic_write_json
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -128,11 +126,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     net, cfg, state = load_trained_detector(args.checkpoint, device=device)
     names = [str(n) for n in state.get("class_names") or range(cfg.num_classes)]
-    values: dict[str, Any] = dict(parse_override(t) for t in args.overrides)
-    if args.img_size is not None:
-        values["img_size"] = args.img_size
-    if values:
-        cfg = config_from_dict(values, source="command line", base=cfg)
+    cfg = cli.resolve_config(cfg, args.overrides, img_size=args.img_size)
     nms = args.nms if args.nms is not None else cfg.nms_iou
     how = describe_inference(cfg).split(";")[0]
 
@@ -182,12 +176,12 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def detect() -> int:
         with torch.inference_mode():
             return run(args)
-    except (CheckpointError, ConfigError, SourceError) as e:
-        print(f"detect: error: {e}", file=sys.stderr)
-        return 2
+
+    return cli.run_command("detect", detect, bad_input=(SourceError,))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The study driver: plan → COCO weights → pretraining (Ray tasks) → trials (Ray Tune) → outputs.
 
-The steps live in study/prepare.py (before the trials), study/pipeline.py (Ray and Tune),
-study/trial.py (one trial) and study/outputs.py (results, report, plots, best config).
+The steps live in study/plan.py, study/pretraining.py and study/coco.py (the plan, complete
+before Ray starts and saved once), study/prepare.py (dry run, data check), study/pipeline.py
+(Ray and Tune), study/trial.py (one trial) and study/outputs.py (the end of a study).
 
 ``run_study(StudyArgs(...))`` is what ``study/run.py`` calls; tests call it in-process with a fake
 training function (``train_fn=``) and a Ray session they started themselves.
@@ -9,6 +10,7 @@ training function (``train_fn=``) and a Ray session they started themselves.
 Study folder (``--out``, default ``studies/<space>-<timestamp>``)::
 
     plan.json            every planned trial's config, the pretraining jobs, skips (resume reads it)
+    pretraining.json     what the pretraining jobs produced (study/pretraining.py)
     space.yaml           the space file as it was
     pretrain_cache/      center_loss / ssl backbones (default cache; see study/cache.py)
     trials/<id>/         trial.json, history.jsonl, attempts.jsonl, done.json (study/trial.py)
@@ -27,89 +29,56 @@ Nothing is overwritten: a new study refuses a folder that holds a study (continu
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import importlib.util
 import os
 import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import ModuleType
 
-from model.config import DEVICES, ConfigError, parse_override
-from model.data.raw import DataError
-from study import outputs, pipeline, prepare, session, trust
-from study.files import atomic_write_text, format_duration
+from model.config import DEVICES, parse_override
+from study import cli, coco, pipeline, prepare, pretraining, session, trust
+from study.args import StudyArgs
+from study.files import atomic_write_text
 from study.layout import PLAN, SPACE, StudyError
-from study.plan import Plan, build_plan, describe_profile, load_plan
+from study.outputs import StudyOutcome, finish
+from study.plan import Plan, build_plan, describe_profile
 from study.spaces import _nonneg_int, load_space
 from study.trial import TrainFn
 
-DEFAULT_TRAIN_FN = "model.train:train_detector"
 Log = Callable[[str], None]
 
 
-@dataclass
-class StudyArgs:
-    space: str = "ablation"
-    data: str | None = None
-    out: Path | None = None
-    address: str | None = None
-    gpus_per_trial: float | None = None
-    cpus_per_trial: float | None = None
-    max_concurrent: int | None = None
-    seeds: int | None = None  # None: the quick profile's seeds (else 1)
-    full: bool = False  # the quick profile over every grid value of the space
-    device: str = "auto"  # auto | cpu | cuda: which quick profile; the trials' device
-    overrides: list[str] = field(default_factory=list)
-    resume: bool = False
-    dry_run: bool = False
-    skip_unavailable: bool = False
-    dashboard_host: str = "127.0.0.1"
-    name: str | None = None
-    cache: Path | None = None
-    train_fn: str = DEFAULT_TRAIN_FN
-    max_failures: int | None = None
-    download: bool = True
-    searcher_seed: int = 0
-    force: bool = False  # write into a non-empty --out that holds no study
-    strict: bool = False  # any dropped/clipped/fixed image or box stops the study
-
-
-def study_defaults() -> dict[str, Any]:
-    """Every StudyArgs default (the CLI's defaults: study/run.py sets them on its parser)."""
-    out = {}
-    for f in fields(StudyArgs):
-        if f.default is not MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not MISSING:
-            out[f.name] = f.default_factory()
-    return out
-
-
-@dataclass
-class StudyOutcome:
-    study_dir: Path
-    rows: list[dict[str, Any]]
-    summary: str
-    exit_code: int  # 0 all finished, 1 some trial failed, 130 interrupted
-    best: dict[str, Any] | None = None
-    wall_s: float = 0.0
-
-
 def import_train_fn(spec: str) -> TrainFn:
-    """``module:function`` → the function (the training function is pluggable: tests,
-    benchmarks, a user's own trainer). The module may also live under the current folder."""
-    module, _, name = spec.partition(":")
+    """``module:function`` (an importable module) or ``path/to/file.py:function`` → the function
+    (the training function is pluggable: tests, benchmarks, a user's own trainer). A file is
+    loaded from its path: ``python study/run.py`` puts study/ on sys.path, not the current
+    folder, and nothing here adds it."""
+    module, _, name = spec.rpartition(":")
     if not module or not name:
-        raise StudyError(f"--train-fn must be MODULE:FUNCTION, got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())  # `python study/run.py` puts study/ on the path, not "."
+        raise StudyError(f"--train-fn must be MODULE:FUNCTION or FILE.py:FUNCTION, got {spec!r}")
     try:
-        return getattr(importlib.import_module(module), name)
+        return getattr(_load_module(module), name)
     except (ImportError, AttributeError) as e:
         raise StudyError(f"--train-fn {spec}: cannot import it ({e})") from e
+
+
+def _load_module(module: str) -> ModuleType:
+    if not module.endswith(".py"):
+        return importlib.import_module(module)
+    path = Path(module).expanduser().resolve()
+    name = f"train_fn_{path.stem}"
+    found = importlib.util.spec_from_file_location(name, path)
+    if found is None or found.loader is None or not path.is_file():
+        raise ImportError(f"no Python file {path}")
+    loaded = importlib.util.module_from_spec(found)
+    sys.modules[name] = loaded  # ship_by_value pickles it by value from there
+    found.loader.exec_module(loaded)
+    return loaded
 
 
 def ship_by_value(fn: TrainFn) -> None:
@@ -201,7 +170,7 @@ def run_study(
             )
         if not args.dry_run:  # a dry run reads plan.json only (JSON), never Tune's pickles
             trust.check_resumable(study_dir)
-        plan = load_plan(study_dir / PLAN)
+        plan = pretraining.load_study_plan(study_dir)
         log(f"resuming study {study_dir} ({plan.space.name})")
     else:
         plan = make_plan(args)
@@ -218,15 +187,7 @@ def run_study(
     for note in plan.notes:
         log(note)
     if not args.resume:
-        prepare.plan_artifacts(plan, cache_root, log)
-        needs = prepare.check_coco(
-            plan,
-            cache_root=cache_root,
-            download=args.download,
-            skip_unavailable=args.skip_unavailable,
-            probe_only=args.dry_run,
-            log=log,
-        )
+        plan, needs = complete_plan(plan, args, cache_root, log)
         if args.dry_run:
             prepare.print_dry_run(plan, needs)
             return _dry_run_outcome(plan, study_dir, "", needs, log)
@@ -240,8 +201,26 @@ def run_study(
     data = prepare.check_data(plan, strict=args.strict, log=log)
     ship_by_value(fn)
     with trust.private_umask():
-        _run(plan, study_dir, cache_root, fn, data, args, log)
+        plan = _run(plan, study_dir, cache_root, fn, data, args, log)
     return finish(plan, study_dir, time.time() - t0, log)
+
+
+def complete_plan(
+    plan: Plan, args: StudyArgs, cache_root: Path, log: Log
+) -> tuple[Plan, dict[str, bool]]:
+    """The trials' plan with its pretraining jobs and the skips of the COCO-weights check;
+    also trial id → its COCO weights are not on disk (the dry run's ``needs_download``)."""
+    jobs, notes = pretraining.plan_jobs(plan, cache_root, log)
+    plan = dataclasses.replace(plan, pretrain_jobs=jobs, notes=[*plan.notes, *notes])
+    check = coco.check_study(
+        plan,
+        cache_root=cache_root,
+        download=args.download,
+        skip_unavailable=args.skip_unavailable,
+        probe_only=args.dry_run,
+        log=log,
+    )
+    return pretraining.with_skips(plan, check.skips), check.needs
 
 
 def _run(
@@ -252,9 +231,9 @@ def _run(
     data: list[prepare.DataSource],
     args: StudyArgs,
     log: Log,
-) -> None:
+) -> Plan:
     """Ray up, the study folder, pretraining, the trials; Ray down and the folder's record
-    cleaned whatever happens."""
+    cleaned whatever happens. Returns the plan with what the pretraining produced."""
     cluster = pipeline.start_ray(args.address, args.dashboard_host, log)
     try:  # the folder appears once Ray is up: a failed start leaves nothing to --resume
         study_dir.mkdir(parents=True, exist_ok=True)
@@ -263,12 +242,13 @@ def _run(
             trust.write_manifest(study_dir)
         session.record(study_dir, pipeline.owns_ray())
         prepare.write_data_reports(study_dir, data, log)
-        plan.save(study_dir / PLAN)
+        if not args.resume:
+            plan.save(study_dir / PLAN)  # once: what the pretraining adds is pretraining.json
         res = pipeline.effective_resources(
             plan, args.cpus_per_trial, args.gpus_per_trial, cluster, log
         )
-        prepare.run_pretraining(plan, cache_root, res, log)
-        plan.save(study_dir / PLAN)
+        done = pretraining.run_jobs(plan, study_dir, cache_root, res, log)
+        plan = pretraining.applied(plan, done)
         session.record(study_dir, pipeline.owns_ray())  # Ray's agents are up by now
         pipeline.run_trials(
             plan,
@@ -286,32 +266,7 @@ def _run(
         pipeline.stop_ray()
         session.clear(study_dir)
         trust.harden(study_dir)
-
-
-def finish(plan: Plan, study_dir: Path, wall_s: float, log: Log = print) -> StudyOutcome:
-    """Write results.csv, report.md, plots and best_config.yaml; print the one-line summary."""
-    rows, best, written = outputs.write_all(plan, study_dir, wall_s)
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    state = ", ".join(f"{n} {s}" for s, n in counts.items())
-    unfinished = counts.get("pending", 0) + counts.get("unfinished", 0)
-    code = 130 if unfinished else (1 if counts.get("error") else 0)
-    metric = plan.space.metric
-    best_txt = (
-        f"best {best['id']} {metric} {best[metric]:.4f}"
-        if best
-        else f"no finished trial ({metric})"
-    )
-    summary = (
-        f"study {study_dir.name}: {state} in {format_duration(wall_s)}; {best_txt} — "
-        f"report {written['report']}, results {written['results']}"
-        + (f", best config {written['best_config']}" if "best_config" in written else "")
-    )
-    if unfinished:
-        summary += f"; interrupted: continue with python study/run.py --resume --out {study_dir}"
-    log(summary)
-    return StudyOutcome(study_dir, rows, summary, code, best, wall_s)
+    return plan
 
 
 def _dry_run_outcome(
@@ -342,15 +297,11 @@ def main_entry(args: StudyArgs) -> int:
     socket.setdefaulttimeout(60)  # a download on a black-holed network must not hang the study
     # a dry run's stdout is JSON lines only: the human notes go to stderr
     log: Log = (lambda line: print(line, file=sys.stderr)) if args.dry_run else print
-    try:
-        return run_study(args, log=log).exit_code
-    except (StudyError, ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        out = f" --out {args.out}" if args.out else ""
-        print(
-            f"\ninterrupted; continue with: python study/run.py --resume{out} --space {args.space}",
-            file=sys.stderr,
-        )
-        return 130
+    out = f" --out {args.out}" if args.out else ""
+    return cli.run_command(
+        None,
+        lambda: run_study(args, log=log).exit_code,
+        interrupted=lambda: (
+            f"\ninterrupted; continue with: python study/run.py --resume{out} --space {args.space}"
+        ),
+    )

@@ -10,19 +10,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
-from model.checkpoint import CheckpointError, load_trained_detector
+from model.checkpoint import load_trained_detector
 from model.config import (
     DEVICES,
-    ConfigError,
     add_override_argument,
-    config_from_dict,
-    parse_override,
 )
-from model.data.raw import DataError
 from model.evaluate import COCO_METRICS, evaluate_coco
 from model.train import load_trial_data, resolve_device
+from study import cli
 from study.files import atomic_write_json
 
 
@@ -42,13 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     net, cfg, state = load_trained_detector(args.checkpoint, use_ema=not args.no_ema)
-    values: dict[str, Any] = dict(parse_override(t) for t in args.overrides)
-    if args.data is not None:
-        values["data"] = str(Path(args.data).resolve())
-    if args.device is not None:
-        values["device"] = args.device
-    if values:
-        cfg = config_from_dict(values, source="command line", base=cfg)
+    cfg = cli.resolve_config(cfg, args.overrides, data=args.data, device=args.device)
     device = resolve_device(cfg.device)
     dataset = load_trial_data(cfg)
     result = evaluate_coco(net.to(device), dataset.eval_split, cfg, progress=not args.quiet)
@@ -76,11 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (CheckpointError, ConfigError, DataError) as e:
-        print(f"evaluate: error: {e}", file=sys.stderr)
-        return 2
+    return cli.run_command("evaluate", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ so a name is spelled once and no module needs another just for a path.
 
     <study>/
       plan.json          the plan (every trial's config, the pretraining jobs, skips) — --resume
+      pretraining.json   what the pretraining jobs produced: artifact paths, failures
       space.yaml         the search space as the user wrote it
       study.json         who created the study (study/trust.py), checked before a resume
       driver.json        the running driver (study/session.py)
@@ -32,6 +33,7 @@ class StudyError(RuntimeError):
 
 # --- study files ------------------------------------------------------------------------------
 PLAN = "plan.json"
+PRETRAINING = "pretraining.json"  # job key -> artifact path or failure (study/pretraining.py)
 SPACE = "space.yaml"
 MANIFEST = "study.json"
 DRIVER = "driver.json"

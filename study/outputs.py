@@ -1,17 +1,20 @@
-"""Everything written at the end of a study (also after an interruption, from what exists):
-``results.csv``, ``report.md`` (with what the data check dropped and every crash and retry), the
-plots and ``best_config.yaml``."""
+"""The end of a study (also after an interruption, from what exists): ``results.csv``,
+``report.md`` (with what the data check dropped and every crash and retry), the plots and
+``best_config.yaml`` (:func:`write_all`), then the one-line summary and the exit code
+(:func:`finish`)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from model.config import describe_inference
 from model.data.raw import plural
 from study.export import choose_best, export_best
-from study.files import atomic_write_text
+from study.files import atomic_write_text, format_duration
 from study.layout import (
     BEST_CONFIG,
     CRASHES,
@@ -210,3 +213,41 @@ def write_all(
     )
     written["report"] = atomic_write_text(study_dir / REPORT, report)
     return rows, best, written
+
+
+@dataclass
+class StudyOutcome:
+    study_dir: Path
+    rows: list[dict[str, Any]]
+    summary: str
+    exit_code: int  # 0 all finished, 1 some trial failed, 130 interrupted
+    best: dict[str, Any] | None = None
+    wall_s: float = 0.0
+
+
+def finish(
+    plan: Plan, study_dir: Path, wall_s: float, log: Callable[[str], None] = print
+) -> StudyOutcome:
+    """Write results.csv, report.md, plots and best_config.yaml; print the one-line summary."""
+    rows, best, written = write_all(plan, study_dir, wall_s)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    state = ", ".join(f"{n} {s}" for s, n in counts.items())
+    unfinished = counts.get("pending", 0) + counts.get("unfinished", 0)
+    code = 130 if unfinished else (1 if counts.get("error") else 0)
+    metric = plan.space.metric
+    best_txt = (
+        f"best {best['id']} {metric} {best[metric]:.4f}"
+        if best
+        else f"no finished trial ({metric})"
+    )
+    summary = (
+        f"study {study_dir.name}: {state} in {format_duration(wall_s)}; {best_txt} — "
+        f"report {written['report']}, results {written['results']}"
+        + (f", best config {written['best_config']}" if "best_config" in written else "")
+    )
+    if unfinished:
+        summary += f"; interrupted: continue with python study/run.py --resume --out {study_dir}"
+    log(summary)
+    return StudyOutcome(study_dir, rows, summary, code, best, wall_s)

@@ -10,12 +10,11 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.config import PRETRAIN_METHODS, ConfigError, TrialConfig, config_from_dict
+from model.config import ConfigError, TrialConfig, config_from_dict
 from study.files import atomic_write_json
 from study.spaces import Resources, Space, parse_space
 
@@ -288,29 +287,6 @@ def build_plan(
             cfg = config_from_dict(cfg_values, source=f"{space.path}: trial {tid}", base=base)
             plan.trials.append(PlannedTrial(tid, point, cfg))
     return plan
-
-
-def plan_pretraining(plan: Plan, key: Callable[[TrialConfig], str]) -> dict[str, str]:
-    """Group the trials needing a center_loss/ssl artifact by cache key (``key(cfg) -> str``).
-
-    Fills ``plan.pretrain_jobs`` (skipped trials' jobs included, marked) and returns trial id →
-    key. Trials whose config already names an artifact outside the cache keep it (no job).
-    """
-    jobs: dict[str, PretrainJob] = {}
-    key_of: dict[str, str] = {}
-    for t in plan.trials:
-        c = t.config
-        if c.pretrain not in PRETRAIN_METHODS or c.pretrain_artifact:
-            continue
-        k = key(c)
-        key_of[t.id] = k
-        jobs.setdefault(k, PretrainJob(k, c, [])).trials.append(t.id)
-    for job in jobs.values():  # a job whose every trial is skipped is skipped with them
-        reasons = {plan.trial(i).skip for i in job.trials}
-        if "" not in reasons:
-            job.skip = sorted(reasons)[0]
-    plan.pretrain_jobs = list(jobs.values())
-    return key_of
 
 
 def describe_profile(plan: Plan) -> str:

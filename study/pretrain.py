@@ -16,7 +16,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -24,17 +23,13 @@ from model.config import (
     DEVICES,
     PRETRAIN_METHODS,
     SIZE_NAMES,
-    ConfigError,
     TrialConfig,
     add_override_argument,
-    config_from_dict,
-    load_config,
-    parse_override,
 )
-from model.data.raw import DataError
-from model.pretrain import ArtifactError, PretrainDataError, load_artifact, run_pretraining
-from model.yolox.weights import WeightsError, WeightsUnavailableError
-from study.cache import ArtifactCache, prepare_coco_weights
+from model.pretrain import load_artifact, run_pretraining
+from study import cli
+from study.cache import ArtifactCache
+from study.coco import prepare_coco_weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,22 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args: argparse.Namespace) -> TrialConfig:
     """The config file, then ``--set``, then the dedicated flags (which win)."""
-    cfg = load_config(args.config) if args.config else TrialConfig()
-    values: dict[str, Any] = {}
-    for text in args.overrides:
-        key, value = parse_override(text)
-        values[key] = value
-    values["pretrain"] = args.method
-    values["size"] = args.size
-    if args.epochs is not None:
-        values["pretrain_epochs"] = args.epochs
-    if args.data is not None:
-        values["data"] = str(Path(args.data).resolve())
-    if args.unlabeled:
-        values["ssl_sources"] = os.pathsep.join(str(Path(u).resolve()) for u in args.unlabeled)
-    if args.device is not None:
-        values["device"] = args.device
-    return config_from_dict(values, source="command line", base=cfg)
+    unlabeled = [str(Path(u).resolve()) for u in args.unlabeled or ()]
+    return cli.resolve_config(
+        args.config,
+        args.overrides,
+        pretrain=args.method,
+        size=args.size,
+        pretrain_epochs=args.epochs,
+        data=args.data,
+        ssl_sources=os.pathsep.join(unlabeled) if unlabeled else None,
+        device=args.device,
+    )
 
 
 def figures(method: str, m: dict[str, float]) -> list[str]:
@@ -129,14 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (
-        ConfigError, DataError, PretrainDataError, ArtifactError, WeightsError,
-        WeightsUnavailableError,
-    ) as e:
-        print(f"pretrain: error: {e}", file=sys.stderr)
-        return 2
+    return cli.run_command("pretrain", lambda: run(args))
 
 
 if __name__ == "__main__":

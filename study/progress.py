@@ -28,7 +28,7 @@ from study.layout import (
     trial_dir,
     trial_dirname,
 )
-from study.plan import load_plan
+from study.pretraining import load_study_plan
 from study.results import collect_rows, write_results
 from study.trial import log_line
 
@@ -58,7 +58,7 @@ class StudyCallback(Callback):
         plan_path = Path(self.study_dir) / PLAN
         if not plan_path.is_file():
             return set()
-        rows = collect_rows(load_plan(plan_path), Path(self.study_dir))
+        rows = collect_rows(load_study_plan(self.study_dir), Path(self.study_dir))
         return {r["id"] for r in rows if r["status"] in FINISHED and r["status"] != "skipped"}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -107,7 +107,7 @@ class StudyCallback(Callback):
         # a trial stopped by ASHA (or failed for good) never cleans its scratch folder itself;
         # Tune keeps its checkpoints. (Only reachable here when it ran on this node.)
         shutil.rmtree(scratch_dir(self.study_dir, tid), ignore_errors=True)
-        rows = write_results(load_plan(Path(self.study_dir) / PLAN), Path(self.study_dir))
+        rows = write_results(load_study_plan(self.study_dir), Path(self.study_dir))
         row = next((r for r in rows if r["id"] == tid), {})
         if tid in self.started:
             self.durations.append(time.time() - self.started.pop(tid))

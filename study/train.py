@@ -22,20 +22,16 @@ from typing import Any
 
 import torch
 
-from model.checkpoint import CheckpointError, load_checkpoint
+from model.checkpoint import load_checkpoint
 from model.config import (
     DEVICES,
     ConfigError,
     TrialConfig,
     add_override_argument,
-    config_from_dict,
-    load_config,
-    parse_override,
     save_config,
 )
-from model.data.raw import DataError, plural
+from model.data.raw import plural
 from model.evaluate import COCO_METRICS
-from model.pretrain.artifact import ArtifactError
 from model.train import (
     TrainingError,
     config_changes,
@@ -43,7 +39,7 @@ from model.train import (
     preloaded_data,
     train_detector,
 )
-from model.yolox.weights import WeightsError, WeightsUnavailableError
+from study import cli
 from study.datacheck import ReportWriter, data_counts, strict_error
 from study.files import atomic_write_json, atomic_write_text, format_duration
 from study.layout import DATA_REPORT_TXT
@@ -74,23 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args: argparse.Namespace) -> TrialConfig:
     """The config file, then ``--set`` overrides, then ``--data`` / ``--device``."""
-    cfg = load_config(args.config) if args.config else TrialConfig()
-    values: dict[str, Any] = {}
-    for text in args.overrides:
-        key, value = parse_override(text)
-        values[key] = value
-    if args.data is not None:
-        values["data"] = str(Path(args.data).resolve())
-    if args.device is not None:
-        values["device"] = args.device
-    return config_from_dict(values, source="command line", base=cfg) if values else cfg
+    return cli.resolve_config(args.config, args.overrides, data=args.data, device=args.device)
 
 
 def prepare_pretraining(cfg: TrialConfig, args: argparse.Namespace) -> TrialConfig:
     """Fill ``pretrain_artifact`` (center_loss/ssl) and make sure COCO weights are on disk."""
     if cfg.pretrain == "none":
         return cfg
-    from study.cache import ArtifactCache, default_cache_root, prepare_coco_weights
+    from study.cache import ArtifactCache, default_cache_root
+    from study.coco import prepare_coco_weights
 
     cache = ArtifactCache(args.cache or default_cache_root())
     # COCO weights first: the coco trial needs them, and so may the pretraining (pretrain_init).
@@ -228,22 +216,13 @@ def _data_note(report: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (
-        ConfigError,
-        DataError,
-        CheckpointError,
-        ArtifactError,
-        WeightsError,
-        WeightsUnavailableError,
-        FileNotFoundError,
-    ) as e:
-        print(f"train: error: {e}", file=sys.stderr)
-        return 2
-    except TrainingError as e:
-        print(f"train: training failed: {e}", file=sys.stderr)
-        return 1
+    return cli.run_command(
+        "train",
+        lambda: run(args),
+        bad_input=(FileNotFoundError,),
+        failures=(TrainingError,),
+        failed="training failed",
+    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from model.config import PRETRAIN_METHODS, TrialConfig, config_from_dict, config_keys
+from model.config import TrialConfig, config_from_dict, config_keys
 from study.files import append_jsonl, atomic_write_json
 from study.layout import (
     ATTEMPTS,
@@ -185,12 +185,10 @@ def _attempt(
 
     from model.train import load_trial_data, preloaded_data
     from study.datacheck import ReportWriter, data_counts
+    from study.pretraining import resolve_for_trial  # (a sampled search's artifacts: per trial)
 
     _, cfg = trial_config(config, plan_configs, base, fallback)
-    if cfg.pretrain in PRETRAIN_METHODS and not cfg.pretrain_artifact:
-        from study.cache import ArtifactCache  # sampled pretraining settings: resolved per trial
-
-        cfg = ArtifactCache(cache_root).resolve(cfg, progress=False)
+    cfg = resolve_for_trial(cfg, cache_root)
     if cfg.threads == 0:  # the trial's CPU share becomes part of its config (and best_config)
         cfg = dataclasses.replace(cfg, threads=torch.get_num_threads())
     info = {

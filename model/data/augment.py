@@ -27,12 +27,12 @@ whatever the worker count or which process computes it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 import numpy as np
 
-from model.config import TrialConfig
+from model.config import TrialConfig, config_keys
 from model.data.mosaic import compose_mosaic, random_mixup, random_mosaic_centre
 from model.data.transforms import (
     apply_hsv,
@@ -77,38 +77,39 @@ class ImageSource(Protocol):
         ...
 
 
+_DEFAULTS = TrialConfig()  # AugmentParams' defaults are the trial config's: one set of values
+
+
 @dataclass(frozen=True)
 class AugmentParams:
-    """The augmentation settings of :func:`train_sample`, read from a ``TrialConfig``."""
+    """The augmentation settings of :func:`train_sample`, read from a ``TrialConfig``
+    (:meth:`from_config`); each default is the config's. Fields named as a config key take that
+    key; ``img_size`` is the config's ``input_size`` and the two scales its ``*_min``/``*_max``."""
 
-    img_size: int = 640
-    mosaic_prob: float = 1.0
-    mixup_prob: float = 1.0
-    hsv_prob: float = 1.0
-    flip_prob: float = 0.5
-    degrees: float = 10.0
-    translate: float = 0.1
-    mosaic_scale: tuple[float, float] = (0.1, 2.0)
-    mixup_scale: tuple[float, float] = (0.5, 1.5)
-    shear: float = 2.0
-    max_labels: int = 120
-    mosaic_centre_crop: bool = False
+    img_size: int = _DEFAULTS.input_size
+    mosaic_prob: float = _DEFAULTS.mosaic_prob
+    mixup_prob: float = _DEFAULTS.mixup_prob
+    hsv_prob: float = _DEFAULTS.hsv_prob
+    flip_prob: float = _DEFAULTS.flip_prob
+    degrees: float = _DEFAULTS.degrees
+    translate: float = _DEFAULTS.translate
+    mosaic_scale: tuple[float, float] = (_DEFAULTS.mosaic_scale_min, _DEFAULTS.mosaic_scale_max)
+    mixup_scale: tuple[float, float] = (_DEFAULTS.mixup_scale_min, _DEFAULTS.mixup_scale_max)
+    shear: float = _DEFAULTS.shear
+    max_labels: int = _DEFAULTS.max_labels
+    mosaic_centre_crop: bool = _DEFAULTS.mosaic_centre_crop
 
     @classmethod
     def from_config(cls, cfg: TrialConfig) -> AugmentParams:
+        keys = set(config_keys())
+        same = {f.name: getattr(cfg, f.name) for f in fields(cls) if f.name in keys}
         return cls(
-            img_size=cfg.input_size,
-            mosaic_prob=cfg.mosaic_prob,
-            mixup_prob=cfg.mixup_prob,
-            hsv_prob=cfg.hsv_prob,
-            flip_prob=cfg.flip_prob,
-            degrees=cfg.degrees,
-            translate=cfg.translate,
-            mosaic_scale=(cfg.mosaic_scale_min, cfg.mosaic_scale_max),
-            mixup_scale=(cfg.mixup_scale_min, cfg.mixup_scale_max),
-            shear=cfg.shear,
-            max_labels=cfg.max_labels,
-            mosaic_centre_crop=cfg.mosaic_centre_crop,
+            **same
+            | {
+                "img_size": cfg.input_size,  # (tile_size with tiles)
+                "mosaic_scale": (cfg.mosaic_scale_min, cfg.mosaic_scale_max),
+                "mixup_scale": (cfg.mixup_scale_min, cfg.mixup_scale_max),
+            }
         )
 
 

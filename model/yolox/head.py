@@ -22,6 +22,7 @@ from model.config import (
     Assigner,
     AssignOverlap,
     ClsTarget,
+    check_choice,
 )
 from model.losses import REG_LOSSES
 from model.yolox.blocks import BaseConv, conv_type
@@ -29,13 +30,6 @@ from model.yolox.loss import ASSIGN_MODES
 
 STRIDES = (8, 16, 32)
 _GRID_CACHE_LIMIT = 64  # multiscale training visits ~11 sizes x 3 levels; keep the cache bounded
-
-
-def check_choice(name: str, value: str, allowed: Sequence[str]) -> str:
-    """Return ``value`` if allowed, else raise a ValueError listing the allowed values."""
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; use one of {', '.join(map(repr, allowed))}")
-    return value
 
 
 class YOLOXHead(nn.Module):

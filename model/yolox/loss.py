@@ -30,8 +30,9 @@ from model.config import (
     Assigner,
     AssignOverlap,
     ClsTarget,
+    check_choice,
 )
-from model.losses import check_reg_loss, iou_family_loss
+from model.losses import REG_LOSSES, regression_loss
 
 AssignMode = Literal["batched", "per_image"]  # simota_batched (default) or simota per image
 ASSIGN_MODES: tuple[str, ...] = get_args(AssignMode)
@@ -106,20 +107,14 @@ def yolox_loss(
     Unlike the official code, a batch with no foreground reports num_fg 0 (it reports
     max(foregrounds, 1) / max(objects, 1), i.e. 1 for an empty batch).
     """
-    check_reg_loss(reg_loss)
-    if assign_mode not in ASSIGN_MODES:
-        raise ValueError(
-            f"unknown assign_mode {assign_mode!r}; use one of {', '.join(map(repr, ASSIGN_MODES))}"
-        )
     for name, value, allowed in (
+        ("reg_loss", reg_loss, REG_LOSSES),
+        ("assign_mode", assign_mode, ASSIGN_MODES),
         ("assigner", assigner, ASSIGNER_NAMES),
         ("assign_overlap", assign_overlap, ASSIGN_OVERLAPS),
         ("cls_target", cls_target, CLS_TARGETS),
     ):
-        if value not in allowed:
-            raise ValueError(
-                f"unknown {name} {value!r}; use one of {', '.join(map(repr, allowed))}"
-            )
+        check_choice(name, value, allowed)  # checked here, trusted below (regression_loss)
     _check_inputs(outputs, raw_reg, x_shifts, targets, num_classes, use_l1)
     outputs = outputs.float()
     boxes, obj, cls = outputs[..., :4], outputs[..., 4], outputs[..., 5:]  # (B,A,4) (B,A) (B,A,C)
@@ -197,7 +192,7 @@ def yolox_loss(
         return per_fg if w is None else per_fg * w
 
     iou_loss = weighted(
-        iou_family_loss(boxes[img, anchor], matched[:, 1:], reg_loss, nwd_constant=nwd_constant),
+        regression_loss(boxes[img, anchor], matched[:, 1:], reg_loss, nwd_constant=nwd_constant),
         weight,
     ).sum() / denom
     if asg.ignore_mask is None:  # the official sums, in the official order

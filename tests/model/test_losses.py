@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import pytest
 import torch
 
-from model.losses import IOU_KINDS, bbox_iou, iou_family_loss, pairwise_iou
+from model.config import RegLoss
+from model.losses import (
+    IOU_KINDS,
+    REG_LOSSES,
+    bbox_iou,
+    iou_family_loss,
+    pairwise_iou,
+    regression_loss,
+)
 
 
 def boxes(*rows: tuple[float, float, float, float], dtype=torch.float32) -> torch.Tensor:
@@ -153,3 +162,13 @@ def test_unknown_kind_lists_allowed() -> None:
 def test_shape_mismatch_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"\(N, 4\).*\(1, 4\) and \(2, 4\)"):
         iou_family_loss(SHIFTED[0], torch.cat([SHIFTED[1], SHIFTED[1]]), "giou")
+
+
+def test_the_kinds_are_the_configs_and_checked_at_the_public_functions() -> None:
+    """One value list (the config's RegLoss Literal), said by the public functions; the inner
+    regression_loss (yolox_loss's: it checks the kind once, up front) is the same loss."""
+    assert REG_LOSSES == get_args(RegLoss)
+    for kind in REG_LOSSES:
+        torch.testing.assert_close(
+            regression_loss(*SHIFTED, kind), iou_family_loss(*SHIFTED, kind)
+        )

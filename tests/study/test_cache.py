@@ -1,4 +1,4 @@
-"""The pretraining-artifact cache: keys, hits and misses, concurrency, resolve, COCO checks.
+"""The pretraining-artifact cache: keys, hits and misses, concurrency, resolve.
 
 The computation is replaced by a stub that writes a small file and counts its calls, so these
 tests are about the cache; tests/model/pretrain/test_pretrain_methods.py runs the real pretraining.
@@ -16,18 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from model.config import TrialConfig
 from model.pretrain import data_fingerprint, pretrain_settings
-from model.yolox.weights import WeightsUnavailableError
-from study.cache import (
-    ArtifactCache,
-    coco_weights_needed,
-    default_cache_root,
-    needs_download,
-    prepare_coco_weights,
-)
+from study.cache import ArtifactCache, default_cache_root
 
 
 def _stub_compute(
@@ -206,44 +198,3 @@ def test_default_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert default_cache_root(tmp_path / "study") == tmp_path / "study" / "pretrain_cache"
     monkeypatch.setenv("YOLOX_FLOW_CACHE", str(tmp_path / "user"))
     assert default_cache_root() == tmp_path / "user" / "pretrain"
-
-
-def test_coco_weights_needed() -> None:
-    base = TrialConfig(size="nano")
-    assert not coco_weights_needed(base)
-    assert coco_weights_needed(dataclasses.replace(base, pretrain="coco"))
-    assert not coco_weights_needed(dataclasses.replace(base, pretrain="ssl"))
-    assert coco_weights_needed(dataclasses.replace(base, pretrain="ssl", pretrain_init="coco"))
-    # pretrain_init only matters for a pretraining method.
-    assert not coco_weights_needed(dataclasses.replace(base, pretrain_init="coco"))
-
-
-def test_coco_availability_checks_without_network(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cfg: TrialConfig
-) -> None:
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    coco = dataclasses.replace(cfg, pretrain="coco")
-    assert needs_download(coco)
-    with pytest.raises(WeightsUnavailableError, match=r"yolox_nano\.pth"):
-        prepare_coco_weights([coco, cfg], download=False)
-    # A center-loss trial starting from COCO needs nothing once its artifact is cached.
-    cache, _ = _cache(tmp_path)
-    from_coco = dataclasses.replace(cfg, pretrain_init="coco")
-    assert needs_download(from_coco, cache)
-    cache.get_or_create(from_coco, progress=False)
-    assert not needs_download(from_coco, cache)
-    weights = tmp_path / "hub" / "checkpoints" / "yolox_nano.pth"
-    weights.parent.mkdir(parents=True)
-    weights.write_bytes(b"w")
-    assert not needs_download(coco) and prepare_coco_weights([coco], download=False) == []
-
-
-def test_the_artifact_line_says_what_the_pretraining_learned(tmp_path: Path) -> None:
-    from study.prepare import _learned
-
-    art = tmp_path / "center_loss-nano-x.pt"
-    assert _learned(str(art)) == ""  # no sidecar: nothing claimed
-    art.with_suffix(".json").write_text('{"metrics": {"accuracy": 0.9615, "loss": 0.1}}')
-    assert _learned(str(art)) == " (held-out bottle/background accuracy 0.962)"
-    art.with_suffix(".json").write_text('{"metrics": {"triplet_accuracy": 0.5}}')
-    assert _learned(str(art)) == " (held-out triplet accuracy 0.500)"

@@ -24,7 +24,7 @@ def test_two_trials_ending_together_count_one_each_and_eta_uses_the_slots(
         {"id": "a", "status": "done", "mAP": 0.1, "epoch": 4},
         {"id": "b", "status": "done", "mAP": 0.2, "epoch": 4},
     ]
-    monkeypatch.setattr(progress, "load_plan", lambda path: None)
+    monkeypatch.setattr(progress, "load_study_plan", lambda study_dir: None)
     monkeypatch.setattr(progress, "write_results", lambda plan, study_dir: rows)
     now = [0.0]
     monkeypatch.setattr(progress.time, "time", lambda: now[0])

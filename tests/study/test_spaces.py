@@ -96,7 +96,7 @@ def test_driver_picks_the_quick_profile_by_device(monkeypatch: pytest.MonkeyPatc
     import torch
 
     from study.driver import StudyArgs, make_plan, quick_on_cuda
-    from study.prepare import StudyError
+    from study.layout import StudyError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert quick_on_cuda("auto") and quick_on_cuda("cuda") and not quick_on_cuda("cpu")

@@ -23,7 +23,7 @@ from study.driver import StudyArgs, run_study
 from study.results import read_csv, read_history
 from study.session import _psutil
 from tests.data_builders import truncate
-from tests.paths import REPO
+from tests.paths import FAKE_TRAIN_FN, REPO
 from tests.study_fakes import control_folder
 
 RUN = [sys.executable, str(REPO / "study" / "run.py")]
@@ -72,7 +72,7 @@ def test_driver_killed_then_resumed_reruns_nothing_and_leaves_no_ray_process(
         XDG_STATE_HOME=str(tmp_path / "state"),
         TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0",
     )
-    args = ["--train-fn", "tests.study_fakes:fake_train", "--max-concurrent", "1"]
+    args = ["--train-fn", FAKE_TRAIN_FN, "--max-concurrent", "1"]
     first = subprocess.Popen(
         [*RUN, "--space", str(space), "--data", str(ctl), "--out", str(study), *args],
         cwd=REPO,

@@ -22,13 +22,13 @@ import pytest
 
 from model.config import config_keys, load_config
 from model.yolox.weights import WeightsUnavailableError
-from study import pipeline, prepare
+from study import coco, pipeline, pretraining
 from study.driver import StudyArgs, run_study
+from study.layout import StudyError
 from study.plan import build_plan
-from study.prepare import StudyError
 from study.results import read_csv, read_history
 from study.spaces import load_space
-from tests.paths import REPO
+from tests.paths import FAKE_TRAIN_FN, REPO
 from tests.study_fakes import control_folder
 
 RUN = [sys.executable, str(REPO / "study" / "run.py")]
@@ -113,13 +113,13 @@ def test_dry_run_shows_each_trials_input_mode(capsys: pytest.CaptureFixture) -> 
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """No COCO checkpoint on disk and no network."""
-    import study.cache
+    import study.coco
 
     def refuse(size: str, *args: object, **kwargs: object) -> Path:
         raise WeightsUnavailableError(f"no network for yolox_{size}.pth")
 
-    monkeypatch.setattr(study.cache, "coco_weights_available", lambda *a, **k: False)
-    monkeypatch.setattr(study.cache, "resolve_coco_checkpoint", refuse)
+    monkeypatch.setattr(study.coco, "coco_weights_available", lambda *a, **k: False)
+    monkeypatch.setattr(study.coco, "resolve_coco_checkpoint", refuse)
 
 
 COCO_SPACE = """
@@ -156,7 +156,7 @@ def test_missing_coco_weights_skip_offline_quick_start_or_on_request(
     space.write_text(COCO_SPACE)
     plan = build_plan(load_space(space), data=None if quick else str(tmp_path))
     lines: list[str] = []
-    prepare.check_coco(
+    check = coco.check_study(
         plan,
         cache_root=tmp_path / "c",
         download=True,
@@ -164,6 +164,7 @@ def test_missing_coco_weights_skip_offline_quick_start_or_on_request(
         probe_only=False,
         log=lines.append,
     )
+    plan = pretraining.with_skips(plan, check.skips)
     skipped = {t.id: t.skip for t in plan.trials if t.skip}
     assert set(skipped) == {"coco-nano", "coco-tiny"}
     assert "COCO weights for YOLOX-tiny unavailable" in skipped["coco-tiny"]
@@ -200,8 +201,8 @@ def test_smoke_study_end_to_end_with_a_crash_and_retry(ray_address: str, tmp_pat
     assert [r["id"] for r in rows if r["role"]] == ["none-iou"]  # the space's own baseline
 
     # the center-loss artifact was computed once (a Ray task) and both trials loaded it
-    plan = json.loads((study / "plan.json").read_text())
-    (job,) = plan["pretrain_jobs"]
+    # (plan.json holds the plan, pretraining.json the artifact: the study reads them together)
+    (job,) = [j.to_dict() for j in pretraining.load_study_plan(study).pretrain_jobs]
     assert Path(job["path"]).is_file() and job["path"].startswith(str(study / "pretrain_cache"))
     for tid in ("center_loss-iou", "center_loss-ciou"):
         ran = json.loads((study / "trials" / tid / "trial.json").read_text())["config"]
@@ -265,7 +266,7 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(
     # the fake training function's "dataset": behaviour + call log
     ctl = control_folder(tmp_path / "ctl", epoch_s=1.0)
     study = tmp_path / "study"
-    common = ["--address", ray_address, "--train-fn", "tests.study_fakes:fake_train"]
+    common = ["--address", ray_address, "--train-fn", FAKE_TRAIN_FN]
     env = {**AUTH_ENV, "XDG_STATE_HOME": str(tmp_path / "state")}
     first = subprocess.Popen(
         [*RUN, "--space", str(space), "--data", str(ctl), "--out", str(study), *common],

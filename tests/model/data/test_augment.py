@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
 
+from model.config import TrialConfig
 from model.data.augment import (
     AugmentParams,
     finish_sample,
@@ -459,3 +462,18 @@ def test_image_without_boxes_gives_zero_targets():
     src = ListSource([np.full((32, 64, 3), 9, np.uint8)], [labels()])
     img, t = train_sample(src, 0, sample_rng(0, 0, 0), AugmentParams(img_size=64))
     assert img.shape == (64, 64, 3) and not t.any()
+
+
+def test_augment_params_are_the_configs_values() -> None:
+    """One set of defaults (the trial config's), and every field read from the config."""
+    assert AugmentParams() == AugmentParams.from_config(TrialConfig())
+    cfg = dataclasses.replace(
+        TrialConfig(), mosaic_prob=0.3, mixup_prob=0.2, hsv_prob=0.1, flip_prob=0.0, degrees=1.0,
+        translate=0.05, mosaic_scale_min=0.5, mosaic_scale_max=1.5, mixup_scale_min=0.8,
+        mixup_scale_max=1.2, shear=0.5, max_labels=50, mosaic_centre_crop=True,
+        input_mode="tiles", tile_size=320,
+    )
+    p = AugmentParams.from_config(cfg)
+    assert all(getattr(p, f.name) != getattr(AugmentParams(), f.name)
+               for f in dataclasses.fields(AugmentParams))  # every field followed the config
+    assert (p.img_size, p.mosaic_scale, p.mixup_scale) == (320, (0.5, 1.5), (0.8, 1.2))
