@@ -48,6 +48,7 @@ from model.data.loader import build_train_loader, random_input_size, rescale_bat
 from model.data.raw import plural
 from model.evaluate import COCO_METRICS, evaluate_coco
 from model.optim import ModelEMA, YoloxWarmCos, build_optimizer, set_lr
+from model.threads import torch_threads
 from model.yolox import build_yolox_from_config, load_coco_weights
 from model.yolox.loss import ASSIGN_DIAGNOSTICS, LOSS_KEYS, summarize_stats
 
@@ -214,23 +215,17 @@ def seed_everything(seed: int) -> None:
 def _deterministic(device: torch.device, threads: int = 0):
     """Deterministic kernels on CPU (cheap there) and ``threads`` torch threads (0 = as they
     are); both restored afterwards (they are process-global)."""
-    threads_before = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    if device.type != "cpu":
+    with torch_threads(threads):
+        if device.type != "cpu":
+            yield
+            return
+        before = torch.are_deterministic_algorithms_enabled()
+        warn_before = torch.is_deterministic_algorithms_warn_only_enabled()
+        torch.use_deterministic_algorithms(True, warn_only=True)
         try:
             yield
         finally:
-            torch.set_num_threads(threads_before)
-        return
-    before = torch.are_deterministic_algorithms_enabled()
-    warn_before = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before, warn_only=warn_before)
-        torch.set_num_threads(threads_before)
+            torch.use_deterministic_algorithms(before, warn_only=warn_before)
 
 
 def _loss_values(out: dict[str, Any]) -> dict[str, float]:

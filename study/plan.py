@@ -267,7 +267,7 @@ def build_plan(
         ours = ", ".join(f"{k}={v}" for k, v in plan.baseline.items())
         theirs = ", ".join(f"{k}={v}" for k, v in plan.stand_in_for.items())
         coco = plan.stand_in_for.get("pretrain") == "coco"
-        why = " (COCO weights are a download)" if coco else ""
+        why = " (COCO weights are a download)" if coco else " (outside the quick grid)"
         notes.append(f"baseline: {ours}, a stand-in for the study's {theirs}{why}")
     if space.sampled:
         return plan  # Optuna proposes the trials while the study runs

@@ -25,6 +25,7 @@ from model.config import PRETRAIN_METHODS, TrialConfig
 from model.pretrain.center_loss import pretrain_center_loss
 from model.pretrain.sources import cfg_fingerprint, train_split, unlabeled_frames
 from model.pretrain.ssl import pretrain_ssl
+from model.threads import torch_threads
 from model.yolox import LoadReport, load_backbone_state
 
 FORMAT_VERSION = 1
@@ -94,12 +95,15 @@ def run_pretraining(
     _check_method(cfg)
     out_path = Path(out_path)
     settings = pretrain_settings(cfg)
-    if cfg.pretrain == "center_loss":
-        images, annotations, source = train_split(cfg, progress=progress)
-        state, metrics = pretrain_center_loss(cfg, images, annotations, source, progress=progress)
-    else:
-        frames = unlabeled_frames(cfg, progress=progress)
-        state, metrics = pretrain_ssl(cfg, frames, progress=progress)
+    with torch_threads(cfg.threads):  # the trial's thread count: the same artifact everywhere
+        if cfg.pretrain == "center_loss":
+            images, annotations, source = train_split(cfg, progress=progress)
+            state, metrics = pretrain_center_loss(
+                cfg, images, annotations, source, progress=progress
+            )
+        else:
+            frames = unlabeled_frames(cfg, progress=progress)
+            state, metrics = pretrain_ssl(cfg, frames, progress=progress)
     artifact = {
         "method": cfg.pretrain,
         "size": cfg.size,

@@ -21,11 +21,12 @@ def test_shipped_spaces_load_and_plan(name: str) -> None:
     for data in (None, "/tmp"):  # quick profile and the space's own settings
         plan = build_plan(space, data=data)
         if space.grid:
-            n = 1
+            n = plan.seeds  # the quick profile may repeat the grid (quick.seeds)
+            assert n == (space.quick_seeds or 1 if data is None else 1)
             for values in space.grid_for(data is None).values():
                 n *= len(values)
             assert len(plan.trials) == n
-            assert len(plan.baseline_ids()) == 1
+            assert len(plan.baseline_ids()) == plan.seeds
 
 
 def test_ablation_space_is_the_flow_study() -> None:

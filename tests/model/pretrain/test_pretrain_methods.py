@@ -299,3 +299,28 @@ def test_classes_are_part_of_the_center_loss_key_only_when_set() -> None:
     assert pretrain_settings(chosen, fingerprint="f")["classes"] == "bottle"
     ssl = dataclasses.replace(chosen, pretrain="ssl")
     assert "classes" not in pretrain_settings(ssl, fingerprint="f")  # ssl reads no boxes
+
+
+@pytest.mark.parametrize("method", ["center_loss", "ssl"])
+def test_pretraining_runs_on_the_configs_threads_and_restores_them(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    # the thread count decides CPU numerics: a single run's artifact must be the one a study's
+    # one-core pretraining task computes, so run_pretraining honours cfg.threads
+    import model.pretrain.artifact as artifact
+
+    seen: list[int] = []
+
+    def fake(cfg: TrialConfig, *args: object, **kw: object) -> tuple[dict, dict]:
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(artifact, "pretrain_center_loss", fake)
+    monkeypatch.setattr(artifact, "pretrain_ssl", fake)
+    before = torch.get_num_threads()
+    want = 1 if before > 1 else 2
+    cfg = _tiny_cfg(tiny_data, method, threads=want)
+    with pytest.raises(RuntimeError, match="stop here"):
+        run_pretraining(cfg, tmp_path / "a.pt", progress=False)
+    assert seen == [want]
+    assert torch.get_num_threads() == before
