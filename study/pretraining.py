@@ -157,12 +157,11 @@ def resolve_for_trial(cfg: TrialConfig, cache_root: str | Path) -> TrialConfig:
 
 
 def _pretrain_task(cache_root: str, values: dict[str, Any], threads: int) -> tuple[str, float]:
-    """Ray task: compute (or find) one artifact in the cache; returns (path, seconds)."""
-    import torch
-
-    torch.set_num_threads(max(1, threads))
+    """Ray task: compute (or find) one artifact in the cache on ``threads`` torch threads (the
+    task's CPUs; the config's ``threads``, which pretraining runs on, is not part of the cache
+    key); returns (path, seconds)."""
     t0 = time.time()
-    cfg = config_from_dict(values, source="pretraining job")
+    cfg = config_from_dict({**values, "threads": max(1, threads)}, source="pretraining job")
     return str(ArtifactCache(cache_root).get_or_create(cfg, progress=False)), time.time() - t0
 
 

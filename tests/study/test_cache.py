@@ -125,6 +125,7 @@ def test_key_changes_with_a_pretraining_setting(cfg: TrialConfig, change: dict[s
         {"device": "cpu"},
         {"ssl_temperature": 0.5},  # an ssl setting does not touch a center-loss artifact
         {"pretrain_artifact": "/somewhere/else.pt"},
+        {"threads": 1},  # a study's task and a single run find each other's artifact
     ],
 )
 def test_key_ignores_detector_only_settings(cfg: TrialConfig, change: dict[str, Any]) -> None:
