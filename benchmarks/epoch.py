@@ -110,7 +110,7 @@ def bench(cfg: TrialConfig, epochs: int) -> None:
         undo()
     train_s = sum(timer.seconds[k] for k in ("data loading", "forward+loss", "backward+step+EMA"))
     t3 = time.perf_counter()
-    ev = evaluate_coco(ema.module, dataset.eval_split, cfg)
+    ev = evaluate_coco(ema.module, dataset.test_split or dataset.val_split, cfg)
     eval_s = time.perf_counter() - t3
 
     print(f"setup (data index, network, loader): {setup_s:.2f} s")

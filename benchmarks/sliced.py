@@ -32,7 +32,7 @@ from model.yolox import build_yolox_from_config
 
 
 def _frames(n: int) -> dict[str, list[np.ndarray]]:
-    split = load_dataset(embedded_dataset_dir()).eval_split
+    split = load_dataset(embedded_dataset_dir()).test_split
     small = [cv2.imread(im["file_name"]) for im in split.images[:n]]
     big = [cv2.resize(f, (1920, 1080), interpolation=cv2.INTER_LINEAR) for f in small]
     return {"640x360": small, "1920x1080": big}

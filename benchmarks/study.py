@@ -32,7 +32,7 @@ from typing import Any
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from model.config import TrialConfig  # noqa: E402
-from model.evaluate import COCO_METRICS  # noqa: E402
+from model.evaluate import TEST_METRICS, VAL_METRICS  # noqa: E402
 
 
 def busy_train(
@@ -58,10 +58,13 @@ def busy_train(
             (ckpt / "last.pt").write_bytes(b"\0" * 1_000_000)  # 1 MB, like a small checkpoint
             path = str(ckpt / "last.pt")
         if report is not None:
-            coco = dict.fromkeys(COCO_METRICS, 0.1 * (epoch + 1))
+            coco = dict.fromkeys(VAL_METRICS, 0.1 * (epoch + 1))
             report({"epoch": epoch + 1, "total_loss": 1.0, **coco}, path)
     own = time.perf_counter() - t0
-    return {**dict.fromkeys(COCO_METRICS, 0.1), "own_time_s": own, "train_time_s": own}
+    return {
+        **dict.fromkeys(VAL_METRICS, 0.1), **dict.fromkeys(TEST_METRICS, 0.1),
+        "own_time_s": own, "train_time_s": own,
+    }
 
 
 def own_times(study_dir: Path) -> list[float]:

@@ -83,7 +83,14 @@ class TrialConfig:
 
     # --- data ---
     data: str = ""  # dataset folder (any supported layout); "" = the embedded floating-bottle set
-    val_fraction: float = 0.2  # share held out when the dataset has no split of its own
+    # (issue 23) the validation split every choice is made on (best.pt, early stopping, the
+    # search, the study's best trial): the layout's own val, else this share of the training
+    # images, stratified by box count and class (model/data/raw.py carve_validation). The test
+    # split is scored once, at the end, on the checkpoint chosen on val
+    val_fraction: float = 0.2
+    # the seed of that hold-out: a study keeps it the same for every trial (it is not the trial's
+    # seed, so seeds 0..N-1 of an arm are validated and tested on the same images)
+    split_seed: int = 0
     img_size: int = 640  # square training/eval input size in pixels (multiple of 32)
     workers: int = 4  # data-loader worker processes
     cache_images: bool = False  # keep decoded, resized training images in RAM (small datasets)
@@ -336,6 +343,7 @@ def _validate(cfg: TrialConfig, source: str) -> None:
         (cfg.workers >= 0, "workers", "must be >= 0"),
         (cfg.eval_interval >= 1, "eval_interval", "must be >= 1"),
         (0 <= cfg.val_fraction < 1, "val_fraction", "must be in [0, 1)"),
+        (cfg.split_seed >= 0, "split_seed", "must be >= 0"),
         (cfg.multiscale >= 0, "multiscale", "must be >= 0"),
         (cfg.mosaic_scale_min <= cfg.mosaic_scale_max, "mosaic_scale_min", "must be <= max"),
         (cfg.mixup_scale_min <= cfg.mixup_scale_max, "mixup_scale_min", "must be <= max"),

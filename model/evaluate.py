@@ -63,6 +63,17 @@ COCO_METRICS: tuple[str, ...] = (
 MAX_DETS: tuple[int, int, int] = (100, 300, 1000)
 
 
+# (issue 23) every reported number says which split it is on: validation (every choice is made
+# on it) or test (scored once, on the chosen checkpoint)
+VAL_METRICS: tuple[str, ...] = tuple(f"val_{m}" for m in COCO_METRICS)
+TEST_METRICS: tuple[str, ...] = tuple(f"test_{m}" for m in COCO_METRICS)
+
+
+def prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    """``{"mAP": …}`` → ``{"val_mAP": …}``."""
+    return {f"{prefix}{k}": v for k, v in metrics.items()}
+
+
 def _quiet_coco(dataset: dict[str, Any]) -> COCO:
     """A pycocotools COCO index built from a dict, without its progress prints."""
     coco = COCO()

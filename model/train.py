@@ -12,8 +12,17 @@ The official YOLOX recipe (``yolox/core/trainer.py``), re-written without Ray:
   ``(cfg.seed, iteration // 10)``, so that a resumed run picks the sizes an uninterrupted one did;
 * AMP (float16 autocast + GradScaler) on CUDA only; channels_last on any device.
 
-Checkpoints (``last.pt`` after every epoch, ``best.pt`` by mAP) are written atomically and hold
-everything a resume needs, so a run killed between epochs and resumed ends bit-identical on CPU.
+Validation and test (issue 23): every evaluation during training scores the **validation**
+split (the layout's val, else a stratified hold-out of the training images: see
+``model/data/raw.py``), and ``best.pt`` is the best validation mAP. The **test** split is scored
+once, after the last epoch, on that chosen checkpoint, with a bootstrap interval over the test
+images (``model/bootstrap.py``); its per-image evaluation is kept as ``test_eval.npz`` next to the
+checkpoints, so a study can compare runs on the same resampled images. Reported keys carry their
+split: ``val_mAP`` … ``val_AR_large`` per evaluation, ``test_mAP`` … once at the end.
+
+Checkpoints (``last.pt`` after every epoch, ``best.pt`` by validation mAP) are written atomically
+and hold everything a resume needs, so a run killed between epochs and resumed ends bit-identical
+on CPU.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ from model.data.coco import DataError, DataReport, DetectionDataset, load_datase
 from model.data.embedded import embedded_dataset_dir
 from model.data.loader import build_train_loader, random_input_size, rescale_batch
 from model.data.raw import plural
-from model.evaluate import COCO_METRICS, evaluate_coco
+from model.evaluate import COCO_METRICS, evaluate_coco, prefixed
 from model.optim import ModelEMA, YoloxWarmCos, build_optimizer, set_lr
 from model.threads import torch_threads
 from model.yolox import build_yolox_from_config, load_coco_weights
@@ -56,6 +65,9 @@ logger = logging.getLogger(__name__)
 
 ReportFn = Callable[[dict[str, Any], "str | None"], None]
 MULTISCALE_EVERY = 10  # iterations between input-size changes (official)
+TEST_EVAL = "test_eval.npz"  # the test split's per-image evaluation, next to the checkpoints
+BOOTSTRAP_RESAMPLES = 1000  # test images resampled for the interval of test_mAP / test_AP50
+BOOTSTRAP_SEED = 0  # the same resampled sets for every run: intervals of two runs compare
 # Keys that may differ between a checkpoint and the config resuming it: where the data or the
 # weights live and how the run is executed, not what is trained.
 RESUME_FREE_KEYS = frozenset(
@@ -96,7 +108,7 @@ def load_trial_data(
         return ready
     src = cfg.data or embedded_dataset_dir(progress=progress)
     dataset = load_dataset(
-        src, val_fraction=cfg.val_fraction, seed=cfg.seed, progress=progress,
+        src, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, progress=progress,
         classes=class_list(cfg.classes) or None,
     )
     for warning in dataset.report.warnings:
@@ -153,9 +165,12 @@ def preloaded_data(cfg: TrialConfig, dataset: DetectionDataset) -> Iterator[None
 
 
 def require_images(dataset: DetectionDataset) -> None:
-    """DataError naming the folder when the training or the evaluation split has no usable
-    image (the loaders would otherwise fail deep inside with a bare ValueError)."""
-    splits = [dataset.train, dataset.eval_split]
+    """DataError naming the folder when the training, validation or test split has no usable
+    image (the loaders would otherwise fail deep inside with a bare ValueError); no validation
+    split at all is the DataError of :attr:`DetectionDataset.val_split`."""
+    splits = [dataset.train, dataset.val_split]
+    if dataset.test_split is not None:
+        splits.append(dataset.test_split)
     for split in splits:
         if split.num_images:
             continue
@@ -300,13 +315,16 @@ class _Trainer:
         self.schedule = YoloxWarmCos.from_config(cfg, self.iters)
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
-        self.best_map = -math.inf
+        self.best_map = -math.inf  # validation mAP of best.pt
         self.best_epoch = 0
+        self.best_weights: dict[str, torch.Tensor] | None = None  # best.pt's EMA, once improved
+        self.test: dict[str, Any] = {}  # the test scoring of the chosen checkpoint (at the end)
         self.train_time = 0.0
         self.images_seen = 0
         self.tile_counts = {"tile_boxes_whole": 0, "tile_boxes_clipped": 0,
                             "tile_boxes_dropped": 0}
-        self.summary = ""
+        self.summary = ""  # COCO summary text of best.pt on val
+        self.test_summary = ""
         self.pretrain_loaded = 0
 
     def setup(self, resume: bool) -> None:
@@ -341,12 +359,13 @@ class _Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = int(state["epoch"])
         self.history = list(state["history"])
-        self.best_map = float(state["best_mAP"])
+        self.best_map = float(state.get("best_val_mAP", state.get("best_mAP", -math.inf)))
         self.best_epoch = int(state["best_epoch"])
         self.train_time = float(state["train_time_s"])
         self.images_seen = int(state["images_seen"])
         self.tile_counts = {**self.tile_counts, **state.get("tile_counts", {})}
         self.summary = str(state["summary"])
+        self.test = dict(state.get("test") or {})
         self.pretrain_loaded = int(state["pretrain_loaded"])
         if "assign_state" in state:  # (issue 17) the dynamic assigner's threshold and beta
             self.net.head.dynamic_state.load_state_dict(state["assign_state"])
@@ -466,29 +485,87 @@ class _Trainer:
         metrics: dict[str, Any] | None = None
         improved = False
         if is_eval_epoch(self.cfg, epoch):
-            result = evaluate_coco(self.eval_net, self.dataset.eval_split, self.cfg)
-            self.summary = result["summary"]
+            result = evaluate_coco(self.eval_net, self.dataset.val_split, self.cfg)
             coco = {k: float(result[k]) for k in COCO_METRICS}
             improved = coco["mAP"] > self.best_map
             if improved:
                 self.best_map, self.best_epoch = coco["mAP"], epoch + 1
+                self.summary = result["summary"]
+                self.best_weights = {
+                    k: v.detach().to("cpu", copy=True)
+                    for k, v in self.eval_net.state_dict().items()
+                }
             metrics = {
                 "epoch": epoch + 1,
                 "iteration": (epoch + 1) * self.iters,
                 **losses,
                 "images_per_s": self.images_seen / max(self.train_time, 1e-9),
                 "train_time_s": self.train_time,
-                **coco,
-                "best_mAP": self.best_map,
+                **prefixed(coco, "val_"),
+                "best_val_mAP": self.best_map,
+                "best_epoch": self.best_epoch,
             }
             self.history.append(metrics)
             self._log(
-                f"epoch {epoch + 1}/{self.cfg.epochs}: mAP {coco['mAP']:.4f} AP50 "
+                f"epoch {epoch + 1}/{self.cfg.epochs}: val mAP {coco['mAP']:.4f} AP50 "
                 f"{coco['AP50']:.4f} AR_100 {coco['AR_100']:.4f} loss {losses['total_loss']:.3f}"
             )
+        if epoch + 1 == self.cfg.epochs:  # the end: the chosen checkpoint meets the test split
+            self.test = self._score_test()
+            if metrics is not None:
+                metrics.update(self.test)
         path = self._save(epoch, improved)
         if metrics is not None and report is not None:
             report(dict(metrics), str(path) if path else None)
+
+    def _chosen_weights(self) -> dict[str, torch.Tensor] | None:
+        """best.pt's evaluated (EMA) weights: kept since the last improvement, else (a resumed
+        run that has not improved since) read from best.pt; None = the current weights."""
+        if self.best_weights is not None:
+            return self.best_weights
+        best = self.ckpt_dir / "best.pt" if self.ckpt_dir else None
+        if best is None or not best.is_file():
+            return None
+        state = load_checkpoint(best)
+        return state["ema"]["module"] if state.get("ema") else state["model"]
+
+    def _score_test(self) -> dict[str, Any]:
+        """The test split's 12 numbers for the checkpoint chosen on validation (best.pt), with
+        the bootstrap intervals of mAP and AP50 over the test images; {} without a test split."""
+        split = self.dataset.test_split
+        if split is None:
+            return {}
+        net = self.eval_net
+        chosen = self._chosen_weights()
+        saved = None
+        if chosen is not None:
+            saved = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            net.load_state_dict(chosen)
+        try:
+            result = evaluate_coco(net, split, self.cfg, per_image=True)
+        finally:
+            if saved is not None:
+                net.load_state_dict(saved)
+        per_image = result["per_image"]
+        out: dict[str, Any] = {
+            **prefixed({k: float(result[k]) for k in COCO_METRICS}, "test_"),
+            "test_epoch": self.best_epoch,
+            "test_images": split.num_images,
+        }
+        from model.bootstrap import bootstrap_ci  # (only at the end of a run)
+
+        intervals = bootstrap_ci(per_image, resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED)
+        for name, iv in intervals.items():
+            out[f"test_{name}_lo"], out[f"test_{name}_hi"] = iv.lo, iv.hi
+        if self.ckpt_dir is not None:
+            per_image.save(self.ckpt_dir / TEST_EVAL)
+        self.test_summary = result["summary"]
+        self._log(
+            f"test ({split.num_images} images, checkpoint of epoch {self.best_epoch}): mAP "
+            f"{out['test_mAP']:.4f} [{out.get('test_mAP_lo', math.nan):.4f}, "
+            f"{out.get('test_mAP_hi', math.nan):.4f}] AP50 {out['test_AP50']:.4f}"
+        )
+        return out
 
     def _save(self, epoch: int, improved: bool) -> Path | None:
         if self.ckpt_dir is None:
@@ -504,12 +581,13 @@ class _Trainer:
             "rng": rng_state(),
             "config": self.cfg.to_dict(),
             "history": self.history,
-            "best_mAP": self.best_map,
+            "best_val_mAP": self.best_map,
             "best_epoch": self.best_epoch,
             "train_time_s": self.train_time,
             "images_seen": self.images_seen,
             "tile_counts": self.tile_counts,
             "summary": self.summary,
+            "test": self.test,
             "pretrain_loaded": self.pretrain_loaded,
             "assign_state": self.net.head.dynamic_state.state_dict(),
             "params": self.params,
@@ -521,12 +599,19 @@ class _Trainer:
         return last
 
     def result(self) -> dict[str, Any]:
-        final = self.history[-1] if self.history else dict.fromkeys(COCO_METRICS, 0.0)
+        final = self.history[-1] if self.history else {}
+        chosen = next((h for h in self.history if h["epoch"] == self.best_epoch), final)
+        if not self.test and self.start_epoch >= self.cfg.epochs:
+            self.test = self._score_test()  # a finished run from before the test scoring
         best = self.ckpt_dir / "best.pt" if self.ckpt_dir else None
         last = self.ckpt_dir / "last.pt" if self.ckpt_dir else None
+        test_eval = self.ckpt_dir / TEST_EVAL if self.ckpt_dir else None
         return {
-            **{k: float(final[k]) for k in COCO_METRICS},
-            "best_mAP": max(self.best_map, 0.0) if self.history else 0.0,
+            # the chosen checkpoint (best.pt, by validation mAP): its validation numbers, and
+            # the test split's, scored once
+            **{f"val_{k}": float(chosen.get(f"val_{k}", 0.0)) for k in COCO_METRICS},
+            **self.test,
+            "best_val_mAP": max(self.best_map, 0.0) if self.history else 0.0,
             "best_epoch": self.best_epoch,
             "epochs": self.cfg.epochs,
             "resumed_from_epoch": self.start_epoch,
@@ -542,8 +627,10 @@ class _Trainer:
             # (issue 17) the last evaluated epoch's assignment diagnostics (see summarize_stats)
             "assignment": {k: final[k] for k in ASSIGN_DIAGNOSTICS if k in final},
             "summary": self.summary,
+            "test_summary": self.test_summary,
             "last_checkpoint": str(last) if last and last.is_file() else None,
             "best_checkpoint": str(best) if best and best.is_file() else None,
+            "test_eval": str(test_eval) if test_eval and test_eval.is_file() else None,
         }
 
 
@@ -559,13 +646,21 @@ def train_detector(
 
     ``report(metrics, checkpoint_path)`` is called after each evaluation with ``epoch``,
     ``iteration``, ``lr``, the epoch-mean losses, ``images_per_s``, ``train_time_s``, the 12
-    :data:`~model.evaluate.COCO_METRICS` and ``best_mAP``; ``checkpoint_path`` is ``last.pt``
-    (None without ``checkpoint_dir``). With ``resume`` and an existing ``checkpoint_dir/last.pt``
-    the run continues from it. Returns the final 12 numbers, ``best_mAP``, ``best_epoch``,
-    ``epochs``, ``train_time_s``, ``images_per_s``, ``params``, ``pretrain_loaded``, ``device``,
-    ``summary`` (COCO summary text), ``assignment`` (the last evaluated epoch's assignment
-    diagnostics: positives per object by size, share of objects without one, mean IoU of
-    positives; also in every report) and ``last_checkpoint`` / ``best_checkpoint`` paths.
+    :data:`~model.evaluate.COCO_METRICS` of the **validation** split as ``val_mAP`` …
+    ``val_AR_large``, ``best_val_mAP`` and ``best_epoch``; the last report also carries the
+    **test** split's 12 numbers of the chosen checkpoint (``test_mAP`` …, ``test_epoch``,
+    ``test_images``, bootstrap intervals ``test_mAP_lo`` / ``_hi`` and ``test_AP50_lo`` /
+    ``_hi``; none of these without a test split). ``checkpoint_path`` is ``last.pt`` (None
+    without ``checkpoint_dir``). With ``resume`` and an existing ``checkpoint_dir/last.pt`` the
+    run continues from it.
+
+    Returns the chosen checkpoint's (best.pt, by validation mAP) ``val_*`` numbers and the
+    test figures above, ``best_val_mAP``, ``best_epoch``, ``epochs``, ``train_time_s``,
+    ``images_per_s``, ``params``, ``pretrain_loaded``, ``device``, ``summary`` /
+    ``test_summary`` (COCO summary texts, validation and test), ``assignment`` (the last
+    evaluated epoch's assignment diagnostics: positives per object by size, share of objects
+    without one, mean IoU of positives; also in every report) and the ``last_checkpoint`` /
+    ``best_checkpoint`` / ``test_eval`` (per-image test evaluation) paths.
 
     Raises :class:`~model.config.ConfigError` for config/data mismatches and
     :class:`TrainingError` on a non-finite loss (the last good checkpoint stays intact).

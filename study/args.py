@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import DEVICES, add_override_argument
+from study.racing import BUDGET_PER_ARM
 
 DEFAULT_TRAIN_FN = "model.train:train_detector"
 
@@ -59,9 +60,18 @@ class StudyArgs:
         None, "CPUs per trial (also the trial's torch threads)"
     )
     max_concurrent: int | None = flag(None, "at most this many trials at once")
-    seeds: int | None = flag(  # None: the quick profile's seeds (else 1)
+    seeds: str | None = flag(  # None: the quick profile's seeds (else 1)
         None,
-        "repeat every grid point with seeds 0..N-1 (default 1; the quick profile may set its own)",
+        "repeat every grid point with seeds 0..N-1, paired by seed (default 1; the quick "
+        "profile sets its own); auto: 2 seeds of every grid point, then more only where a "
+        "comparison is undecided and could still be decided within --budget",
+        metavar="N|auto",
+    )
+    budget: str | None = flag(
+        None,
+        "the budget of --seeds auto: a number of trials (16) or a wall time (90s, 25m, 2h); "
+        f"default {BUDGET_PER_ARM} trials per grid point",
+        metavar="TRIALS|TIME",
     )
     full: bool = flag(  # the quick profile over every grid value of the space
         False, "without --data: run every grid value of the space, not only the quick profile's"

@@ -39,14 +39,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from model.config import DEVICES, parse_override
-from study import cli, coco, pipeline, prepare, pretraining, session, trust
+from study import cli, coco, pipeline, prepare, pretraining, racing, session, trust
 from study.args import StudyArgs
 from study.files import atomic_write_text
-from study.layout import PLAN, SPACE, StudyError
-from study.outputs import StudyOutcome, finish
+from study.layout import PLAN, SPACE, TUNE, StudyError
+from study.layout import valid_metric as _num
+from study.outputs import StudyOutcome, finish, report_axes
 from study.plan import Plan, build_plan, describe_profile
+from study.racing import parse_seeds
+from study.results import collect_rows
 from study.spaces import _nonneg_int, load_space
 from study.trial import TrainFn
 
@@ -115,8 +119,10 @@ def make_plan(args: StudyArgs) -> Plan:
     cuda = quick_on_cuda(args.device) if data is None else False
     if data is not None and args.device != "auto":
         overrides.setdefault("device", args.device)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     return build_plan(
-        space, data=data, overrides=overrides, seeds=args.seeds, full=args.full, cuda=cuda
+        space, data=data, overrides=overrides, seeds=seeds, full=args.full, cuda=cuda,
+        budget=args.budget,
     )
 
 
@@ -164,9 +170,11 @@ def run_study(
         study_dir = study_dir_for(args, Path(args.space).stem)
         if not (study_dir / PLAN).is_file():
             raise StudyError(f"--resume: {study_dir} has no plan.json; nothing to resume")
-        if args.overrides or args.data or args.seeds not in (None, 1) or args.full:
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+        if (args.overrides or args.data or seeds not in (None, 1) or args.full
+                or args.budget is not None):
             raise StudyError(
-                "--resume keeps the study's own plan; drop --set/--data/--seeds/--full"
+                "--resume keeps the study's own plan; drop --set/--data/--seeds/--budget/--full"
             )
         if not args.dry_run:  # a dry run reads plan.json only (JSON), never Tune's pickles
             trust.check_resumable(study_dir)
@@ -250,23 +258,138 @@ def _run(
         done = pretraining.run_jobs(plan, study_dir, cache_root, res, log)
         plan = pretraining.applied(plan, done)
         session.record(study_dir, pipeline.owns_ray())  # Ray's agents are up by now
-        pipeline.run_trials(
-            plan,
-            study_dir,
-            cache_root,
-            res,
-            fn,
-            resume=args.resume,
-            max_concurrent=args.max_concurrent,
-            max_failures=args.max_failures,
-            searcher_seed=args.searcher_seed,
-            log=log,
-        )
+        rounds = Rounds(plan, study_dir, cache_root, res, fn, args, log, cluster)
+        plan = rounds.run()
     finally:
         pipeline.stop_ray()
         session.clear(study_dir)
         trust.harden(study_dir)
     return plan
+
+
+@dataclasses.dataclass
+class Rounds:
+    """The trials as Tune experiments: the plan's (``tune/``), then, with ``--seeds auto``, one
+    experiment per round of added seeds (``tune-r1/`` …, study/racing.py). A resume reruns the
+    rounds in order (Tune restores each; the finished trials stay finished) and goes on."""
+
+    plan: Plan
+    study_dir: Path
+    cache_root: Path
+    res: Any
+    fn: TrainFn
+    args: StudyArgs
+    log: Log
+    cluster: dict[str, float]
+    t0: float = dataclasses.field(default_factory=time.time)
+    round_s: list[float] = dataclasses.field(default_factory=list)  # wall time per trial wave
+
+    def run(self) -> Plan:
+        recorded = racing.read_rounds(self.study_dir)
+        added = {t["id"] for r in recorded for t in r.get("trials", [])}
+        rounds = [[t.id for t in self.plan.trials if t.id not in added]]
+        rounds += [[t["id"] for t in r.get("trials", [])] for r in recorded]
+        for k, ids in enumerate(rounds):
+            if ids:
+                self._trials(ids, k, resume=self.args.resume)
+        ended = bool(recorded) and not recorded[-1].get("trials")
+        if self.plan.race is None or ended:
+            return self.plan
+        k = len(rounds)
+        while True:
+            new = self._next_round(k, recorded)
+            if not new:
+                return self.plan
+            self._trials(new, k, resume=False)
+            k += 1
+
+    @property
+    def slots(self) -> int:
+        """How many trials run at once."""
+        if self.res.gpus > 0:
+            n = int(self.cluster.get("GPU", 0) // self.res.gpus)
+        else:
+            n = int(self.cluster.get("CPU", 1) // max(self.res.cpus, 1e-9))
+        if self.args.max_concurrent:
+            n = min(n, self.args.max_concurrent)
+        return max(n, 1)
+
+    def _trials(self, ids: list[str], k: int, *, resume: bool) -> None:
+        start = time.time()
+        pipeline.run_trials(
+            self.plan,
+            self.study_dir,
+            self.cache_root,
+            self.res,
+            self.fn,
+            resume=resume,
+            max_concurrent=self.args.max_concurrent,
+            max_failures=self.args.max_failures,
+            searcher_seed=self.args.searcher_seed,
+            log=self.log,
+            trial_ids=ids if self.plan.race is not None or k else None,
+            experiment=TUNE if k == 0 else f"{TUNE}-r{k}",
+        )
+        waves = -(-len(ids) // self.slots)
+        self.round_s.append((time.time() - start) / max(waves, 1))
+
+    def _trial_s(self, rows: list[dict[str, Any]]) -> float | None:
+        """Wall seconds of one wave of trials: measured in this run, else from the trials'
+        training time (a resumed study) with a margin for evaluation and start-up."""
+        if self.round_s:
+            return max(self.round_s)
+        times = [float(r["train_time_s"]) for r in rows if _num(r.get("train_time_s"))]
+        return 1.3 * sum(times) / len(times) if times else None
+
+    def _next_round(self, k: int, recorded: list[dict[str, Any]]) -> list[str]:
+        """Decide round ``k`` (racing.next_round), record it in race.json, compute its
+        pretraining; returns the trial ids it added ([] = the race is over)."""
+        plan, race = self.plan, self.plan.race
+        assert race is not None
+        rows = collect_rows(plan, self.study_dir)
+        before = recorded[-1].get("elapsed_s", 0.0) if recorded else 0.0
+        elapsed = before + time.time() - self.t0
+        afford = racing.affordable_trials(
+            race, len(plan.runnable()), elapsed, self._trial_s(rows), self.slots
+        )
+        axes = report_axes(plan)
+        step = racing.next_round(
+            rows, axes, plan.baseline, plan.space.metric, afford, race.max_seeds
+        )
+        new = [
+            plan.planned_trial(dict(zip(axes, arm, strict=True)), s)
+            for arm, seeds in step.add.items() for s in seeds
+        ]
+        jobs = []
+        if new:
+            jobs, _ = pretraining.plan_jobs(
+                dataclasses.replace(plan, trials=new), self.cache_root, self.log
+            )
+        record = {
+            "round": k,
+            "trials": [t.to_dict() for t in new],
+            "jobs": [j.to_dict() | {"config": j.config.to_dict()} for j in jobs],
+            "statuses": [st.to_dict() for st in step.statuses],
+            "affordable": afford,
+            "elapsed_s": elapsed,
+        }
+        racing.write_round(self.study_dir, record)
+        recorded.append(record)
+        states: dict[str, int] = {}
+        for st in step.statuses:
+            states[st.state] = states.get(st.state, 0) + 1
+        counts = ", ".join(f"{n} {state}" for state, n in states.items())
+        if not new:
+            self.log(f"--seeds auto: no comparison to add seeds to ({counts} on validation)")
+            return []
+        self.log(
+            f"--seeds auto, round {k}: {len(new)} more trial(s) ({counts} on validation; the "
+            f"budget pays for {afford} more): {', '.join(t.id for t in new)}"
+        )
+        plan = pretraining.load_study_plan(self.study_dir)
+        done = pretraining.run_jobs(plan, self.study_dir, self.cache_root, self.res, self.log)
+        self.plan = pretraining.applied(plan, done)
+        return [t.id for t in new]
 
 
 def _dry_run_outcome(

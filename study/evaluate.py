@@ -16,6 +16,7 @@ from model.config import (
     DEVICES,
     add_override_argument,
 )
+from model.data.raw import DataError
 from model.evaluate import COCO_METRICS, evaluate_coco
 from model.train import load_trial_data, resolve_device
 from study import cli
@@ -30,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
         p, "override a config key, e.g. --set test_conf=0.001 or --set img_size=640"
     )
     p.add_argument("--device", choices=DEVICES, help="default: the config's")
+    p.add_argument(
+        "--split", choices=("test", "val"), default=None,
+        help="the split to score (default: test when the dataset has one, else val)",
+    )
     p.add_argument("--no-ema", action="store_true", help="evaluate the raw weights, not the EMA")
     p.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -41,7 +46,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = cli.resolve_config(cfg, args.overrides, data=args.data, device=args.device)
     device = resolve_device(cfg.device)
     dataset = load_trial_data(cfg)
-    result = evaluate_coco(net.to(device), dataset.eval_split, cfg, progress=not args.quiet)
+    split = dataset.val_split if args.split == "val" else dataset.test_split
+    if split is None:
+        if args.split == "test":
+            raise DataError(f"{dataset.root}: no test split; use --split val")
+        split = dataset.val_split
+    result = evaluate_coco(net.to(device), split, cfg, progress=not args.quiet)
     print(result["summary"])
     metrics = {k: result[k] for k in COCO_METRICS}
     if args.json is not None:
@@ -51,13 +61,14 @@ def run(args: argparse.Namespace) -> int:
             "checkpoint": str(args.checkpoint),
             "epoch": state.get("epoch"),
             "images": result["images"],
+            "split": split.name,
             "config": cfg.to_dict(),
         }
         atomic_write_json(args.json, facts, indent=2)
     weights = "raw" if args.no_ema or not state.get("ema") else "EMA"
     print(
         f"evaluate: {args.checkpoint} (epoch {state.get('epoch')}, {weights} weights) on "
-        f"{result['images']} {dataset.eval_split.name} images at {cfg.img_size}px: "
+        f"{result['images']} {split.name} images at {cfg.img_size}px: "
         f"mAP {metrics['mAP']:.4f} AP50 {metrics['AP50']:.4f} AR_100 {metrics['AR_100']:.4f}, "
         f"{result['num_detections']} detections"
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import PRETRAIN_METHODS, TrialConfig, config_from_dict, save_config
-from model.evaluate import COCO_METRICS
+from model.evaluate import COCO_METRICS, VAL_METRICS
 from study.layout import RESULT_STATUSES, valid_metric
 from study.report import group_points
 from study.stats import summarize
@@ -30,10 +30,12 @@ def _value(row: dict[str, Any], metric: str) -> float | None:
 def choose_best(
     rows: Sequence[dict[str, Any]], metric: str, mode: str, axes: Sequence[str] = ()
 ) -> dict[str, Any] | None:
-    """The best finished trial. Completed trials first (an ASHA-stopped trial's config would
-    train longer when rerun, so its number is not what a rerun gives); with repeated seeds, the
-    best grid point by mean, then its best seed."""
+    """The best finished trial **on validation** (``val_<metric>``: the test split is never
+    used to choose). Completed trials first (an ASHA-stopped trial's config would train longer
+    when rerun, so its number is not what a rerun gives); with repeated seeds, the best grid
+    point by mean, then its best seed."""
     sign = 1.0 if mode == "max" else -1.0
+    metric = f"val_{metric}"
     for statuses in (("done",), RESULT_STATUSES):
         pool = [r for r in rows if r.get("status") in statuses and _value(r, metric) is not None]
         if not pool:
@@ -47,8 +49,9 @@ def choose_best(
 
 
 def _rank(row: dict[str, Any], metric: str, sign: float) -> tuple[float, float]:
-    """The metric, then (ties: e.g. every quick trial at mAP 0) the mean of the other numbers."""
-    others = [v for m in COCO_METRICS if m != metric and (v := _value(row, m)) is not None]
+    """The metric, then (ties: e.g. every quick trial at mAP 0) the mean of the other
+    validation numbers."""
+    others = [v for m in VAL_METRICS if m != metric and (v := _value(row, m)) is not None]
     return sign * (_value(row, metric) or 0.0), sum(others) / max(len(others), 1)
 
 
@@ -109,20 +112,29 @@ def export_best(
     cfg = config_from_dict(config, source=f"trial {row['id']}")
     if cfg.threads == 0 and threads and device == "cpu":  # a trial from before the threads key
         cfg = dataclasses.replace(cfg, threads=threads)
-    figures = ", ".join(
-        f"{m} {row[m]:.4f}" for m in COCO_METRICS if isinstance(row.get(m), (int, float))
-    )
+    val, test = f"val_{metric}", f"test_{metric}"
     lines = [
-        f"Best trial of study {study}: {row['id']} ({row.get('status')}), "
-        f"{metric} {row.get(metric, float('nan')):.4f} at epoch {row.get('epoch')}",
-        figures,
+        f"Best trial of study {study} (chosen on validation {metric}): {row['id']} "
+        f"({row.get('status')}), val {metric} {row.get(val, float('nan')):.4f} with the "
+        f"checkpoint of epoch {row.get('best_epoch') or row.get('epoch')}",
     ]
-    vals = [float(r[metric]) for r in point_rows if _value(r, metric) is not None]
+    for split in ("test", "val"):
+        figures = ", ".join(
+            f"{m} {row[f'{split}_{m}']:.4f}" for m in COCO_METRICS
+            if isinstance(row.get(f"{split}_{m}"), (int, float))
+        )
+        if figures:
+            lines.append(f"{split}: {figures}")
+    lo, hi = row.get(f"{test}_lo"), row.get(f"{test}_hi")
+    if _value(row, test) is not None and isinstance(lo, (int, float)):
+        lines.append(f"test {metric} 95% interval over the test images: [{lo:.4f}, {hi:.4f}]")
+    vals = [float(r[test]) for r in point_rows if _value(r, test) is not None]
     if len(vals) > 1:
         s = summarize(vals)
         lines.append(
-            f"its grid point over {s.n} seeds: {metric} {s.mean:.4f} ± {s.std:.4f} "
-            f"(95% CI {s.lo:.4f}..{s.hi:.4f}); this file is its best seed ({cfg.seed})"
+            f"its grid point over {s.n} seeds: test {metric} {s.mean:.4f} ± {s.std:.4f} "
+            f"(95% CI {s.lo:.4f}..{s.hi:.4f}); this file is its best seed on validation "
+            f"({cfg.seed})"
         )
     lines += [
         *_rerun_lines(path, device, cfg.threads),

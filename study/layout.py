@@ -13,8 +13,11 @@ so a name is spelled once and no module needs another just for a path.
       status.json        how Tune ended each trial (the driver's callback)
       results.csv  report.md  best_config.yaml  *.png      the study's outputs, rebuilt any time
       data_report.txt  data_report.json                      the data check of every dataset
+      split.json         the validation hold-out every trial shares (which images, how chosen)
+      race.json          --seeds auto: each round's added trials and the comparisons' states
       trials/<id>/       trial.json history.jsonl attempts.jsonl done.json failed.json
                          trial.log crashes.jsonl data_report.txt data_report.json
+                         test_eval.npz (the test split's per-image evaluation)
 
 The names are those of the studies written before this module existed: old folders still resume.
 """
@@ -53,8 +56,11 @@ DONE = "done.json"  # the training function returned
 FAILED = "failed.json"  # a deterministic failure: the reason (never retried)
 LOG = "trial.log"  # tracebacks and the data line of the trial
 CRASHES = "crashes.jsonl"  # every crash Tune saw (written by the driver's callback)
+TEST_EVAL = "test_eval.npz"  # the test split's per-image evaluation (model/bootstrap.py)
 DATA_REPORT_TXT = "data_report.txt"  # also in the study folder and a single run's folder
 DATA_REPORT_JSON = "data_report.json"
+RACE = "race.json"  # --seeds auto: the rounds of seeds it added, and why (study/racing.py)
+SPLIT = "split.json"  # the study's validation hold-out: every trial validates on these images
 
 # --- trial ids --------------------------------------------------------------------------------
 PLAN_ID = "plan_id"  # the param-space key of grid studies: which planned trial to run

@@ -26,14 +26,26 @@ from study.layout import (
     LOG,
     REPORT,
     RESULTS,
+    SPLIT,
+    TEST_EVAL,
     TRIAL,
     TRIALS,
     TUNE,
     trial_dir,
 )
+from study.layout import valid_metric as _num
 from study.plan import Plan, describe_profile
 from study.plots import plot_by_axis, plot_learning_curves, plot_vs_params, plot_x_axis
-from study.report import ReportInput, _table, assignment_section, render_report
+from study.racing import race_section
+from study.report import (
+    Grid,
+    ReportInput,
+    assignment_section,
+    findings,
+    quoted_split,
+    render_report,
+    table,
+)
 from study.results import histories, write_results
 
 # measured (docs/measurements.md, README): two seeds of the same short run on the embedded data
@@ -110,7 +122,47 @@ def crash_section(rows: list[dict[str, Any]], study_dir: Path) -> list[str]:
             body.append([r["id"], str(r.get("attempts") or 0), "; ".join(events), log])
     if not body:
         return []
-    return _table(["id", "attempts", "what happened", "traceback"], body)
+    return table(["id", "attempts", "what happened", "traceback"], body)
+
+
+def per_image_loader(study_dir: Path) -> Callable[[str], Any]:
+    """trial id -> its test split's per-image evaluation (trials/<id>/test_eval.npz), or None."""
+
+    def load(tid: str) -> Any:
+        path = trial_dir(study_dir, tid) / TEST_EVAL
+        if not path.is_file():
+            return None
+        from model.bootstrap import load_per_image_eval
+
+        return load_per_image_eval(path)
+
+    return load
+
+
+def split_note(study_dir: Path, split: str) -> str:
+    """Which split chose and which split is quoted, and where the hold-out is listed."""
+    held = f" ({SPLIT} lists the validation images)" if (study_dir / SPLIT).is_file() else ""
+    if split == "test":
+        return (
+            "splits: every choice (best.pt, ASHA, the search, the best trial) on the validation "
+            f"split{held}; the tables quote the test split, scored once per trial"
+        )
+    return (
+        "splits: no test split in the data, so the tables quote the validation split, on which "
+        f"the checkpoints and the best trial were also chosen{held}: optimistic for the best"
+    )
+
+
+def findings_of(rows: list[dict[str, Any]], plan: Plan, study_dir: Path) -> list[Any]:
+    """The report's findings (grid studies; [] for a sampled one)."""
+    if plan.space.sampled:
+        return []
+    inp = ReportInput(
+        title="", rows=rows, axes=report_axes(plan), baseline=plan.baseline,
+        metric=plan.space.metric, mode=plan.space.mode, per_image=per_image_loader(study_dir),
+    )
+    g = Grid.of(inp)
+    return findings(g) if g.points else []
 
 
 def write_all(
@@ -123,6 +175,8 @@ def write_all(
     sampled_keys = [k for k in sp.sample if k not in plan.pinned]
 
     best = choose_best(rows, sp.metric, sp.mode, axes)
+    split = quoted_split(rows)
+    quoted = f"{split}_{sp.metric}"
     best_line = ""
     if best is not None:
         info = json.loads((trial_dir(study_dir, best["id"]) / TRIAL).read_text())
@@ -140,25 +194,30 @@ def write_all(
             device=_ran_on(study_dir, best["id"]),
         )
         written["best_config"] = path
+        shown = (
+            f"; test {sp.metric} {best[quoted]:.4f}" if split == "test" and _num(best.get(quoted))
+            else ""
+        )
         best_line = (
-            f"**Best trial: {best['id']}** — {sp.metric} {best[sp.metric]:.4f}; its full config is "
-            f"`{path.name}`, whose header gives the exact rerun command."
+            f"**Best trial (chosen on validation {sp.metric}): {best['id']}** — val {sp.metric} "
+            f"{best[f'val_{sp.metric}']:.4f}{shown}; its full config is `{path.name}`, whose "
+            "header gives the exact rerun command."
         )
 
     plots: list[tuple[str, str]] = []
     x_axis = plot_x_axis(rows, axes) if axes else "size"
-    by_axis = plot_by_axis(rows, axes, sp.metric, study_dir / f"{sp.metric}_by_{x_axis}.png")
+    by_axis = plot_by_axis(rows, axes, quoted, study_dir / f"{quoted}_by_{x_axis}.png")
     if by_axis is not None:
-        plots.append((f"{sp.metric} by size", by_axis.name))
+        plots.append((f"{split} {sp.metric} by {x_axis}", by_axis.name))
     curves = plot_learning_curves(
-        histories(rows, study_dir), sp.metric, study_dir / LEARNING_CURVES
+        histories(rows, study_dir), f"val_{sp.metric}", study_dir / LEARNING_CURVES
     )
     if curves is not None:
-        plots.append((f"{sp.metric} per epoch", curves.name))
+        plots.append((f"validation {sp.metric} per epoch", curves.name))
     if sp.sampled:
-        vs = plot_vs_params(rows, sampled_keys, sp.metric, study_dir / f"{sp.metric}_vs_params.png")
+        vs = plot_vs_params(rows, sampled_keys, quoted, study_dir / f"{quoted}_vs_params.png")
         if vs is not None:
-            plots.append((f"{sp.metric} against the sampled values", vs.name))
+            plots.append((f"{split} {sp.metric} against the sampled values", vs.name))
 
     trial_s = sum(float(r.get("train_time_s") or 0.0) for r in rows)
     notes = [
@@ -176,14 +235,17 @@ def write_all(
         + ("predicted boxes clipped to the image" if plan.base.eval_clip_boxes
            else "predicted boxes unclipped, as the official evaluator"),
     ]
-    if plan.seeds > 1:
+    notes.append(split_note(study_dir, split))
+    if plan.race is not None:
+        notes.append(plan.race.describe())
+    elif plan.seeds > 1:
         what = "sampled configuration" if sp.sampled else "grid point"
-        notes.append(f"every {what} repeated with seeds 0..{plan.seeds - 1}")
+        notes.append(f"every {what} repeated with seeds 0..{plan.seeds - 1}, paired by seed")
     elif not sp.sampled:
         notes.append(
-            "one seed per grid point: no intervals, so a difference in the table may be seed "
-            "noise; `--seeds 3` repeats the grid and marks the differences that hold"
-            + (QUICK_SEED_SPREAD if plan.quick else "")
+            "one seed per grid point: training noise is not measured, so no comparison can be "
+            "decided; `--seeds 3` (or `--seeds auto`) repeats the grid and says which "
+            "differences hold" + (QUICK_SEED_SPREAD if plan.quick else "")
         )
     if plan.baseline and not plan.stand_in_for:  # (a stand-in is in plan.notes already)
         notes.append("baseline: " + ", ".join(f"{k}={v}" for k, v in plan.baseline.items()))
@@ -201,9 +263,11 @@ def write_all(
             notes=notes,
             plots=plots,
             best_line=best_line,
+            per_image=per_image_loader(study_dir),
             sections=[
                 (title, lines)
                 for title, lines in (
+                    ("Seeds", race_section(study_dir)),
                     ("Label assignment", assignment_section(rows, axes)),
                     ("Data", data_section(study_dir)),
                     ("Crashes and retries", crash_section(rows, study_dir)),
@@ -238,11 +302,20 @@ def finish(
     unfinished = counts.get("pending", 0) + counts.get("unfinished", 0)
     code = 130 if unfinished else (1 if counts.get("error") else 0)
     metric = plan.space.metric
+    split = quoted_split(rows)
     best_txt = (
-        f"best {best['id']} {metric} {best[metric]:.4f}"
+        f"best on val {best['id']} (val {metric} {best['val_' + metric]:.4f}"
+        + (f", test {best['test_' + metric]:.4f})" if _num(best.get(f"test_{metric}")) else ")")
         if best
         else f"no finished trial ({metric})"
     )
+    if plan.race is not None or plan.seeds > 1:
+        found = findings_of(rows, plan, study_dir)
+        decided = [f for f in found if f.decided]
+        if found:
+            best_txt += (
+                f"; {len(decided)} of {len(found)} comparisons decided on {split} {metric}"
+            )
     summary = (
         f"study {study_dir.name}: {state} in {format_duration(wall_s)}; {best_txt} — "
         f"report {written['report']}, results {written['results']}"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import TrialConfig
-from study.layout import PLAN_ID, StudyError, trial_dirname
+from study.layout import PLAN_ID, TUNE, StudyError, trial_dirname
 from study.plan import Plan
 from study.spaces import Resources
 from study.trial import TrainFn, run_trial
@@ -159,8 +159,13 @@ def run_trials(
     max_failures: int | None,
     searcher_seed: int,
     log: Log,
+    trial_ids: list[str] | None = None,
+    experiment: str = TUNE,
 ) -> None:
-    """Run the trials with Ray Tune (or restore the interrupted run); returns when all ended."""
+    """Run the trials with Ray Tune (or restore the interrupted run); returns when all ended.
+
+    ``trial_ids``: only these planned trials (a round of ``--seeds auto``; default every
+    runnable one), as the Tune experiment ``<study>/<experiment>``."""
     from ray import tune
 
     from study.progress import StudyCallback
@@ -181,8 +186,9 @@ def run_trials(
         threads=max(1, int(res.cpus)),
     )
     trainable = tune.with_resources(trainable, {"cpu": res.cpus, "gpu": res.gpus})
-    tune_dir = study_dir / "tune"
-    total = len(plan.runnable()) if not plan.space.sampled else plan.num_samples * plan.seeds
+    tune_dir = study_dir / experiment
+    runnable = [t for t in plan.runnable() if trial_ids is None or t.id in set(trial_ids)]
+    total = len(runnable) if not plan.space.sampled else plan.num_samples * plan.seeds
     if resume and tune.Tuner.can_restore(str(tune_dir)):
         log(
             f"restoring the Tune run in {tune_dir}: finished trials stay, the others continue "
@@ -196,10 +202,10 @@ def run_trials(
             raise StudyError("nothing to run: every planned trial is skipped (see above)")
         tuner = tune.Tuner(
             trainable,
-            param_space=_param_space(plan),
+            param_space=_param_space(plan, runnable),
             tune_config=_tune_config(plan, study_dir, max_concurrent, searcher_seed),
             run_config=tune.RunConfig(
-                name="tune",
+                name=experiment,
                 storage_path=str(study_dir),
                 failure_config=tune.FailureConfig(
                     max_failures=plan.space.max_failures if max_failures is None else max_failures
@@ -211,7 +217,7 @@ def run_trials(
                 sync_config=tune.SyncConfig(
                     sync_artifacts=False, sync_artifacts_on_checkpoint=False
                 ),
-                callbacks=[StudyCallback(str(study_dir), total)],
+                callbacks=[StudyCallback(str(study_dir), total, trial_ids)],
                 verbose=0,
             ),
         )
@@ -222,14 +228,14 @@ def run_trials(
     log(f"Tune phase ended after {time.time() - t0:.1f} s")
 
 
-def _param_space(plan: Plan) -> dict[str, Any]:
+def _param_space(plan: Plan, runnable: list[Any]) -> dict[str, Any]:
     from ray import tune
 
     if plan.space.sampled:
         return {}  # the searcher proposes the sampled keys; the trainable merges the base config
     # longest first: the short trials then fill the gaps at the end, instead of one long trial
     # running alone while the other slots idle (Tune starts grid points in list order)
-    order = sorted(plan.runnable(), key=lambda t: cost_estimate(t.config), reverse=True)
+    order = sorted(runnable, key=lambda t: cost_estimate(t.config), reverse=True)
     return {PLAN_ID: tune.grid_search([t.id for t in order])}
 
 
@@ -256,7 +262,7 @@ def _tune_config(
         space = {k: d.to_optuna() for k, d in sp.sample.items() if k not in plan.pinned}
         search_alg = OptunaSearch(
             space=space,
-            metric=sp.metric,
+            metric=f"val_{sp.metric}",  # choices on validation: never on test
             mode=sp.mode,
             sampler=optuna.samplers.TPESampler(seed=searcher_seed),
             storage=optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.sqlite'}"),
@@ -282,7 +288,7 @@ def _tune_config(
             stop_last_trials=False,
         )
     return tune.TuneConfig(
-        metric=sp.metric,
+        metric=f"val_{sp.metric}",  # ASHA's rungs and Tune's ranking: validation
         mode=sp.mode,
         search_alg=search_alg,
         scheduler=scheduler,

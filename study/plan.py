@@ -16,6 +16,7 @@ from typing import Any
 
 from model.config import ConfigError, TrialConfig, config_from_dict
 from study.files import atomic_write_json
+from study.racing import BUDGET_PER_ARM, Race, parse_budget
 from study.spaces import Resources, Space, parse_space
 
 PATH_KEYS = ("data", "coco_weights", "pretrain_artifact", "ssl_sources")  # made absolute: trials
@@ -73,6 +74,23 @@ class Plan:
     notes: list[str] = field(default_factory=list)  # said once in the output and the report
     full: bool = False  # --full: the quick profile over every grid value (Space.grid_for)
     cuda: bool = False  # the quick profile's CUDA variant (quick.cuda)
+    race: Race | None = None  # --seeds auto (study/racing.py); seeds is then its first round's
+
+    @property
+    def seeded(self) -> bool:
+        """Whether trial ids and configs carry a seed (repeated seeds, or --seeds auto)."""
+        return self.seeds > 1 or self.race is not None
+
+    def planned_trial(self, point: dict[str, Any], seed: int | None = None) -> PlannedTrial:
+        """The trial of a grid ``point`` (axis -> value) and ``seed`` (None: the base's)."""
+        values = dict(point)
+        full = dict(point)
+        if seed is not None:
+            full["seed"] = seed
+            values["seed"] = seed
+        tid = trial_id(full)
+        cfg = config_from_dict(values, source=f"{self.space.path}: trial {tid}", base=self.base)
+        return PlannedTrial(tid, full, cfg)
 
     @property
     def grid(self) -> dict[str, list[Any]]:
@@ -139,6 +157,7 @@ class Plan:
             "overrides": self.overrides,
             "seeds": self.seeds,
             "pinned": self.pinned,
+            "race": self.race.to_dict() if self.race is not None else None,
             "notes": self.notes,
             "base": self.base.to_dict(),
             "trials": [t.to_dict() for t in self.trials],
@@ -172,16 +191,23 @@ def load_plan(path: Path) -> Plan:
         notes=d["notes"],
         full=d.get("full", False),  # (plans written before --full and quick.cuda: neither)
         cuda=d.get("cuda", False),
+        race=Race.from_dict(d["race"]) if d.get("race") else None,
     )
-    plan.trials = [
-        PlannedTrial(t["id"], t["point"], config_from_dict(t["config"], src), t["skip"])
-        for t in d["trials"]
-    ]
-    plan.pretrain_jobs = [
-        PretrainJob(j["key"], config_from_dict(j["config"], src), j["trials"], j["path"], j["skip"])
-        for j in d["pretrain_jobs"]
-    ]
+    plan.trials = [trial_from_dict(t, src) for t in d["trials"]]
+    plan.pretrain_jobs = [job_from_dict(j, src) for j in d["pretrain_jobs"]]
     return plan
+
+
+def trial_from_dict(t: dict[str, Any], source: str) -> PlannedTrial:
+    """A :class:`PlannedTrial` back from its ``to_dict``."""
+    return PlannedTrial(t["id"], t["point"], config_from_dict(t["config"], source), t["skip"])
+
+
+def job_from_dict(j: dict[str, Any], source: str) -> PretrainJob:
+    """A :class:`PretrainJob` back from ``to_dict() | {"config": …}``."""
+    return PretrainJob(
+        j["key"], config_from_dict(j["config"], source), j["trials"], j["path"], j["skip"]
+    )
 
 
 def _absolute(values: dict[str, Any]) -> dict[str, Any]:
@@ -213,13 +239,15 @@ def build_plan(
     *,
     data: str | None = None,
     overrides: dict[str, Any] | None = None,
-    seeds: int | None = None,
+    seeds: int | str | None = None,
     full: bool = False,
     cuda: bool = False,
+    budget: str | int | None = None,
 ) -> Plan:
     """Expand ``space`` into trials. ``data`` None = quick profile on the embedded dataset (its
     CUDA variant with ``cuda``; every grid value of the space too with ``full``). ``seeds`` None
-    = the quick profile's ``seeds`` (else 1)."""
+    = the quick profile's ``seeds`` (else 1); ``"auto"`` = seeds where they decide something
+    (study/racing.py) within ``budget`` (trials, or a wall time such as "25m")."""
     overrides = dict(overrides or {})
     quick = data is None
     if full and not quick:
@@ -227,6 +255,10 @@ def build_plan(
                           "point runs already")
     if seeds is None:
         seeds = (space.quick_seeds if quick else None) or 1
+    race = _race(space, seeds, budget)
+    if race is not None:
+        seeds = race.initial_seeds
+    assert isinstance(seeds, int)
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if seeds > 1 and "seed" in overrides:
@@ -262,7 +294,7 @@ def build_plan(
                 )
     base = config_from_dict(_absolute(values), source="the study's settings (fixed/quick/--set)")
     plan = Plan(space, quick, base, overrides, seeds, pinned=pinned, notes=notes, full=full,
-                cuda=quick and cuda)
+                cuda=quick and cuda, race=race)
     if plan.stand_in_for:
         ours = ", ".join(f"{k}={v}" for k, v in plan.baseline.items())
         theirs = ", ".join(f"{k}={v}" for k, v in plan.stand_in_for.items())
@@ -276,17 +308,32 @@ def build_plan(
     for combo in itertools.product(*axes.values()):
         for s in range(seeds):
             point = dict(zip(axes, combo, strict=True))
-            cfg_values = dict(point)
-            if seeds > 1:
-                point["seed"] = s
-                cfg_values["seed"] = s
-            tid = trial_id(point)
-            if tid in seen:  # two values that print alike (0.1 and 0.10 cannot; "a b" and "a_b")
-                tid = f"{tid}-{len(plan.trials)}"
-            seen.add(tid)
-            cfg = config_from_dict(cfg_values, source=f"{space.path}: trial {tid}", base=base)
-            plan.trials.append(PlannedTrial(tid, point, cfg))
+            t = plan.planned_trial(point, s if plan.seeded else None)
+            if t.id in seen:  # two values that print alike (0.1 and 0.10 cannot; "a b" / "a_b")
+                t.id = f"{t.id}-{len(plan.trials)}"
+            seen.add(t.id)
+            plan.trials.append(t)
     return plan
+
+
+def _race(space: Space, seeds: int | str, budget: str | int | None) -> Race | None:
+    """The --seeds auto settings (None for a fixed number of seeds)."""
+    if seeds != "auto":
+        if budget is not None:
+            raise ConfigError("--budget is the budget of --seeds auto; add --seeds auto")
+        return None
+    if space.sampled:
+        raise ConfigError(
+            f"{space.path}: --seeds auto races the grid's comparisons; a sampled space has none "
+            "(use --seeds N to repeat each sampled configuration)"
+        )
+    if budget is None:
+        arms = 1
+        for values in space.grid.values():
+            arms *= len(values)
+        return Race(budget_trials=BUDGET_PER_ARM * arms)
+    trials, seconds = parse_budget(budget)
+    return Race(budget_trials=trials, budget_s=seconds)
 
 
 def describe_profile(plan: Plan) -> str:

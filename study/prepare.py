@@ -12,7 +12,7 @@ from typing import Any
 
 from model.config import describe_inference
 from study.files import atomic_write_json, atomic_write_text
-from study.layout import DATA_REPORT_JSON, DATA_REPORT_TXT
+from study.layout import DATA_REPORT_JSON, DATA_REPORT_TXT, SPLIT
 from study.plan import Plan
 
 Log = Callable[[str], None]
@@ -62,6 +62,23 @@ class DataSource:
 
     trials: list[str]
     report: Any  # model.data.validate.DataReport
+    split: dict[str, Any] = dataclasses.field(default_factory=dict)  # split_record()
+
+
+def split_record(dataset: Any, cfg: Any) -> dict[str, Any]:
+    """Which images each split holds and how the validation split was made (split.json)."""
+    return {
+        "data": str(dataset.root),
+        "validation": (
+            f"held out of the training images: val_fraction {cfg.val_fraction}, split_seed "
+            f"{cfg.split_seed}, stratified by box count and class (model/data/raw.py "
+            "carve_validation)" if dataset.val_held_out else "the layout's own val split"
+        ),
+        "test": "the layout's test split" if "test" in dataset.splits else "none",
+        "counts": {name: split.num_images for name, split in dataset.splits.items()},
+        "val_images": [str(im["file_name"]) for im in dataset.splits["val"].images]
+        if "val" in dataset.splits else [],
+    }
 
 
 def check_data(plan: Plan, *, strict: bool, log: Log) -> list[DataSource]:
@@ -77,14 +94,14 @@ def check_data(plan: Plan, *, strict: bool, log: Log) -> list[DataSource]:
         cfgs = {t.id: t.config for t in plan.runnable()}
     sources: dict[tuple[Any, ...], DataSource] = {}
     for tid, cfg in cfgs.items():
-        # the seed only moves images between train and val: one check per dataset
-        key = (cfg.data, cfg.val_fraction, cfg.num_classes, cfg.classes)
+        # the trial's seed changes nothing of the data: one check per dataset and hold-out
+        key = (cfg.data, cfg.val_fraction, cfg.split_seed, cfg.num_classes, cfg.classes)
         if key in sources:
             sources[key].trials.append(tid)
             continue
         found: list[Any] = []
-        load_trial_data(cfg, progress=sys.stderr.isatty(), on_report=found.append)
-        sources[key] = DataSource([tid], found[0])
+        dataset = load_trial_data(cfg, progress=sys.stderr.isatty(), on_report=found.append)
+        sources[key] = DataSource([tid], found[0], split_record(dataset, cfg))
         report = found[0]
         if strict and report.issues:
             listed = f"python -m model.data check {report.root} lists every one"
@@ -112,3 +129,13 @@ def write_data_reports(study_dir: Path, sources: list[DataSource], log: Log) -> 
         log(line)
     atomic_write_text(txt, "\n\n".join(parts) + "\n")
     atomic_write_json(study_dir / DATA_REPORT_JSON, {"sources": records})
+    splits = [{"trials": s.trials, **s.split} for s in sources if s.split]
+    if splits:
+        atomic_write_json(study_dir / SPLIT, {"sources": splits}, indent=1)
+        for sp in splits:
+            c = sp["counts"]
+            log(
+                f"splits of {sp['data']}: train {c.get('train', 0)}, val {c.get('val', 0)} "
+                f"({sp['validation'].split(':')[0]}; every choice is made on it), test "
+                f"{c.get('test', 0)} (scored once per trial) — {study_dir / SPLIT}"
+            )

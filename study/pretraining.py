@@ -24,8 +24,9 @@ from typing import Any
 from model.config import PRETRAIN_METHODS, TrialConfig, config_from_dict, config_keys
 from study.cache import ArtifactCache
 from study.files import atomic_write_json
-from study.layout import PLAN, PRETRAINING, StudyError
-from study.plan import Plan, PretrainJob, load_plan
+from study.layout import PLAN, PRETRAINING, RACE, StudyError
+from study.plan import Plan, PretrainJob, job_from_dict, load_plan, trial_from_dict
+from study.racing import read_rounds
 from study.spaces import Resources
 
 Log = Callable[[str], None]
@@ -144,8 +145,15 @@ def read_outcomes(study_dir: Path) -> Outcomes:
 
 
 def load_study_plan(study_dir: str | Path) -> Plan:
-    """``plan.json`` with what the pretraining produced since (``pretraining.json``)."""
-    return applied(load_plan(Path(study_dir) / PLAN), read_outcomes(Path(study_dir)))
+    """``plan.json`` with the trials ``--seeds auto`` added since (``race.json``) and what the
+    pretraining produced (``pretraining.json``)."""
+    study_dir = Path(study_dir)
+    plan = load_plan(study_dir / PLAN)
+    src = str(study_dir / RACE)
+    for r in read_rounds(study_dir):
+        plan.trials += [trial_from_dict(t, src) for t in r.get("trials", [])]
+        plan.pretrain_jobs += [job_from_dict(j, src) for j in r.get("jobs", [])]
+    return applied(plan, read_outcomes(study_dir))
 
 
 def resolve_for_trial(cfg: TrialConfig, cache_root: str | Path) -> TrialConfig:

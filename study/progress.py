@@ -37,9 +37,10 @@ class StudyCallback(Callback):
     """Progress lines, Tune's verdict per trial (``status.json``) and a fresh results.csv each
     time a trial ends, so a long study can be read (or killed and resumed) at any point."""
 
-    def __init__(self, study_dir: str, total: int) -> None:
+    def __init__(self, study_dir: str, total: int, ids: list[str] | None = None) -> None:
         self.study_dir = study_dir
         self.total = total
+        self.ids = set(ids) if ids is not None else None  # this experiment's trials (a round)
         self.started: dict[str, float] = {}
         self.durations: list[float] = []
         # Trials that ended before this driver began (a resumed study): they count as ended.
@@ -59,7 +60,11 @@ class StudyCallback(Callback):
         if not plan_path.is_file():
             return set()
         rows = collect_rows(load_study_plan(self.study_dir), Path(self.study_dir))
-        return {r["id"] for r in rows if r["status"] in FINISHED and r["status"] != "skipped"}
+        return {
+            r["id"] for r in rows
+            if r["status"] in FINISHED and r["status"] != "skipped"
+            and (self.ids is None or r["id"] in self.ids)
+        }
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.started[trial_dirname(trial)] = time.time()
@@ -123,12 +128,14 @@ class StudyCallback(Callback):
             elapsed = [now - t0 for t0 in self.started.values()]  # the trials still running
             secs = time_left(mean, elapsed, max(left - len(elapsed), 0), self.slots)
             eta = f", ~{format_duration(secs, approx=True)} left"
-        m = row.get("mAP")
+        m = row.get("val_mAP")
         if row.get("status") == "error":  # crashed for good, or failed (never retried)
             log = trial_dir(self.study_dir, tid) / LOG
             what = f"{_clip(row.get('reason') or error)} (traceback in {log})"
         elif isinstance(m, (int, float)):
-            what = f"mAP {m:.4f} (epoch {row.get('epoch')})"
+            what = f"val mAP {m:.4f} (epoch {row.get('epoch')})"
+            if isinstance(row.get("test_mAP"), (int, float)):
+                what += f", test mAP {row['test_mAP']:.4f}"
         else:
             what = error
         print(

@@ -1,10 +1,17 @@
 """The study's results table: one row per trial, read from the files the trials and the driver
 write, so it can be rebuilt at any time (while the study runs, after a crash, after a resume).
 
-``results.csv`` columns: ``id, status, reason``, the 12 COCO numbers, ``epoch, train_time_s,
-images_per_s, params, attempts`` (starts that trained: a resume that only found the trial
-finished does not count), the data check's counts (``data_images`` … ``data_problems``, see
-study/datacheck.py), then every trial-config key. Status is one of
+``results.csv`` columns: ``id, status, reason, role``; the 12 COCO numbers on the **validation**
+split (``val_mAP`` … ``val_AR_large``: of the checkpoint chosen on it, best.pt, for a finished
+trial; of its last evaluation for a stopped or unfinished one) — what every choice of the study
+(best.pt, ASHA, Optuna, the best trial) is made on; the 12 numbers on the **test** split
+(``test_mAP`` … ``test_AR_large``), scored once at the end on that checkpoint, with the
+bootstrap intervals over the test images (``test_mAP_lo``, ``test_mAP_hi``, ``test_AP50_lo``,
+``test_AP50_hi``) — what the report quotes; ``best_epoch`` (the chosen checkpoint's), ``epoch,
+train_time_s, images_per_s, params, attempts`` (starts that trained: a resume that only found
+the trial finished does not count), the assignment diagnostics, the data check's counts
+(``data_images`` … ``data_problems``, see study/datacheck.py), then every trial-config key.
+Status is one of
 
 * ``done`` — the training function returned (``trials/<id>/done.json``);
 * ``stopped`` — ended early by the scheduler (ASHA): metrics are its last evaluation;
@@ -23,8 +30,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from model.bootstrap import BOOTSTRAP_METRICS
+
 from model.config import config_keys
-from model.evaluate import COCO_METRICS
+from model.evaluate import TEST_METRICS, VAL_METRICS
 from model.yolox.loss import ASSIGN_DIAGNOSTICS
 from study.datacheck import DATA_COLUMNS
 from study.files import atomic_write
@@ -41,14 +50,17 @@ from study.layout import (
 )
 from study.plan import Plan
 
-RUN_COLUMNS = ("epoch", "train_time_s", "images_per_s", "params", "attempts")
+BOOTSTRAP_COLUMNS = tuple(f"test_{m}_{e}" for m in BOOTSTRAP_METRICS for e in ("lo", "hi"))
+RUN_KEYS = ("best_epoch", "epoch", "train_time_s", "images_per_s", "params")  # from the trial
+RUN_COLUMNS = (*RUN_KEYS, "attempts")  # attempts: counted from attempts.jsonl
 ASSIGN_COLUMNS = ASSIGN_DIAGNOSTICS  # label-assignment diagnostics of the last evaluated epoch
 HEAD_COLUMNS = ("id", "status", "reason", "role")  # role: baseline (or its stand-in), else ""
 
 
 def columns() -> list[str]:
     return [
-        *HEAD_COLUMNS, *COCO_METRICS, *RUN_COLUMNS, *ASSIGN_COLUMNS, *DATA_COLUMNS, *config_keys()
+        *HEAD_COLUMNS, *VAL_METRICS, *TEST_METRICS, *BOOTSTRAP_COLUMNS, *RUN_COLUMNS,
+        *ASSIGN_COLUMNS, *DATA_COLUMNS, *config_keys()
     ]
 
 
@@ -127,7 +139,9 @@ def collect_rows(plan: Plan, study_dir: Path) -> list[dict[str, Any]]:
         if tid in planned and planned[tid].skip:
             row.update(status="skipped", reason=planned[tid].skip)
         elif done is not None:
-            metrics = {**done.get("summary", {}), **done.get("final", {})}
+            # the returned summary wins: its val_* are the chosen checkpoint's (best.pt), the
+            # last report's those of the last evaluation
+            metrics = {**done.get("final", {}), **done.get("summary", {})}
             row["status"] = "done"
         elif failed is not None:
             row.update(status="error", reason=failed.get("error", ""))
@@ -142,8 +156,7 @@ def collect_rows(plan: Plan, study_dir: Path) -> list[dict[str, Any]]:
                 )
         elif history:
             row["status"] = "unfinished"
-        run_keys = ("epoch", "train_time_s", "images_per_s", "params")
-        for key in (*COCO_METRICS, *run_keys, *ASSIGN_COLUMNS):
+        for key in (*VAL_METRICS, *TEST_METRICS, *BOOTSTRAP_COLUMNS, *RUN_KEYS, *ASSIGN_COLUMNS):
             if key in metrics:
                 row[key] = metrics[key]
         rows.append(row)

@@ -153,13 +153,19 @@ def run(args: argparse.Namespace) -> int:
         result = train_detector(
             cfg, checkpoint_dir=out, resume=not args.no_resume, progress=not args.quiet
         )
-    atomic_write_text(out / "coco_summary.txt", result["summary"] + "\n")
+    summaries = f"validation (best.pt, epoch {result['best_epoch']}):\n{result['summary']}\n"
+    if result.get("test_summary"):
+        summaries += f"\ntest (the same checkpoint, scored once):\n{result['test_summary']}\n"
+    atomic_write_text(out / "coco_summary.txt", summaries)
+    split_keys = [f"{p}{k}" for p in ("val_", "test_") for k in COCO_METRICS]
     facts = {
-        **{k: result[k] for k in COCO_METRICS},
+        **{k: result[k] for k in split_keys if k in result},
+        **{k: v for k, v in result.items() if k.startswith("test_") and k.endswith(("_lo", "_hi"))},
+        **{k: result[k] for k in ("test_epoch", "test_images", "test_eval") if k in result},
         **{
             k: result[k]
             for k in (
-                "best_mAP",
+                "best_val_mAP",
                 "best_epoch",
                 "epochs",
                 "resumed_from_epoch",
@@ -183,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         "data": {**data_counts(dataset.report), "report": str(out / DATA_REPORT_TXT)},
     }
     atomic_write_json(out / "metrics.json", facts, indent=2)
-    print(result["summary"])
+    print(result.get("test_summary") or result["summary"])
     resumed = (
         f", resumed after epoch {result['resumed_from_epoch']}"
         if (result["resumed_from_epoch"])
@@ -196,12 +202,29 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"train: YOLOX-{cfg.size} {cfg.epochs} epochs on {result['device']}{resumed}: "
-        f"mAP {result['mAP']:.4f} AP50 {result['AP50']:.4f} (best mAP {result['best_mAP']:.4f} "
-        f"at epoch {result['best_epoch']}), {format_duration(result['train_time_s'])} training at "
+        f"{_scores(result)}, {format_duration(result['train_time_s'])} training at "
         f"{result['images_per_s']:.1f} img/s, {result['params'] / 1e6:.2f}M params{loaded}"
         f"{_data_note(dataset.report)} -> {out / 'metrics.json'}"
     )
     return 0
+
+
+def _scores(result: dict[str, Any]) -> str:
+    """"test mAP 0.148 [0.121, 0.175] AP50 0.517 (checkpoint of epoch 22, chosen on val mAP
+    0.160)", or the validation figures alone when the dataset has no test split."""
+    chosen = f"checkpoint of epoch {result['best_epoch']}"
+    if "test_mAP" not in result:
+        return (
+            f"val mAP {result['val_mAP']:.4f} AP50 {result['val_AP50']:.4f} ({chosen}, chosen "
+            "on this split: no test split)"
+        )
+    ci = ""
+    if result.get("test_mAP_lo") is not None:
+        ci = f" [{result['test_mAP_lo']:.4f}, {result['test_mAP_hi']:.4f}]"
+    return (
+        f"test mAP {result['test_mAP']:.4f}{ci} AP50 {result['test_AP50']:.4f} ({chosen}, chosen "
+        f"on val mAP {result['best_val_mAP']:.4f})"
+    )
 
 
 def _data_note(report: Any) -> str:

@@ -16,7 +16,9 @@ sees, as for Ray's own local ``storage_path``):
   :func:`deterministic_errors`): the reason, with the checkpoints it names copied here. The
   trainable returns instead of raising, so Tune does not retry what would fail the same way;
 * ``trial.log`` — the data line, and every traceback (this trial's, and Ray's for a crash);
-* ``data_report.txt`` / ``data_report.json`` — the data check of the data this trial trained on.
+* ``data_report.txt`` / ``data_report.json`` — the data check of the data this trial trained on;
+* ``test_eval.npz`` — the test split's per-image evaluation of the chosen checkpoint
+  (model/bootstrap.py): the report's paired bootstrap resamples the same images for every trial.
 
 Tune checkpoints: after each evaluation the training function's ``last.pt`` (written to a
 node-local scratch folder) is handed to ``tune.report`` (Tune copies it to the trial's storage
@@ -48,6 +50,7 @@ from study.layout import (
     HISTORY,
     LOG,
     PLAN_ID,
+    TEST_EVAL,
     TRIAL,
     TRIAL_INDEX,
     scratch_dir,
@@ -248,6 +251,9 @@ def _attempt(
     with preloaded_data(cfg, dataset):
         result = train_fn(cfg, report, str(work), resume=True, progress=False)
     summary = scalar_metrics(result or {})
+    test_eval = (result or {}).get("test_eval")
+    if isinstance(test_eval, str) and Path(test_eval).is_file():  # for the paired bootstrap
+        shutil.copy2(test_eval, out / TEST_EVAL)
     final = dict(last)
     if not final:  # nothing reported by this attempt (it resumed a finished run): the last
         # evaluation an earlier attempt reported, completed by the returned summary

@@ -5,7 +5,10 @@ Its "dataset" (``cfg.data``) is a control folder (:func:`control_folder`: a tiny
 dataset, which the trials check, plus ``fake.json``): ``fake.json`` sets the behaviour, and every
 call leaves ``calls/<trial>.<n>`` there (what epoch it started from and its pid), so a test can
 count how often a trial really trained, or kill it. Metrics are a deterministic function of the
-config, the seed and the epoch.
+config, the seed and the epoch: each evaluation reports ``val_*`` numbers, the last one (and the
+returned summary) also ``test_*`` numbers, 0.01 below validation, as train_detector does.
+``fake.json``'s ``effects`` ({"key=value": Δ}) and ``noise`` (a standard deviation) make arms with
+known effects and seed noise: the noise is a normal draw seeded by (seed, the trial's values).
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ def control_folder(path: Path, **behaviour: Any) -> Path:
     return path
 
 
-def fake_score(cfg: TrialConfig, epoch: int) -> float:
-    return (
+def fake_score(cfg: TrialConfig, epoch: int, ctl: dict[str, Any] | None = None) -> float:
+    ctl = ctl or {}
+    score = (
         SIZE.get(cfg.size, 0.2)
         + PRETRAIN[cfg.pretrain]
         + LOSS[cfg.reg_loss]
@@ -50,6 +54,20 @@ def fake_score(cfg: TrialConfig, epoch: int) -> float:
         + 0.01 * epoch / cfg.epochs
         + 0.001 * cfg.lr
     )
+    values = cfg.to_dict()
+    for key, delta in ctl.get("effects", {}).items():
+        k, _, v = key.partition("=")
+        score += float(delta) if str(values.get(k)) == v else 0.0
+    if ctl.get("noise"):
+        # seed noise shared by the arms (paired) plus noise of the arm itself
+        import numpy as np
+
+        arm = "/".join(f"{k}={values[k]}" for k in ("pretrain", "reg_loss", "size"))
+        digest = int(hashlib.sha1(f"{arm}/{cfg.seed}".encode()).hexdigest()[:8], 16)
+        shared = np.random.default_rng([cfg.seed, 7]).normal(0.0, float(ctl["noise"]))
+        own = np.random.default_rng(digest).normal(0.0, float(ctl.get("arm_noise", 0.0)))
+        score += float(shared + own)
+    return score
 
 
 def fake_coco(score: float) -> dict[str, float]:
@@ -57,6 +75,11 @@ def fake_coco(score: float) -> dict[str, float]:
     out["AP_large"] = -1.0  # COCO's "no ground truth in this area range"
     out["AR_large"] = -1.0
     return out
+
+
+def fake_test(val: dict[str, float]) -> dict[str, float]:
+    """The test figures of a fake run: 0.01 below its validation ones (COCO's -1 kept)."""
+    return {f"test_{k}": (v if v < 0 else round(v - 0.01, 6)) for k, v in val.items()}
 
 
 def _spin(seconds: float) -> None:
@@ -93,7 +116,7 @@ def fake_train(
     for epoch in range(start, cfg.epochs):
         _spin(float(ctl.get("epoch_s", 0.0)))
         done = epoch + 1
-        coco = fake_coco(fake_score(cfg, done))
+        coco = fake_coco(fake_score(cfg, done, ctl))
         path = None
         if ckpt:
             ckpt.mkdir(parents=True, exist_ok=True)
@@ -108,7 +131,9 @@ def fake_train(
                 "lr": cfg.lr,
                 "images_per_s": 100.0,
                 "train_time_s": time.perf_counter() - t0,
-                **coco,
+                **{f"val_{k}": v for k, v in coco.items()},
+                "best_epoch": done,
+                **(fake_test(coco) if done == cfg.epochs else {}),
             }
             report(metrics, path)
         if tid in ctl.get("fail_once", []) and n == 0 and done == int(ctl.get("fail_at", 1)):
@@ -119,7 +144,9 @@ def fake_train(
             kept = f"the last good checkpoint {ckpt / 'last.pt'} (after epoch {done})"
             raise TrainingError(f"non-finite loss in epoch {done + 1}: total_loss=nan; {kept}")
     return {
-        **coco,
+        **{f"val_{k}": v for k, v in coco.items()},
+        **fake_test(coco),
+        "best_epoch": cfg.epochs,
         "params": PARAMS.get(cfg.size, 1),
         "train_time_s": time.perf_counter() - t0,
         "images_per_s": 100.0,

@@ -31,15 +31,21 @@ if TYPE_CHECKING:
     from model.data.frames import VideoStats
 
 
-def _dataset_args(p: argparse.ArgumentParser) -> None:
+def _dataset_args(p: argparse.ArgumentParser, val_fraction: float = 0.2) -> None:
     p.add_argument("src", type=Path, help="dataset folder (FloW-Img, VOC, COCO JSON or YOLO txt)")
     p.add_argument(
         "--val-fraction",
         type=float,
-        default=0.2,
-        help="share of training images held out as val when the layout has no split",
+        default=val_fraction,
+        help="share of training images held out as val when the layout has no val split "
+        f"(default {val_fraction:g}"
+        + (": the layout's own splits, as they are)" if val_fraction == 0 else ", as training "
+           "does)"),
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of that train/val split")
+    p.add_argument(
+        "--split-seed", "--seed", dest="split_seed", type=int, default=0,
+        help="seed of that stratified train/val hold-out",
+    )
     p.add_argument(
         "--classes",
         default=None,
@@ -65,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="write COCO JSON per split (train/val/test.json)")
-    _dataset_args(p)
+    _dataset_args(p, val_fraction=0.0)
     p.add_argument("out_dir", type=Path)
     p.add_argument(
         "--copy-images",
@@ -107,7 +113,7 @@ def _load(args: argparse.Namespace, strict: bool) -> DetectionDataset:
     return load_dataset(
         args.src,
         val_fraction=args.val_fraction,
-        seed=args.seed,
+        split_seed=args.split_seed,
         strict=strict,
         classes=classes,
         workers=args.workers,

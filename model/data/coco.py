@@ -67,12 +67,14 @@ class DetectionSplit:
 
 @dataclass(frozen=True)
 class DetectionDataset:
-    """A checked dataset: its splits ("train", and "val" and/or "test") and the data report."""
+    """A checked dataset: its splits ("train", "val" and, where the layout has one, "test") and
+    the data report."""
 
     root: Path
     layout: str
     splits: dict[str, DetectionSplit]
     report: DataReport
+    val_held_out: bool = False  # val is a hold-out of the training images, not the layout's
 
     @property
     def train(self) -> DetectionSplit:
@@ -81,16 +83,28 @@ class DetectionDataset:
         return self.splits["train"]
 
     @property
-    def eval_split(self) -> DetectionSplit:
-        """The split to evaluate on: "test" when the dataset has one, else "val"."""
-        for name in ("test", "val"):
-            if name in self.splits:
-                return self.splits[name]
-        raise DataError(
-            f"{self.root}: no test or val split to evaluate on (splits: "
-            f"{', '.join(self.splits)}); the layout has no split of its own, so set "
-            f"val_fraction > 0 to hold out part of the training images"
+    def val_split(self) -> DetectionSplit:
+        """The validation split: every choice (best.pt, early stopping, the search, the best
+        trial) is made on it. The layout's own "val", else the hold-out of the training images
+        that :func:`load_dataset` carved (``val_fraction``, seeded by ``split_seed``)."""
+        if "val" in self.splits:
+            return self.splits["val"]
+        n_train = self.splits["train"].num_images if "train" in self.splits else 0
+        why = (
+            "val_fraction is 0" if n_train >= 2 else f"only {n_train} training image(s) to hold "
+            "some out of"
         )
+        raise DataError(
+            f"{self.root}: no validation split to select checkpoints and trials on: the layout "
+            f"has none of its own and {why}; set val_fraction > 0 (0.2 holds out a fifth of the "
+            "training images) or add a val split to the dataset"
+        )
+
+    @property
+    def test_split(self) -> DetectionSplit | None:
+        """The test split, scored once per run on the checkpoint chosen on val; None when the
+        layout has none (the figures are then validation figures, and say so)."""
+        return self.splits.get("test")
 
     @property
     def class_names(self) -> list[str]:
@@ -101,7 +115,7 @@ def load_dataset(
     src: str | Path,
     *,
     val_fraction: float = 0.2,
-    seed: int = 0,
+    split_seed: int = 0,
     strict: bool = False,
     classes: Sequence[str] | None = None,
     workers: int | None = None,
@@ -109,18 +123,22 @@ def load_dataset(
 ) -> DetectionDataset:
     """Read, check and normalise the dataset at ``src`` (layout detected automatically).
 
-    ``val_fraction``/``seed``: when the layout has neither a val nor a test split, that share of
-    the training images becomes "val", chosen by a hash of (seed, file path) — the same seed
-    gives the same split whatever order the files are listed in. ``classes``: the class names in
+    ``val_fraction``/``split_seed``: when the layout has no val split of its own, that share of
+    the training images becomes "val", stratified by box count and class and chosen by a hash of
+    (split_seed, file path) — the same seed gives the same split whatever order the files are
+    listed in (:func:`model.data.raw.carve_validation`). ``classes``: the class names in
     order (others are dropped and counted); default: from the dataset. ``strict``: raise
     :class:`DataError` listing every problem instead of dropping/clipping and counting.
     ``workers``: decode threads; ``progress``: tqdm bar (None = only on a terminal).
     """
-    raw = read_raw(src, val_fraction=val_fraction, seed=seed, classes=classes)
+    raw = read_raw(src, val_fraction=val_fraction, split_seed=split_seed, classes=classes)
     raw.chosen_classes = bool(classes)
     result = check(raw, strict=strict, workers=workers, progress=progress)
     splits = {
         name: DetectionSplit(name, images, anns, [dict(c) for c in result.categories])
         for name, (images, anns) in result.splits.items()
     }
-    return DetectionDataset(root=raw.root, layout=raw.layout, splits=splits, report=result.report)
+    return DetectionDataset(
+        root=raw.root, layout=raw.layout, splits=splits, report=result.report,
+        val_held_out=raw.val_held_out,
+    )

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from model.data.raw import SPLIT_ORDER, DataError, Issue, RawBox, RawDataset, RawImage, hash_split
+from model.data.raw import SPLIT_ORDER, DataError, Issue, RawBox, RawDataset, RawImage
 
 
 def split_of(path: Path) -> str | None:
@@ -59,8 +59,6 @@ def find_coco_jsons(root: Path) -> dict[str, Path]:
 def read_coco(
     root: Path,
     *,
-    val_fraction: float,
-    seed: int,
     classes: Sequence[str] | None,
     files: dict[str, Path] | None = None,
 ) -> RawDataset:
@@ -72,13 +70,10 @@ def read_coco(
             if cat["name"] not in names:
                 names.append(cat["name"])
     raw = RawDataset(root=root, layout="coco", class_names=list(classes) if classes else names)
-    carve = "val" not in docs and "test" not in docs and val_fraction > 0
     for split in SPLIT_ORDER:
         if split in docs:
             raw.add_split(split)
-            if carve and split == "train":
-                raw.add_split("val")
-            _read_doc(raw, split, files[split], docs[split], carve, val_fraction, seed)
+            _read_doc(raw, split, files[split], docs[split])
     return raw
 
 
@@ -124,16 +119,12 @@ def _read_doc(
     split: str,
     path: Path,
     doc: dict[str, Any],
-    carve: bool,
-    val_fraction: float,
-    seed: int,
 ) -> None:
     src = str(path)
     cat_names = {c["id"]: c["name"] for c in doc["categories"]}
     entries = doc["images"]
     good = [e for e in entries if _image_ok(e)]
     base = _image_base(path, raw.root, split, [e["file_name"] for e in good])
-    val_keys = hash_split((e["file_name"] for e in good), val_fraction, seed) if carve else set()
     id_count = Counter(e["id"] for e in good)
     images: dict[Any, tuple[str, RawImage]] = {}
     for i, e in enumerate(entries):
@@ -149,7 +140,7 @@ def _read_doc(
                 )
             )
             continue
-        where = "val" if e["file_name"] in val_keys else split
+        where = split
         raw.count_read(where, images=1)
         file = Path(e["file_name"])
         file = file if file.is_absolute() else base / file

@@ -10,8 +10,8 @@ image and box that was read ends up either in the dataset or in the report.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -127,6 +127,8 @@ class RawDataset:
     notes: list[str] = field(default_factory=list)
     note_counts: dict[str, int] = field(default_factory=dict)  # "empty annotation files": 3
     read: dict[str, list[int]] = field(default_factory=dict)
+    # (issue 23) "val" was held out of the training images (carve_validation), not the layout's
+    val_held_out: bool = False
 
     def add_split(self, name: str) -> list[RawImage]:
         self.read.setdefault(name, [0, 0])
@@ -154,12 +156,26 @@ def split_score(key: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}\0{key}".encode()).digest()[:8], "big")
 
 
-def hash_split(keys: Iterable[str], val_fraction: float, seed: int) -> set[str]:
-    """The keys that go to the validation split.
+# The hold-out's strata: an image's box count falls in one of these bins (0, 1, 2-3, 4-7, 8+),
+# crossed with its most frequent class, so that val sees empty frames, crowded frames and every
+# class in the training split's proportions.
+BOX_COUNT_BINS = (0, 1, 2, 4, 8)
+SPLIT_RULE = "stratified-v1"  # in the pretraining cache key: a new rule is a new split
 
-    Each key is ranked by a hash of (seed, key), so the split depends only on the seed and the set
-    of keys, never on the order in which the file system lists them. ``round(n * val_fraction)``
-    keys go to val, at least one when the fraction is positive and n > 1, and never all of them.
+
+def hash_split(
+    keys: Iterable[str],
+    val_fraction: float,
+    seed: int,
+    strata: dict[str, Any] | None = None,
+) -> set[str]:
+    """The keys that go to the validation split: a seeded, stratified, order-free hold-out.
+
+    ``round(n * val_fraction)`` keys go to val, at least one when the fraction is positive and
+    n > 1, and never all of them. ``strata`` (key -> any hashable) divides that number between
+    the strata in proportion to their sizes (largest remainder, ties by stratum order), and
+    within a stratum the keys with the smallest hash of (seed, key) go. The split depends only
+    on the seed, the keys and their strata, never on the order the file system lists them in.
     """
     unique = sorted(set(keys))
     n = len(unique)
@@ -168,8 +184,64 @@ def hash_split(keys: Iterable[str], val_fraction: float, seed: int) -> set[str]:
     if val_fraction == 0 or n < 2:
         return set()
     n_val = min(max(1, round(n * val_fraction)), n - 1)
-    ranked = sorted(unique, key=lambda k: (split_score(k, seed), k))
-    return set(ranked[:n_val])
+    groups: dict[Any, list[str]] = {}
+    for k in unique:
+        groups.setdefault((strata or {}).get(k), []).append(k)
+    order = sorted(groups, key=repr)
+    quota = {g: len(groups[g]) * n_val // n for g in order}
+    # the rest by the largest remainder of the exact share (n_val * size / n)
+    rest = sorted(order, key=lambda g: -((len(groups[g]) * n_val) % n))
+    for g in rest[: n_val - sum(quota.values())]:
+        quota[g] += 1
+    chosen: set[str] = set()
+    for g in order:
+        ranked = sorted(groups[g], key=lambda k: (split_score(k, seed), k))
+        chosen.update(ranked[: quota[g]])
+    return chosen
+
+
+def image_stratum(boxes: Sequence[RawBox]) -> tuple[int, str]:
+    """(box-count bin, most frequent class; ties: the first in name order) of an image."""
+    bin_ = max(i for i, lo in enumerate(BOX_COUNT_BINS) if len(boxes) >= lo)
+    labels: dict[str, int] = {}
+    for b in boxes:
+        labels[b.label] = labels.get(b.label, 0) + 1
+    top = min(labels, key=lambda name: (-labels[name], name)) if labels else ""
+    return bin_, top
+
+
+def carve_validation(raw: RawDataset, val_fraction: float, seed: int) -> None:
+    """Hold out a stratified share of the training images as "val" when the layout has no val
+    split of its own (FloW-Img and the embedded data have train and test only): every choice a
+    study makes (best.pt, early stopping, the search, the best trial) is made on val, and the
+    test split is scored once, at the end.
+
+    The images move with their read counts and their reader-level issues. Nothing happens with
+    ``val_fraction`` 0 or fewer than two training images: the dataset then has no val split,
+    which :attr:`model.data.coco.DetectionDataset.val_split` reports as an error.
+    """
+    train = raw.splits.get("train")
+    if "val" in raw.splits or not train:
+        return
+    keys = {rel_key(im.path, raw.root): im for im in train}
+    strata = {k: image_stratum(im.boxes) for k, im in keys.items()}
+    val_keys = hash_split(keys, val_fraction, seed, strata)
+    if not val_keys:
+        return
+    moved = [keys[k] for k in sorted(val_keys)]
+    raw.splits["train"] = [im for im in train if rel_key(im.path, raw.root) not in val_keys]
+    raw.add_split("val").extend(moved)
+    raw.val_held_out = True
+    n_boxes = sum(len(im.boxes) for im in moved)
+    raw.count_read("train", images=-len(moved), boxes=-n_boxes)
+    raw.count_read("val", images=len(moved), boxes=n_boxes)
+    paths = {str(im.path) for im in moved}
+    raw.issues = [
+        replace(i, split="val") if i.split == "train" and i.image in paths else i
+        for i in raw.issues
+    ]
+    # the splits in reading order (train, val, test), as a layout with its own val has them
+    raw.splits = {s: raw.splits[s] for s in SPLIT_ORDER if s in raw.splits}
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -6,14 +6,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from model.data import coco_json, voc, yolo_txt
-from model.data.raw import DataError, RawDataset
+from model.data.raw import DataError, RawDataset, carve_validation
 
 # What each layout expects, shown when a folder matches none of them.
 LAYOUTS: dict[str, str] = {
     "flow": "FloW-Img: training/{images,annotations}/ and test/{images,annotations}/ "
     "(Pascal VOC XML, class 'bottle')",
     "voc": "Pascal VOC: JPEGImages/ + Annotations/*.xml (+ ImageSets/Main/{train,val,test}.txt), "
-    "or images/ + annotations/*.xml (split by seed)",
+    "or images/ + annotations/*.xml (all training images)",
     "coco": "COCO JSON: annotations/instances_{train,val}*.json + image folders, or "
     "train.json/val.json/test.json next to the images",
     "yolo": "YOLO txt: data.yaml (names, path, train, val; at the root or in labels/) + "
@@ -53,10 +53,12 @@ def read_raw(
     src: str | Path,
     *,
     val_fraction: float = 0.2,
-    seed: int = 0,
+    split_seed: int = 0,
     classes: Sequence[str] | None = None,
 ) -> RawDataset:
-    """Parse the annotations of ``src`` (layout detected) without opening any image."""
+    """Parse the annotations of ``src`` (layout detected) without opening any image; without a
+    val split of its own, ``val_fraction`` of the training images become "val"
+    (:func:`~model.data.raw.carve_validation`, seeded by ``split_seed``)."""
     if str(src).strip() == "":
         # Path("") is the working directory: never guess, say what an empty path means instead.
         raise DataError(
@@ -68,19 +70,23 @@ def read_raw(
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     if classes is not None and len(set(classes)) != len(classes):
         raise DataError(f"classes must be unique names, got {list(classes)}")
-    layout = detect_layout(src)
-    kw = {"val_fraction": val_fraction, "seed": seed, "classes": classes}
+    raw = _read_layout(src, detect_layout(src), classes)
+    carve_validation(raw, val_fraction, split_seed)
+    return raw
+
+
+def _read_layout(src: Path, layout: str, classes: Sequence[str] | None) -> RawDataset:
     if layout == "flow":
-        return voc.read_flow(src, **kw)
+        return voc.read_flow(src, classes=classes)
     if layout == "voc":
         if voc.is_voc(src):
-            return voc.read_voc(src, **kw)
-        return voc.read_flat_voc(src, **kw)
+            return voc.read_voc(src, classes=classes)
+        return voc.read_flat_voc(src, classes=classes)
     if layout == "coco":
         if src.is_file():
             files = {coco_json.split_of(src) or "train": src}
-            return coco_json.read_coco(src.parent, files=files, **kw)
-        return coco_json.read_coco(src, **kw)
+            return coco_json.read_coco(src.parent, files=files, classes=classes)
+        return coco_json.read_coco(src, classes=classes)
     if src.is_file():
-        return yolo_txt.read_yolo(src.parent, yaml_path=src, **kw)
-    return yolo_txt.read_yolo(src, **kw)
+        return yolo_txt.read_yolo(src.parent, yaml_path=src, classes=classes)
+    return yolo_txt.read_yolo(src, classes=classes)

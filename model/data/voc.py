@@ -19,10 +19,8 @@ from model.data.raw import (
     RawBox,
     RawDataset,
     RawImage,
-    hash_split,
     list_images,
     ordered_class_names,
-    rel_key,
 )
 
 # (image or None, annotation XML or None) — one of the two is always set.
@@ -44,36 +42,31 @@ def is_flat_voc(root: Path) -> bool:
     return (root / "images").is_dir() and ann.is_dir() and any(ann.glob("*.xml"))
 
 
-def read_flow(
-    root: Path, *, val_fraction: float, seed: int, classes: Sequence[str] | None
-) -> RawDataset:
+def read_flow(root: Path, *, classes: Sequence[str] | None) -> RawDataset:
     """FloW-Img: ``training/{images,annotations}`` → split "train", ``test/…`` → split "test"."""
     splits = {
         "train": _pair_folder(root / "training" / "images", root / "training" / "annotations")
     }
     if (root / "test" / "images").is_dir():
         splits["test"] = _pair_folder(root / "test" / "images", root / "test" / "annotations")
-    raw = _read(root, "flow", splits, val_fraction, seed, classes, first=FLOW_CLASS)
+    raw = _read(root, "flow", splits, classes, first=FLOW_CLASS)
     raw.layout_classes = (FLOW_CLASS,)
     return raw
 
 
-def read_flat_voc(
-    root: Path, *, val_fraction: float, seed: int, classes: Sequence[str] | None
-) -> RawDataset:
-    """``images/`` + ``annotations/*.xml`` with no split of its own: train/val by hash of seed."""
+def read_flat_voc(root: Path, *, classes: Sequence[str] | None) -> RawDataset:
+    """``images/`` + ``annotations/*.xml`` with no split of its own (all training images: the
+    validation hold-out is carved by :func:`model.data.raw.carve_validation`)."""
     splits = {"train": _pair_folder(root / "images", root / "annotations")}
-    return _read(root, "voc", splits, val_fraction, seed, classes)
+    return _read(root, "voc", splits, classes)
 
 
-def read_voc(
-    root: Path, *, val_fraction: float, seed: int, classes: Sequence[str] | None
-) -> RawDataset:
+def read_voc(root: Path, *, classes: Sequence[str] | None) -> RawDataset:
     """``JPEGImages/`` + ``Annotations/`` (+ ``ImageSets/Main/{train,val,test,trainval}.txt``).
 
     ``train.txt`` (else ``trainval.txt``) is the training split, ``val.txt`` is used only next to
     ``train.txt`` (it is part of ``trainval``), ``test.txt`` is the test split. Without any list,
-    every annotated image is split by hash.
+    every annotated image is a training image (val is held out of them).
     """
     img_dir, ann_dir, sets = root / "JPEGImages", root / "Annotations", root / "ImageSets" / "Main"
     lists = {n: sets / f"{n}.txt" for n in ("train", "val", "test", "trainval")}
@@ -107,7 +100,7 @@ def read_voc(
                 f"{len(unused)} images in {img_dir} are in no ImageSets/Main list (not read) "
                 f"(e.g. {unused[0]})"
             )
-    raw = _read(root, "voc", splits, val_fraction, seed, classes)
+    raw = _read(root, "voc", splits, classes)
     raw.notes.extend(notes)
     return raw
 
@@ -151,27 +144,13 @@ def _filename_tag(xml: Path) -> str:
         return ""  # reported when the XML is read
 
 
-def _item_key(item: Item, root: Path) -> str:
-    img, xml = item
-    path = img if img is not None else xml
-    assert path is not None
-    return rel_key(path.with_suffix(""), root)
-
-
 def _read(
     root: Path,
     layout: str,
     splits: dict[str, list[Item]],
-    val_fraction: float,
-    seed: int,
     classes: Sequence[str] | None,
     first: str | None = None,
 ) -> RawDataset:
-    if "val" not in splits and "test" not in splits and val_fraction > 0:
-        val_keys = hash_split((_item_key(i, root) for i in splits["train"]), val_fraction, seed)
-        items = splits["train"]
-        splits["train"] = [i for i in items if _item_key(i, root) not in val_keys]
-        splits["val"] = [i for i in items if _item_key(i, root) in val_keys]
     raw = RawDataset(root=root, layout=layout, class_names=[])
     found: set[str] = set()
     for split in SPLIT_ORDER:

@@ -32,9 +32,7 @@ from model.data.raw import (
     RawBox,
     RawDataset,
     RawImage,
-    hash_split,
     list_images,
-    rel_key,
 )
 
 YAML_NAMES = ("data.yaml", "dataset.yaml", "data.yml", "dataset.yml")
@@ -56,8 +54,6 @@ def is_yolo_folders(root: Path) -> bool:
 def read_yolo(
     root: Path,
     *,
-    val_fraction: float,
-    seed: int,
     classes: Sequence[str] | None,
     yaml_path: Path | None = None,
 ) -> RawDataset:
@@ -67,11 +63,6 @@ def read_yolo(
     else:
         names = _names_from_classes_txt(root)
         split_images = _from_folders(root)
-    if "val" not in split_images and "test" not in split_images and val_fraction > 0:
-        train = split_images.get("train", [])
-        val_keys = hash_split((rel_key(p, root) for p in train), val_fraction, seed)
-        split_images["train"] = [p for p in train if rel_key(p, root) not in val_keys]
-        split_images["val"] = [p for p in train if rel_key(p, root) in val_keys]
     raw = RawDataset(root=root, layout="yolo", class_names=list(classes) if classes else names)
     for split in SPLIT_ORDER:
         if split in split_images:

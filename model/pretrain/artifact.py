@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from model.checkpoint import NotWeightsOnlyError, load_weights_only
 from model.config import PRETRAIN_METHODS, TrialConfig
+from model.data.raw import SPLIT_RULE
 from model.pretrain.center_loss import pretrain_center_loss
 from model.pretrain.sources import cfg_fingerprint, train_split, unlabeled_frames
 from model.pretrain.ssl import pretrain_ssl
@@ -62,7 +63,11 @@ def pretrain_settings(cfg: TrialConfig, *, fingerprint: str | None = None) -> di
         "pretrain_batch_size": cfg.pretrain_batch_size,
         "pretrain_lr": cfg.pretrain_lr,
         "seed": cfg.seed,
-        "val_fraction": cfg.val_fraction,  # decides the training split of unsplit datasets
+        # the validation hold-out decides which images are training images (issue 23: held out
+        # of every layout without a val split, FloW's and the embedded data's included)
+        "val_fraction": cfg.val_fraction,
+        "split_seed": cfg.split_seed,
+        "split_rule": SPLIT_RULE,
         "format_version": FORMAT_VERSION,
         "algorithm_version": ALGORITHM_VERSION,
     }

@@ -73,7 +73,7 @@ def train_split(
     """(images, annotations, source) of the training split of ``cfg``'s dataset."""
     root = data_dir(cfg)
     dataset = load_dataset(
-        root, val_fraction=cfg.val_fraction, seed=cfg.seed, progress=progress,
+        root, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, progress=progress,
         classes=class_list(cfg.classes) or None,
     )
     return dataset.train.images, dataset.train.annotations, str(root)

@@ -146,7 +146,7 @@ def flow_split(tmp_path_factory):
 
     root = generate_flow_like(tmp_path_factory.mktemp("flow"), n_train=2, n_test=5, width=160,
                               height=96, video=False)
-    return load_dataset(root, progress=False).eval_split
+    return load_dataset(root, progress=False).splits["test"]
 
 
 def _cfg():

@@ -147,7 +147,7 @@ def test_the_full_frame_pass_runs_once_per_frame_and_joins_the_merge() -> None:
 def one_tile_split(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("flow_one_tile")
     data = generate_flow_like(root, n_train=2, n_test=3, width=128, height=96, video=False)
-    return data, load_dataset(data).eval_split
+    return data, load_dataset(data).splits["test"]
 
 
 def test_tiles_and_letterbox_score_the_same_on_frames_no_larger_than_a_tile(one_tile_split):

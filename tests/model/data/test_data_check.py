@@ -92,7 +92,7 @@ def _flow_with_problems(root: Path) -> Path:
 
 
 def test_problems_are_dropped_clipped_and_counted(tmp_path: Path) -> None:
-    ds = load_dataset(_flow_with_problems(tmp_path), classes=["bottle"], **FAST)
+    ds = load_dataset(_flow_with_problems(tmp_path), classes=["bottle"], val_fraction=0, **FAST)
     train = tmp_path / "training"
     assert sorted(kinds(ds)) == sorted(
         [
@@ -151,7 +151,9 @@ def test_problems_are_dropped_clipped_and_counted(tmp_path: Path) -> None:
 
 
 def test_report_text_and_dict_name_files_and_boxes(tmp_path: Path) -> None:
-    report = load_dataset(_flow_with_problems(tmp_path), classes=["bottle"], **FAST).report
+    report = load_dataset(
+        _flow_with_problems(tmp_path), classes=["bottle"], val_fraction=0, **FAST
+    ).report
     text = report.format(max_issues=None)
     assert "layout flow" in text and "1 class: bottle" in text
     assert (
@@ -263,7 +265,7 @@ def test_coco_duplicate_ids_files_crowd_and_unknown_refs(tmp_path: Path) -> None
     )
     write_json(tmp_path / "train.json", doc)
     write_json(tmp_path / "test.json", coco_doc([(1, "images/d.jpg")], [], [(1, "bottle")]))
-    ds = load_dataset(tmp_path, **FAST)
+    ds = load_dataset(tmp_path, val_fraction=0, **FAST)
     assert kinds(ds) == [
         ("train", "dropped image", "duplicate_image_id"),
         ("train", "dropped image", "duplicate_image_id"),

@@ -39,7 +39,7 @@ def test_flow_layout_exact_boxes_bottle_first_and_difficult(tmp_path: Path) -> N
         },
         test={"c": [("bottle", 51, 31, 61, 41)], "d": []},
     )
-    ds = load_dataset(tmp_path, **FAST)
+    ds = load_dataset(tmp_path, val_fraction=0, **FAST)  # (the hold-out: its own tests below)
     assert ds.layout == "flow"
     assert list(ds.splits) == ["train", "test"]
     assert ds.class_names == ["bottle", "aaa", "can"]  # bottle first, then sorted
@@ -51,8 +51,8 @@ def test_flow_layout_exact_boxes_bottle_first_and_difficult(tmp_path: Path) -> N
             ("can", [1.0, 1.0, 2.0, 2.0]),
         ],
     }
-    assert ds.eval_split.name == "test"
-    assert boxes_of(ds.eval_split) == {"c.jpg": [("bottle", [50.0, 30.0, 10.0, 10.0])], "d.jpg": []}
+    assert ds.test_split is not None and ds.test_split.name == "test"
+    assert boxes_of(ds.test_split) == {"c.jpg": [("bottle", [50.0, 30.0, 10.0, 10.0])], "d.jpg": []}
     assert ds.report.ok
     assert ds.report.splits["train"].difficult == 1  # kept, and counted
     assert ds.report.splits["test"].empty_images == 1
@@ -78,7 +78,8 @@ def test_flow_without_test_folder_holds_out_val(tmp_path: Path) -> None:
     make_flow(tmp_path, train={f"im{i}": [("bottle", 2, 2, 6, 6)] for i in range(5)})
     ds = load_dataset(tmp_path, val_fraction=0.2, **FAST)
     assert (ds.train.num_images, ds.splits["val"].num_images) == (4, 1)
-    assert ds.eval_split.name == "val"
+    assert ds.val_split.name == "val" and ds.val_held_out
+    assert ds.test_split is None
     assert ds.class_names == ["bottle"]
 
 
@@ -106,7 +107,8 @@ def test_voc_imagesets_splits_and_unlisted_images(tmp_path: Path) -> None:
         "test": ["d.jpg"],
     }
     assert boxes_of(ds.splits["val"]) == {"c.jpg": [("dog", [1.0, 2.0, 2.0, 2.0])]}
-    assert ds.eval_split.name == "test"
+    assert ds.val_split.name == "val" and not ds.val_held_out  # the layout's own val.txt
+    assert ds.test_split is not None and ds.test_split.name == "test"
     assert any("1 images in" in n and "no ImageSets/Main list" in n for n in ds.report.notes)
 
 
@@ -119,9 +121,12 @@ def test_voc_trainval_only_becomes_train(tmp_path: Path) -> None:
     (tmp_path / "ImageSets" / "Main").mkdir(parents=True)
     (tmp_path / "ImageSets" / "Main" / "trainval.txt").write_text("a\nb\n")
     (tmp_path / "ImageSets" / "Main" / "test.txt").write_text("c\n")
-    ds = load_dataset(tmp_path, **FAST)
+    ds = load_dataset(tmp_path, val_fraction=0, **FAST)
     assert sorted(boxes_of(ds.train)) == ["a.jpg", "b.jpg"]
     assert list(ds.splits) == ["train", "test"]
+    held = load_dataset(tmp_path, **FAST)  # no val.txt: val is held out of trainval
+    assert list(held.splits) == ["train", "val", "test"] and held.val_held_out
+    assert sorted([*boxes_of(held.train), *boxes_of(held.val_split)]) == ["a.jpg", "b.jpg"]
 
 
 def test_voc_imagesets_without_train_list_is_an_error(tmp_path: Path) -> None:
@@ -140,17 +145,18 @@ def test_flat_voc_split_is_deterministic_by_seed(tmp_path: Path) -> None:
     )
     vals = []
     for seed in range(4):
-        ds = load_dataset(tmp_path, val_fraction=0.2, seed=seed, **FAST)
+        ds = load_dataset(tmp_path, val_fraction=0.2, split_seed=seed, **FAST)
         assert ds.layout == "voc"
         assert (ds.train.num_images, ds.splits["val"].num_images) == (8, 2)
         vals.append(sorted(boxes_of(ds.splits["val"])))
-    again = load_dataset(tmp_path, val_fraction=0.2, seed=0, **FAST)
+    again = load_dataset(tmp_path, val_fraction=0.2, split_seed=0, **FAST)
     assert sorted(boxes_of(again.splits["val"])) == vals[0]
     assert len({tuple(v) for v in vals}) > 1  # the seed matters
     ds0 = load_dataset(tmp_path, val_fraction=0.0, **FAST)
     assert list(ds0.splits) == ["train"]
-    with pytest.raises(DataError, match="val_fraction > 0"):
-        _ = ds0.eval_split
+    with pytest.raises(DataError, match="no validation split .* val_fraction is 0; set "
+                       "val_fraction > 0"):
+        _ = ds0.val_split
 
 
 def test_hash_split_ignores_listing_order() -> None:
@@ -204,9 +210,11 @@ def test_coco_split_files_next_to_images(tmp_path: Path) -> None:
         tmp_path / "test.json", coco_doc([(1, str(tmp_path / "elsewhere" / "b.png"))], [], cats)
     )
     ds = load_dataset(tmp_path, **FAST)
-    assert list(ds.splits) == ["train", "test"]
+    assert list(ds.splits) == ["train", "test"]  # one training image: nothing to hold out
     assert boxes_of(ds.train) == {"a.png": [("bottle", [4.0, 4.0, 8.0, 8.0])]}
-    assert boxes_of(ds.eval_split) == {"b.png": []}
+    assert ds.test_split is not None and boxes_of(ds.test_split) == {"b.png": []}
+    with pytest.raises(DataError, match="only 1 training image"):
+        _ = ds.val_split
 
 
 def test_coco_single_json_file_as_source(tmp_path: Path) -> None:
@@ -323,7 +331,8 @@ def test_to_coco_dict_loads_in_pycocotools_and_scores_itself_perfectly(tmp_path:
         train={"a": [("bottle", 11, 6, 21, 16)]},
         test={"c": [("bottle", 11, 11, 51, 41), ("can", 2, 2, 30, 30)], "d": []},
     )
-    split = load_dataset(tmp_path, **FAST).eval_split
+    split = load_dataset(tmp_path, **FAST).test_split
+    assert split is not None
     doc = split.to_coco_dict()
     path = tmp_path / "gt.json"
     path.write_text(json.dumps(doc))
@@ -451,3 +460,57 @@ def test_yolo_nc_must_agree_with_names(tmp_path: Path) -> None:
               yaml_doc={"train": "images/train", "nc": 3, "names": ["a", "b"]})
     with pytest.raises(DataError, match="key 'nc' is 3 but 'names' lists 2 classes"):
         load_dataset(tmp_path, **FAST)
+
+
+def test_hash_split_divides_the_hold_out_between_strata_by_largest_remainder() -> None:
+    """10 keys, 7 in stratum A and 3 in B, val_fraction 0.2: round(10 · 0.2) = 2 go to val.
+    Exact shares: A 7 · 2 / 10 = 1.4, B 3 · 2 / 10 = 0.6 → floors 1 and 0, and the one left
+    goes to the largest remainder, B's 0.6: one image of each stratum (unstratified, both
+    could come from A)."""
+    keys = [f"a{i}" for i in range(7)] + [f"b{i}" for i in range(3)]
+    strata = {k: k[0] for k in keys}
+    for seed in range(20):
+        val = hash_split(keys, 0.2, seed=seed, strata=strata)
+        assert sorted(k[0] for k in val) == ["a", "b"]
+    # 6 in A and 4 in B at 0.5: 3 and 2, exactly proportional
+    keys = [f"a{i}" for i in range(6)] + [f"b{i}" for i in range(4)]
+    val = hash_split(keys, 0.5, seed=1, strata={k: k[0] for k in keys})
+    assert sorted(k[0] for k in val) == ["a", "a", "a", "b", "b"]
+    # within a stratum the smallest hashes of (seed, key) go: the same keys whatever the order
+    assert val == hash_split(keys[::-1], 0.5, seed=1, strata={k: k[0] for k in keys})
+
+
+def test_image_stratum_bins_box_counts_and_takes_the_most_frequent_class() -> None:
+    from model.data.raw import RawBox, image_stratum
+
+    def boxes(*labels: str) -> list[RawBox]:
+        return [RawBox((0, 0, 1, 1), lab, i) for i, lab in enumerate(labels)]
+
+    assert image_stratum([]) == (0, "")
+    assert image_stratum(boxes("bottle")) == (1, "bottle")
+    assert image_stratum(boxes("can", "bottle", "can")) == (2, "can")  # 2-3 boxes
+    assert image_stratum(boxes(*["bottle"] * 4)) == (3, "bottle")  # 4-7
+    assert image_stratum(boxes("can", "bottle", *["x"] * 6)) == (4, "x")  # 8+
+    assert image_stratum(boxes("can", "bottle")) == (2, "bottle")  # a tie: the first name
+
+
+def test_flow_with_a_test_split_holds_validation_out_of_training(tmp_path: Path) -> None:
+    """FloW-Img (train + test, no val): val is held out of the training images, stratified:
+    4 empty frames and 6 with one bottle at val_fraction 0.2 → one of each; test untouched;
+    the same split_seed gives the same images, another seed others."""
+    train = {f"e{i}": [] for i in range(4)} | {f"b{i}": [("bottle", 2, 2, 6, 6)] for i in range(6)}
+    make_flow(tmp_path, train=train, test={"t0": [("bottle", 2, 2, 6, 6)]})
+    ds = load_dataset(tmp_path, **FAST)
+    assert list(ds.splits) == ["train", "val", "test"] and ds.val_held_out
+    val = sorted(boxes_of(ds.val_split))
+    assert len(val) == 2 and sorted(v[0] for v in val) == ["b", "e"]
+    assert sorted(boxes_of(ds.test_split)) == ["t0.jpg"]
+    assert ds.train.num_images == 8
+    # every image is read once, counted in the split it ended in
+    assert (ds.report.splits["val"].images_read, ds.report.splits["train"].images_read) == (2, 8)
+    assert sorted(boxes_of(load_dataset(tmp_path, **FAST).val_split)) == val
+    others = {
+        tuple(sorted(boxes_of(load_dataset(tmp_path, split_seed=s, **FAST).val_split)))
+        for s in range(1, 6)
+    }
+    assert len(others | {tuple(val)}) > 1
