@@ -95,12 +95,37 @@ def test_split_labels_clip_and_shift_classes():
     np.testing.assert_array_equal(split_labels(split)[1], [[0, 10, 15, 50, 1]])
 
 
-def test_subset_is_fixed_sorted_and_independent_of_the_trial_seed():
+def test_subset_is_fixed_sorted_and_independent_of_the_trial_seed(split):
+    """``max_train_images: n`` trains on the first n images of one permutation drawn with the
+    fixed SUBSET_SEED 0 (numpy's ``default_rng``), in split order: the same images for every
+    trial seed and whatever the global RNG state; a larger cap adds images, never swaps them."""
     a = subset_indices(50, 7)
+    np.testing.assert_array_equal(a, np.sort(np.random.default_rng(0).permutation(50)[:7]))
     assert len(a) == 7 and (np.diff(a) > 0).all()
-    np.testing.assert_array_equal(a, subset_indices(50, 7))
-    np.testing.assert_array_equal(subset_indices(5, 0), np.arange(5))
-    np.testing.assert_array_equal(subset_indices(5, 9), np.arange(5))
+    assert not np.array_equal(a, np.arange(7))  # drawn, not the first 7
+    assert set(subset_indices(50, 3)) < set(a) < set(subset_indices(50, 20))
+    state = np.random.get_state()
+    try:
+        np.random.seed(1)
+        torch.manual_seed(1)
+        first = subset_indices(50, 7)
+        np.random.seed(2)
+        torch.manual_seed(2)
+        np.testing.assert_array_equal(subset_indices(50, 7), first)
+    finally:
+        np.random.set_state(state)
+    np.testing.assert_array_equal(first, a)
+    # 0 (no cap) and caps >= the split size keep every image, in order
+    for cap in (0, 5, 9):
+        np.testing.assert_array_equal(subset_indices(5, cap), np.arange(5))
+    # through the loader: two trial seeds train on the same 4 of the 10 images
+    ids = [
+        build_train_loader(split, small_cfg(max_train_images=4, seed=s), progress=False)
+        .dataset.source.image_ids
+        for s in (1, 2)
+    ]
+    assert ids[0] == ids[1] == [100 + int(i) for i in subset_indices(N_IMAGES, 4)]
+    assert len(set(ids[0])) == 4
 
 
 def test_source_resizes_to_fit_and_caches_the_same_pixels(split):
