@@ -38,6 +38,7 @@ from pycocotools.cocoeval import COCOeval
 from torch import nn
 from tqdm import tqdm
 
+from model.bootstrap import PerImageEval, per_image_eval
 from model.config import TrialConfig
 from model.data.loader import build_eval_loader, build_frame_loader
 from model.data.transforms import letterbox
@@ -91,6 +92,20 @@ def coco_metrics(
     ``detections``: ``{"image_id", "category_id" (1-based), "bbox": [x, y, w, h] original pixels,
     "score"}``. Returns the 12 :data:`COCO_METRICS` and the summary text (12 lines).
     """
+    return _summarize(cocoeval(ground_truth, detections))
+
+
+def coco_metrics_per_image(
+    ground_truth: dict[str, Any], detections: Sequence[dict[str, Any]]
+) -> tuple[dict[str, float], str, PerImageEval]:
+    """:func:`coco_metrics` and the per-image evaluation the test-set bootstrap resamples
+    (model/bootstrap.py)."""
+    ev = cocoeval(ground_truth, detections)
+    return (*_summarize(ev), per_image_eval(ev))
+
+
+def cocoeval(ground_truth: dict[str, Any], detections: Sequence[dict[str, Any]]) -> COCOeval:
+    """COCOeval after ``evaluate()`` and ``accumulate()``, with our maxDets."""
     gt = _quiet_coco(ground_truth)
     if detections:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -105,7 +120,7 @@ def coco_metrics(
     with contextlib.redirect_stdout(io.StringIO()):
         ev.evaluate()
         ev.accumulate()
-    return _summarize(ev)
+    return ev
 
 
 def _summarize(ev: COCOeval) -> tuple[dict[str, float], str]:
@@ -239,12 +254,20 @@ def _scored(
     forwards: int,
     load_s: float,
     timings: dict[str, float],
+    per_image: bool = False,
 ) -> dict[str, Any]:
     """COCO-score ``results`` and gather the figures :func:`evaluate_coco` returns."""
     t0 = time.perf_counter()
-    metrics, summary = coco_metrics(split.to_coco_dict(), results)
+    extra: dict[str, Any] = {}
+    if per_image:
+        metrics, summary, extra["per_image"] = coco_metrics_per_image(
+            split.to_coco_dict(), results
+        )
+    else:
+        metrics, summary = coco_metrics(split.to_coco_dict(), results)
     return {
         **metrics,
+        **extra,
         "summary": summary,
         "num_detections": len(results),
         "images": images,
@@ -264,6 +287,7 @@ def evaluate_coco(
     *,
     progress: bool = False,
     loader: Iterable[tuple[torch.Tensor, list[int], list[float]]] | None = None,
+    per_image: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``net`` (any mode; restored afterwards) on ``split``: letterboxed at
     ``cfg.img_size``, or by sliced inference over ``tile_size`` tiles with ``input_mode: tiles``.
@@ -273,10 +297,11 @@ def evaluate_coco(
     seconds spent in ``load_s`` (waiting for the loader), ``forward_s``, ``nms_s`` (with the
     conversion to COCO results; with tiles also the merge, ``merge_s`` alone) and
     ``cocoeval_s``. ``loader`` (letterbox only) defaults to ``build_eval_loader(split,
-    cfg.img_size, …)``.
+    cfg.img_size, …)``. ``per_image`` adds ``per_image``, the
+    :class:`~model.bootstrap.PerImageEval` of the scoring (for the test-set bootstrap).
     """
     if cfg.input_mode == "tiles":
-        return _evaluate_sliced(net, split, cfg, progress=progress)
+        return _evaluate_sliced(net, split, cfg, progress=progress, per_image=per_image)
     device = next(net.parameters()).device
     if loader is None:
         loader = build_eval_loader(
@@ -311,12 +336,14 @@ def evaluate_coco(
     finally:
         net.train(was_training)
     return _scored(
-        split, results, images=n_images, forwards=n_images, load_s=load_s, timings=timings
+        split, results, images=n_images, forwards=n_images, load_s=load_s, timings=timings,
+        per_image=per_image,
     )
 
 
 def _evaluate_sliced(
-    net: nn.Module, split: DetectionSplit, cfg: TrialConfig, *, progress: bool = False
+    net: nn.Module, split: DetectionSplit, cfg: TrialConfig, *, progress: bool = False,
+    per_image: bool = False,
 ) -> dict[str, Any]:
     """:func:`evaluate_coco` for ``input_mode: tiles``: sliced inference on the full frames."""
     loader = build_frame_loader(split, batch_size=cfg.batch_size, workers=cfg.workers)
@@ -348,7 +375,8 @@ def _evaluate_sliced(
         net.train(was_training)
     forwards = int(timings.pop("tiles", 0))
     return _scored(
-        split, results, images=n_images, forwards=forwards, load_s=load_s, timings=timings
+        split, results, images=n_images, forwards=forwards, load_s=load_s, timings=timings,
+        per_image=per_image,
     )
 
 

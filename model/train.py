@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from model.bootstrap import bootstrap_ci
 from model.checkpoint import (
     CHECKPOINT_FORMAT,
     copy_checkpoint,
@@ -183,7 +184,8 @@ def require_images(dataset: DetectionDataset) -> None:
         folders = sorted({str(Path(i.image).parent) for i in dropped})
         where = folders[0] if len(folders) == 1 else str(dataset.root)
         why = (
-            f"all {read} images in {where} were dropped ("
+            f"{'the' if read == 1 else 'all'} {plural(read, 'image')} in {where} "
+            f"{'was' if read == 1 else 'were'} dropped ("
             + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
             + ")"
             if read
@@ -552,8 +554,6 @@ class _Trainer:
             "test_epoch": self.best_epoch,
             "test_images": split.num_images,
         }
-        from model.bootstrap import bootstrap_ci  # (only at the end of a run)
-
         intervals = bootstrap_ci(per_image, resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED)
         for name, iv in intervals.items():
             out[f"test_{name}_lo"], out[f"test_{name}_hi"] = iv.lo, iv.hi

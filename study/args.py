@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from model.config import DEVICES, add_override_argument
-from study.racing import BUDGET_PER_ARM
+from study.layout import StudyError
+from study.racing import BUDGET_PER_ARM, parse_budget, parse_seeds
 
 DEFAULT_TRAIN_FN = "model.train:train_detector"
 
@@ -66,12 +67,14 @@ class StudyArgs:
         "profile sets its own); auto: 2 seeds of every grid point, then more only where a "
         "comparison is undecided and could still be decided within --budget",
         metavar="N|auto",
+        type=lambda text: _checked(parse_seeds, text),
     )
     budget: str | None = flag(
         None,
         "the budget of --seeds auto: a number of trials (16) or a wall time (90s, 25m, 2h); "
         f"default {BUDGET_PER_ARM} trials per grid point",
         metavar="TRIALS|TIME",
+        type=lambda text: _checked(parse_budget, text) and text,
     )
     full: bool = flag(  # the quick profile over every grid value of the space
         False, "without --data: run every grid value of the space, not only the quick profile's"
@@ -126,6 +129,14 @@ class StudyArgs:
     )
 
 
+def _checked(parse: Callable[[str], Any], text: str) -> Any:
+    """An argparse type from a parser that raises StudyError: argparse's own one-line error."""
+    try:
+        return parse(text)
+    except StudyError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
 def study_defaults() -> dict[str, Any]:
     """Every StudyArgs default (the CLI's defaults)."""
     out = {}
@@ -168,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         if kind is bool:
             kw["action"] = "store_false" if f.default is True else "store_true"
         else:
-            kw["type"] = kind
+            kw.setdefault("type", kind)  # (a field's own parser, e.g. --seeds N|auto)
             kw["default"] = defaults[f.name]
         p.add_argument(flag_name(f), **kw)
     p.set_defaults(**defaults)

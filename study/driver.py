@@ -45,7 +45,7 @@ from model.config import DEVICES, parse_override
 from study import cli, coco, pipeline, prepare, pretraining, racing, session, trust
 from study.args import StudyArgs
 from study.files import atomic_write_text
-from study.layout import PLAN, SPACE, TUNE, StudyError
+from study.layout import FINISHED, PLAN, SPACE, TUNE, StudyError
 from study.layout import valid_metric as _num
 from study.outputs import StudyOutcome, finish, report_axes
 from study.plan import Plan, build_plan, describe_profile
@@ -290,18 +290,26 @@ class Rounds:
         rounds = [[t.id for t in self.plan.trials if t.id not in added]]
         rounds += [[t["id"] for t in r.get("trials", [])] for r in recorded]
         for k, ids in enumerate(rounds):
-            if ids:
+            if ids or self.plan.space.sampled:  # (a sampled study's trials are proposed)
                 self._trials(ids, k, resume=self.args.resume)
         ended = bool(recorded) and not recorded[-1].get("trials")
         if self.plan.race is None or ended:
             return self.plan
         k = len(rounds)
-        while True:
+        while not self._interrupted([i for r in rounds for i in r]):
             new = self._next_round(k, recorded)
             if not new:
-                return self.plan
+                break
+            rounds.append(new)
             self._trials(new, k, resume=False)
             k += 1
+        return self.plan
+
+    def _interrupted(self, ids: list[str]) -> bool:
+        """Whether a trial of the rounds so far has not ended (Ctrl-C stopped Tune): then no
+        round is added, and the study ends as interrupted (a resume goes on from here)."""
+        rows = {r["id"]: r for r in collect_rows(self.plan, self.study_dir)}
+        return any(rows.get(i, {}).get("status") not in FINISHED for i in ids)
 
     @property
     def slots(self) -> int:
@@ -327,7 +335,7 @@ class Rounds:
             max_failures=self.args.max_failures,
             searcher_seed=self.args.searcher_seed,
             log=self.log,
-            trial_ids=ids if self.plan.race is not None or k else None,
+            trial_ids=ids if self.plan.race is not None or k else None,  # None: every one
             experiment=TUNE if k == 0 else f"{TUNE}-r{k}",
         )
         waves = -(-len(ids) // self.slots)

@@ -176,7 +176,7 @@ def next_round(
     """The seeds to add (see the module docstring), from the finished trials' ``val_<metric>``.
 
     ``rows``: results rows (``status``, ``seed``, the axes, ``val_<metric>``). Arms are the grid
-    points; a new seed of an arm is the smallest seed it has not run.
+    points; a new seed of an arm is the smallest seed it has not run or planned.
     """
     from study.report import comparisons, group_points  # (the report's grid and comparisons)
     from study.stats import compare, holm, seeds_to_separate
@@ -192,6 +192,11 @@ def next_round(
     decided = sum(1 for p in adjusted if p is not None and p < alpha)
     level = alpha / max(len(comps) - decided, 1)
     have = {p.values: set(p.by_seed(key)) for p in points}
+    # seeds already planned (still running, or failed): never planned again
+    for r in rows:
+        arm = tuple(r.get(a) for a in axes)
+        if arm in have and r.get("seed") is not None:
+            have[arm].add(int(r["seed"]))
     out = Round(affordable=affordable)
     candidates: list[tuple[int, float, int, Status, Comparison]] = []
     for i, (c, d, p) in enumerate(zip(comps, diffs, adjusted, strict=True)):

@@ -578,7 +578,7 @@ def assignment_section(rows: Sequence[dict[str, Any]], axes: Sequence[str]) -> l
             s = p.summary(key)
             if s is None:
                 cells.append("–")
-            elif s.lo is None:
+            elif s.lo is None or not s.std:  # one seed, or seeds that agree exactly
                 cells.append(f"{s.mean:.2f}")
             else:
                 cells.append(f"{s.mean:.2f} [{s.lo:.2f}, {s.hi:.2f}]")

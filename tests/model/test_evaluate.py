@@ -176,3 +176,26 @@ def test_evaluate_coco_without_detections_is_zero(flow_split) -> None:
     result = evaluate_coco(net, flow_split, _cfg())
     assert result["num_detections"] == 0
     assert result["mAP"] == 0.0 and result["AP50"] == 0.0 and result["AR_1000"] == 0.0
+
+
+@pytest.mark.parametrize("keep_every", [2, 0], ids=["half", "none"])
+def test_evaluate_coco_per_image_feeds_the_bootstrap(flow_split, keep_every: int) -> None:
+    """``per_image=True`` hands the bootstrap the scoring it resamples: its full-set value is
+    evaluate_coco's own number (half the objects found, or none at all)."""
+    from model.bootstrap import PerImageEval, bootstrap_ci
+    from model.evaluate import evaluate_coco
+
+    net = _OracleNet(flow_split, 64, keep_every=keep_every)  # every 2nd object, or none
+    result = evaluate_coco(net, flow_split, _cfg(), per_image=True)
+    pe = result["per_image"]
+    assert isinstance(pe, PerImageEval) and pe.num_images == len(flow_split.images)
+    assert len(pe.det_score) == result["num_detections"]
+    ci = bootstrap_ci(pe, resamples=200)
+    assert ci["mAP"].point == pytest.approx(result["mAP"], abs=1e-12)
+    assert ci["AP50"].point == pytest.approx(result["AP50"], abs=1e-12)
+    if not keep_every:
+        assert (ci["mAP"].lo, ci["mAP"].hi) == (0.0, 0.0)
+    else:
+        assert 0.0 < ci["AP50"].point < 1.0 and ci["AP50"].lo < ci["AP50"].hi
+    again = _OracleNet(flow_split, 64, keep_every=keep_every)  # (an oracle answers once)
+    assert "per_image" not in evaluate_coco(again, flow_split, _cfg())

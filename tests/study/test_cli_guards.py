@@ -120,7 +120,8 @@ def test_train_says_what_the_data_check_dropped(tmp_path: Path, capsys) -> None:
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == (
-        f"data: flow dataset {data}: train 3 images / 3 boxes, test 1 image / 1 box; dropped "
+        f"data: flow dataset {data}: train 2 images / 2 boxes, val 1 image / 1 box, test 1 image "
+        "/ 1 box; dropped "
         f"2 images and 2 boxes, clipped 0 boxes ({REASONS}); first: training/images/blank.jpg "
         "(empty_annotation), training/images/cut.jpg (corrupt_image), training/images/edge.jpg "
         f"(zero_area); full report {out / 'data_report.txt'}"
@@ -147,8 +148,8 @@ def test_train_split_without_usable_image_names_the_folder(tmp_path: Path, capsy
     code = train_cli.main(["--data", str(data), "--out", str(tmp_path / "o"), "--quiet"])
     assert code == 2
     assert one_line(capsys) == (
-        f"train: error: {data}: the train split has no usable image: all 2 images in "
-        f"{data / 'training' / 'images'} were dropped (2 corrupt_image); fix or replace those "
+        f"train: error: {data}: the train split has no usable image: the 1 image in "
+        f"{data / 'training' / 'images'} was dropped (1 corrupt_image); fix or replace those "
         f"files (python -m model.data check {data} lists each one)"
     )
     assert (tmp_path / "o" / "data_report.txt").read_text().count("truncated JPEG") == 2
@@ -218,8 +219,8 @@ def test_run_split_without_usable_image_is_one_line(tmp_path: Path, capsys) -> N
                          "--out", str(tmp_path / "s"), *FAKE])
     assert code == 2
     assert one_line(capsys).startswith(
-        f"error: {data}: the train split has no usable image: all 2 images in "
-        f"{data / 'training' / 'images'} were dropped (2 corrupt_image)"
+        f"error: {data}: the train split has no usable image: the 1 image in "
+        f"{data / 'training' / 'images'} was dropped (1 corrupt_image)"
     )
     assert not (tmp_path / "s").exists()
 

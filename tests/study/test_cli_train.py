@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from model.checkpoint import load_checkpoint, load_trained_detector
 from model.config import ConfigError
 from model.data.synth import generate_flow_like
-from model.evaluate import COCO_METRICS
+from model.evaluate import COCO_METRICS, evaluate_coco
+from model.train import load_trial_data
 from model.yolox.loss import ASSIGN_DIAGNOSTICS
 from study import detect as detect_cli
 from study import evaluate as evaluate_cli
@@ -57,8 +61,12 @@ def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_train_writes_metrics_summary_config_and_checkpoint(trained: Path, capsys) -> None:
     metrics = json.loads((trained / "metrics.json").read_text())
-    assert set(COCO_METRICS) <= set(metrics)
-    assert all(isinstance(metrics[k], float) for k in COCO_METRICS)
+    split_keys = [f"{split}_{k}" for split in ("val", "test") for k in COCO_METRICS]
+    assert set(split_keys) <= set(metrics)
+    assert all(isinstance(metrics[k], float) for k in split_keys)
+    assert metrics["test_images"] == 4 and metrics["test_epoch"] == metrics["best_epoch"] == 1
+    assert metrics["test_mAP_lo"] <= metrics["test_mAP"] <= metrics["test_mAP_hi"]
+    assert Path(metrics["test_eval"]).is_file()
     for key in ("params", "train_time_s", "images_per_s", "device", "torch", "config"):
         assert key in metrics, key
     assert metrics["config"]["seed"] == 4 and metrics["config"]["size"] == "nano"
@@ -71,7 +79,9 @@ def test_train_writes_metrics_summary_config_and_checkpoint(trained: Path, capsy
     assert (trained / "last.pt").is_file()
     assert metrics["checkpoint"] == str(trained / "last.pt")
     summary = (trained / "coco_summary.txt").read_text().splitlines()
-    assert len(summary) == 12 and summary[0].startswith(" Average Precision  (AP) @[ IoU=0.50:0.95")
+    assert summary[0] == "validation (best.pt, epoch 1):"
+    assert summary[1].startswith(" Average Precision  (AP) @[ IoU=0.50:0.95")
+    assert summary[14] == "test (the same checkpoint, scored once):" and len(summary) == 27
     assert "seed: 4" in (trained / "config.yaml").read_text()
 
 
@@ -80,20 +90,56 @@ def test_train_rerun_into_the_same_folder_resumes(trained: Path, data_dir: Path,
                            "--quiet"])
     assert code == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("train: YOLOX-nano 1 epochs on cpu, resumed after epoch 1: mAP ")
+    assert last.startswith("train: YOLOX-nano 1 epochs on cpu, resumed after epoch 1: test mAP ")
+    assert "(checkpoint of epoch 1, chosen on val mAP " in last
     assert last.endswith(f"-> {trained / 'metrics.json'}")
+
+
+def stamped(src: Path, dst: Path, sizes: tuple[float, ...] = (12, 24, 48)) -> Path:
+    """A copy of a checkpoint whose head ignores the image: every anchor is a box of
+    ``sizes[level]`` input pixels at its grid cell, scored sigmoid(5)² — a "detector" that finds
+    some of the few-px test objects (AR_1000 > 0 at 320 px), unlike 1 epoch of training."""
+    state = load_checkpoint(src)
+    for weights in (state["model"], state["ema"]["module"]):
+        for level, (stride, size) in enumerate(zip((8, 16, 32), sizes, strict=True)):
+            head = {k: f"head.{k}.{level}" for k in ("reg_preds", "obj_preds", "cls_preds")}
+            for conv in head.values():
+                weights[f"{conv}.weight"].zero_()
+            wh = math.log(size / stride)
+            weights[f"{head['reg_preds']}.bias"].copy_(torch.tensor([0.5, 0.5, wh, wh]))
+            weights[f"{head['obj_preds']}.bias"].fill_(5.0)
+            weights[f"{head['cls_preds']}.bias"].fill_(5.0)
+    torch.save(state, dst)
+    return dst
 
 
 def test_evaluate_cli_reproduces_the_training_metrics(trained: Path, tmp_path, capsys) -> None:
     out = tmp_path / "m.json"
-    assert evaluate_cli.main(["--checkpoint", str(trained / "last.pt"), "--json", str(out),
+    assert evaluate_cli.main(["--checkpoint", str(trained / "best.pt"), "--json", str(out),
                               "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets= 300 ]" in text
-    assert text.strip().splitlines()[-1].startswith(f"evaluate: {trained / 'last.pt'} (epoch 1,")
+    assert text.strip().splitlines()[-1].startswith(f"evaluate: {trained / 'best.pt'} (epoch 1,")
     trained_metrics = json.loads((trained / "metrics.json").read_text())
     again = json.loads(out.read_text())
-    assert {k: again[k] for k in COCO_METRICS} == {k: trained_metrics[k] for k in COCO_METRICS}
+    assert again["split"] == "test"  # the test split by default, as training scored best.pt
+    assert {k: again[k] for k in COCO_METRICS} == {
+        k: trained_metrics[f"test_{k}"] for k in COCO_METRICS
+    }
+    # one epoch finds nothing (every number 0): the same comparison on weights that do find
+    # objects, against the scoring the trainer calls, so that equal zeros cannot pass for it
+    stamp = stamped(trained / "best.pt", tmp_path / "stamp.pt")
+    assert evaluate_cli.main(["--checkpoint", str(stamp), "--json", str(out), "--quiet",
+                              "--set", "img_size=320"]) == 0
+    found = json.loads(out.read_text())
+    net, cfg, _ = load_trained_detector(stamp)
+    cfg = dataclasses.replace(cfg, img_size=320)
+    direct = evaluate_coco(net, load_trial_data(cfg).test_split, cfg)
+    assert found["AR_1000"] > 0 and found["AP50"] > 0
+    assert {k: found[k] for k in COCO_METRICS} == {k: direct[k] for k in COCO_METRICS}
+    assert evaluate_cli.main(["--checkpoint", str(stamp), "--json", str(out), "--quiet",
+                              "--set", "img_size=320", "--split", "val"]) == 0
+    assert json.loads(out.read_text())["split"] == "val"
 
 
 def test_detect_cli_draws_images_and_video(trained: Path, data_dir: Path, tmp_path, capsys):
@@ -154,7 +200,8 @@ def test_quiet_drops_the_bar_but_keeps_the_epoch_lines(data_dir: Path, tmp_path,
                            "--out", str(tmp_path / "o"), "--quiet"])
     assert code == 0
     err = capsys.readouterr().err
-    assert "epoch 1/1: mAP " in err and " AP50 " in err
+    assert "epoch 1/1: val mAP " in err and " AP50 " in err
+    assert "test (4 images, checkpoint of epoch 1): mAP " in err
     assert "it/s" not in err  # no tqdm bar
 
 

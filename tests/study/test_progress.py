@@ -21,8 +21,8 @@ def test_two_trials_ending_together_count_one_each_and_eta_uses_the_slots(
 ) -> None:
     # Both trials' files say "done" before the first callback runs (they ended together).
     rows = [
-        {"id": "a", "status": "done", "mAP": 0.1, "epoch": 4},
-        {"id": "b", "status": "done", "mAP": 0.2, "epoch": 4},
+        {"id": "a", "status": "done", "val_mAP": 0.1, "epoch": 4, "test_mAP": 0.09},
+        {"id": "b", "status": "done", "val_mAP": 0.2, "epoch": 4},
     ]
     monkeypatch.setattr(progress, "load_study_plan", lambda study_dir: None)
     monkeypatch.setattr(progress, "write_results", lambda plan, study_dir: rows)
@@ -39,8 +39,8 @@ def test_two_trials_ending_together_count_one_each_and_eta_uses_the_slots(
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[")]
     # 100 s a trial on 2 slots: b (100 s in) ends now, then the 4 pending take 2 rounds (200 s)
     assert lines == [
-        "[1/6] done a: mAP 0.1000 (epoch 4); 1 running, ~3 min left",
-        "[2/6] done b: mAP 0.2000 (epoch 4); 0 running, ~3 min left",
+        "[1/6] done a: val mAP 0.1000 (epoch 4), test mAP 0.0900; 1 running, ~3 min left",
+        "[2/6] done b: val mAP 0.2000 (epoch 4); 0 running, ~3 min left",
     ]
 
 

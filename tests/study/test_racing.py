@@ -68,7 +68,9 @@ def test_the_budget_decides_what_can_still_be_separated() -> None:
     r = next_round(rows(noisy), AXES, BASE, "mAP", affordable=1)
     ciou = by_name(r)["reg_loss ciou vs iou"]
     assert ciou.state == "not separable at this budget" and r.add == {}
-    assert ciou.why == "about 3 seeds per arm would separate it; the budget pays for 1 more trial(s)"
+    assert ciou.why == (
+        "about 3 seeds per arm would separate it; the budget pays for 1 more trial(s)"
+    )
     # a wide spread: separating it would take more seeds than any budget gives (max_seeds)
     wide = {"iou": [0.30, 0.31], "ciou": [0.30, 0.36], "giou": [0.31, 0.30]}
     r = next_round(rows(wide), AXES, BASE, "mAP", affordable=100, max_seeds=5)

@@ -20,10 +20,16 @@ from tests.paths import REPO
 AXES = ["pretrain", "reg_loss"]
 
 
-def row(tid: str, pretrain: str, loss: str, status: str = "done", **metrics: float) -> dict:
+def row(
+    tid: str, pretrain: str, loss: str, status: str = "done", val: dict | None = None,
+    **metrics: float,
+) -> dict:
+    """A results row: ``metrics`` are its test figures (the report quotes them); its validation
+    figures (what choices use) are the same unless ``val`` says otherwise."""
     base = {m: 0.5 for m in COCO_METRICS}
     base.update(AP_large=-1.0, AR_large=-1.0)  # COCO: no large objects in the eval set
     base.update(metrics)
+    vals = {**base, **(val or {})}
     return {
         "id": tid,
         "status": status,
@@ -34,7 +40,8 @@ def row(tid: str, pretrain: str, loss: str, status: str = "done", **metrics: flo
         "train_time_s": 600.0,
         "images_per_s": 50.0,
         "params": 9_000_000,
-        **base,
+        **{f"test_{m}": v for m, v in base.items()},
+        **{f"val_{m}": v for m, v in vals.items()},
     }
 
 
@@ -142,7 +149,11 @@ def test_report_delta_bold_and_missing_values() -> None:
     assert table_row(tie, "x")[col("mAP")] == "**0.383**"
     assert ciou[col("AP_large")] == "–"  # COCO's -1: not a number to compare
     assert iou[col("AR_100")] == "0.500 (+0.000)"  # every row ties: no bold; never "-0.000"
-    assert base[len(AXES) + len(COCO_METRICS) :] == ["10.0", "50.0", "9.00"]
+    # val mAP (what chose), n seeds, train min, img/s, params
+    assert base[len(AXES) + len(COCO_METRICS) :] == ["0.325", "1", "10.0", "50.0", "9.00"]
+    assert "COCO AP/AR on the test split: each trial's checkpoint chosen on the validation" in (
+        report
+    )
     assert "| center-iou | skipped | COCO weights for YOLOX-s unavailable |" in report
     assert "| center-ciou | error | RuntimeError: boom |" in report
     assert "Trials: 3 done, 1 skipped, 1 error." in report
@@ -211,7 +222,12 @@ def seeded_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def test_report_with_seeds_mean_std_ci_and_welch() -> None:
+def test_report_with_seeds_pairs_arms_by_seed_and_holm_adjusts() -> None:
+    """b − base per seed: 0.05, 0.04, 0.03 → paired [+0.015, +0.065] (Welch, ignoring the
+    pairing, would say [−0.002, +0.082]: test_stats.py); c − base: 0.10, 0.09, 0.08 → mean 0.09,
+    the same width. p-values with 2 df: 1 − t/√(2 + t²), t = d̄ √3 / 0.01 → b: t = 4√3, p =
+    0.0202; c: t = 9√3, p = 0.00410. Holm over the two: c's 0.0041 · 2 = 0.0082, then b's
+    max(0.0082, 0.0202 · 1) = 0.0202: both decided ("helps")."""
     report = render_report(
         ReportInput(
             title="t",
@@ -220,19 +236,79 @@ def test_report_with_seeds_mean_std_ci_and_welch() -> None:
             baseline={"pretrain": "base", "reg_loss": "iou"},
         )
     )
-    lines = report.split("### ")
-    main, ci, diff = lines[0], lines[1], lines[2]
+    main, ci = report.split("### ")[0], report.split("### ")[1]
     assert table_row(main, "base (baseline)")[col("mAP")] == "0.320 ± 0.020"
-    assert table_row(main, "b")[col("mAP")] == "0.360 ± 0.010 (+0.040)"  # interval holds 0
-    assert table_row(main, "c")[col("mAP")] == "**0.410** ± 0.010 (+0.090*)"
+    assert table_row(main, "b")[col("mAP")] == "0.360 ± 0.010 (+0.040)"  # no stars here
+    assert table_row(main, "c")[col("mAP")] == "**0.410** ± 0.010 (+0.090)"
     # 95% CI of the means: 0.32 ± 4.3027*0.02/sqrt(3) = ±0.0497; 0.36 ± 0.0248
-    assert table_row(ci, "base (baseline)")[col("mAP")] == "[0.270, 0.370]"
-    assert table_row(ci, "b")[col("mAP")] == "[0.335, 0.385]"
-    assert table_row(ci, "b")[-1] == "3"
-    # Welch: 0.04 ± 3.2188 * 0.01291 = [-0.0016, 0.0816]; 0.09 ± 0.0416
-    assert table_row(diff, "b")[col("mAP")] == "+0.040 [-0.002, +0.082]"
-    assert table_row(diff, "c")[col("mAP")] == "+0.090 [+0.048, +0.132]*"
-    assert table_row(diff, "c")[col("AP50")] == "+0.000 (no interval)"  # identical runs
+    assert table_row(ci, "base (baseline)")[3] == "[0.270, 0.370]"
+    assert table_row(ci, "b")[3] == "[0.335, 0.385]" and table_row(ci, "b")[2] == "3"
+    findings = report.split("## Findings")[1]
+    b = table_row(findings, "pretrain b vs base")
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)
+    assert b[1:6] == [
+        "reg_loss=iou", "paired, 3 seeds", "+0.040",
+        f"[{0.04 - half:+.3f}, {0.04 + half:+.3f}]", "0.020",
+    ]
+    assert b[7] == "**helps**"
+    c = table_row(findings, "pretrain c vs base")
+    t = 9 * math.sqrt(3)
+    assert c[5] == f"{2 * (1 - t / math.sqrt(2 + t * t)):.3f}" == "0.008"  # Holm: 2 · 0.00410
+    assert c[7] == "**helps**"
+    assert "2 of 2 comparisons decided" in findings
+    # AP50 is the same everywhere: shown in the all-metrics table, without an interval
+    every = findings.split("### Every metric")[1]
+    assert table_row(every, "pretrain b vs base")[2 + COCO_METRICS.index("AP50")] == "+0.000"
+
+
+def test_holm_can_undo_what_one_comparison_alone_would_decide() -> None:
+    """Three comparisons. b − base: 0.05, 0.04, 0.03 (p 0.0202); c and d: per-seed differences
+    0.02, 0.00, 0.01 (mean 0.01, sd 0.01, t = √3, p = 1 − √3/√5 = 0.2254). Holm, m = 3: the
+    smallest p is tested at 0.05/3: 0.0202 · 3 = 0.0606 > 0.05 — b, decided on its own, is not
+    separated among three comparisons."""
+    rows = seeded_rows()[:6]  # base and b
+    for name in ("c", "d"):
+        for seed, v in enumerate([0.32, 0.32, 0.35]):
+            r = row(f"{name}-seed{seed}", name, "iou", mAP=v)
+            r["seed"] = seed
+            rows.append(r)
+    report = render_report(
+        ReportInput(title="t", rows=rows, axes=AXES, baseline={"pretrain": "base"})
+    )
+    findings = report.split("## Findings")[1]
+    b = table_row(findings, "pretrain b vs base")
+    assert b[5] == "0.061" and b[7] == "not separated at this budget"
+    assert b[8] == "Holm-adjusted p 0.061 ≥ 0.05"
+    assert "0 of 3 comparisons decided" in findings
+
+
+def test_arms_without_shared_seeds_are_compared_unpaired_and_one_seed_decides_nothing() -> None:
+    rows = seeded_rows()[:3]  # base, seeds 0..2
+    for seed, v in zip([3, 4, 5], [0.35, 0.36, 0.37], strict=True):  # b ran other seeds
+        r = row(f"b-seed{seed}", "b", "iou", mAP=v)
+        r["seed"] = seed
+        rows.append(r)
+    report = render_report(ReportInput(title="t", rows=rows, axes=AXES,
+                                       baseline={"pretrain": "base"}))
+    b = table_row(report.split("## Findings")[1], "pretrain b vs base")
+    assert b[2] == "Welch, unpaired" and b[4] == "[-0.002, +0.082]"
+    assert b[7] == "not separated at this budget"
+    one = render_report(ReportInput(title="t", rows=single_seed_rows(), axes=AXES,
+                                    baseline={"pretrain": "coco", "reg_loss": "iou"}))
+    ssl = table_row(one.split("## Findings")[1], "pretrain ssl vs coco")
+    assert ssl[2] == "1 seed(s)" and ssl[7] == "not separated at this budget"
+    assert ssl[8] == "one seed per arm: training noise is not measured"
+
+
+def test_a_study_without_a_test_split_quotes_validation_and_says_so() -> None:
+    rows = [row("a", "none", "iou", mAP=0.3), row("b", "ssl", "iou", mAP=0.4)]
+    for r in rows:
+        for k in [k for k in r if k.startswith("test_")]:
+            del r[k]
+    report = render_report(ReportInput(title="t", rows=rows, axes=AXES,
+                                       baseline={"pretrain": "none"}))
+    assert "COCO AP/AR on the validation split — the dataset has no test split" in report
+    assert table_row(report, "ssl")[col("mAP")] == "**0.400** (+0.100)"
 
 
 # --- results table, best config, plots --------------------------------------------------------
@@ -241,14 +317,17 @@ def test_report_with_seeds_mean_std_ci_and_welch() -> None:
 def test_results_csv_round_trip(tmp_path: Path) -> None:
     cfg = TrialConfig(size="tiny", lr=0.02).to_dict()
     rows = [{**r, **cfg} for r in single_seed_rows()]
-    rows[0]["mAP"] = float("nan")
+    rows[0]["test_mAP"] = float("nan")
     write_csv(rows, tmp_path / "results.csv")
     back = read_csv(tmp_path / "results.csv")
     assert [r["id"] for r in back] == [r["id"] for r in rows]
-    assert back[0]["mAP"] is None and back[1]["mAP"] == 0.350 and back[1]["AP_large"] == -1.0
+    assert back[0]["test_mAP"] is None and back[1]["test_mAP"] == 0.350
+    assert back[1]["test_AP_large"] == -1.0 and back[1]["val_mAP"] == 0.350
     assert back[1]["lr"] == 0.02 and back[1]["ema"] is True and back[1]["size"] == "tiny"
     assert back[3]["reason"] == "COCO weights for YOLOX-s unavailable"
-    assert list(back[0])[:3] == ["id", "status", "reason"]
+    assert list(back[0])[:5] == ["id", "status", "reason", "role", "val_mAP"]
+    cols = list(back[0])  # validation, then test, then the test-image intervals
+    assert cols.index("val_AR_large") < cols.index("test_mAP") < cols.index("test_mAP_lo")
 
 
 def test_history_keeps_the_last_line_per_epoch(tmp_path: Path) -> None:
@@ -264,9 +343,13 @@ def test_choose_best_single_and_seeded() -> None:
     assert choose_best(rows, "mAP", "min", AXES)["id"] == "coco-iou"
     # seeds: the best grid point by mean (c), then its best seed
     assert choose_best(seeded_rows(), "mAP", "max", AXES)["id"] == "c-seed2"
-    stopped = [{**rows[2], "status": "stopped", "mAP": 0.9}, rows[1]]
+    stopped = [{**rows[2], "status": "stopped", "val_mAP": 0.9}, rows[1]]
     assert choose_best(stopped, "mAP", "max", AXES)["id"] == "ssl-iou"  # completed first
     assert choose_best([rows[3]], "mAP", "max", AXES) is None
+    # chosen on validation, never on test: the best test mAP loses to the best validation mAP
+    a = row("a", "none", "iou", mAP=0.9, val={"mAP": 0.1})
+    b = row("b", "ssl", "iou", mAP=0.2, val={"mAP": 0.3})
+    assert choose_best([a, b], "mAP", "max", AXES)["id"] == "b"
 
 
 def test_best_config_round_trip(tmp_path: Path) -> None:
@@ -281,34 +364,40 @@ def test_best_config_round_trip(tmp_path: Path) -> None:
         }
     )
     (tmp_path / "a.json").write_text('{"settings": {"method": "ssl", "pretrain_epochs": 30}}')
-    best = row("ssl-ciou-tiny", "ssl", "ciou", mAP=0.383)
+    best = row("ssl-ciou-tiny", "ssl", "ciou", mAP=0.383, val={"mAP": 0.401})
+    best.update(best_epoch=280, test_mAP_lo=0.35, test_mAP_hi=0.41)
     path = export_best(
         best,
         cfg.to_dict(),
         tmp_path / "best_config.yaml",
         metric="mAP",
         study="s1",
-        point_rows=[best, {**best, "mAP": 0.381}],
+        point_rows=[best, {**best, "test_mAP": 0.381}],
     )
     assert load_config(path) == cfg
     text = path.read_text()
-    assert text.startswith("# Best trial of study s1: ssl-ciou-tiny (done), mAP 0.3830")
+    assert text.startswith(
+        "# Best trial of study s1 (chosen on validation mAP): ssl-ciou-tiny (done), val mAP "
+        "0.4010 with the checkpoint of epoch 280"
+    )
+    assert "# test: mAP 0.3830, AP50 0.5000" in text
+    assert "# test mAP 95% interval over the test images: [0.3500, 0.4100]" in text
     train = REPO / "study" / "train.py"
-    assert "AP50 0.5000" in text and f"python {train} --config {path.resolve()}" in text
+    assert f"python {train} --config {path.resolve()}" in text
     assert "reproduces these numbers exactly" not in text  # no threads known: no promise
-    assert "over 2 seeds: mAP 0.3820" in text
+    assert "over 2 seeds: test mAP 0.3820" in text
     assert f"ssl backbone {tmp_path / 'a.pt'}" in text and "#   pretrain_epochs: 30" in text
 
 
 def test_plots_are_written(tmp_path: Path) -> None:
     rows = [{**r, "size": s} for r in seeded_rows() for s in ("s",)]
     rows += [{**r, "size": "nano", "id": r["id"] + "n"} for r in seeded_rows()]
-    out = plot_by_axis(rows, [*AXES, "size"], "mAP", tmp_path / "by_size.png")
+    out = plot_by_axis(rows, [*AXES, "size"], "test_mAP", tmp_path / "by_size.png")
     assert out is not None and out.stat().st_size > 1000
     hist = {"a": [{"epoch": 1, "mAP": 0.1}, {"epoch": 2, "mAP": 0.2}], "b": []}
     curves = plot_learning_curves(hist, "mAP", tmp_path / "curves.png")
     assert curves is not None and curves.stat().st_size > 1000
-    assert plot_by_axis([], AXES, "mAP", tmp_path / "none.png") is None
+    assert plot_by_axis([], AXES, "test_mAP", tmp_path / "none.png") is None
 
 
 def test_plots_run_along_the_size_only_where_it_varies() -> None:
@@ -334,6 +423,9 @@ def test_the_report_shows_the_assignment_diagnostics_of_each_point() -> None:
     ]
     lines = assignment_section(rows, AXES)
     assert lines[0].startswith("| pretrain | reg_loss | positives / object < 16 px |")
-    assert lines[2] == "| none | iou | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 |"  # mean 0.5, 1.5
+    # mean of 0.5 and 1.5 with its t interval over 2 seeds: 1 ± 12.706 · 0.7071 / √2 = ±6.35
+    assert lines[2] == (
+        "| none | iou | 1.00 [-5.35, 7.35] | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 | 2 |"
+    )
     assert not any(line.startswith("| ssl") for line in lines)
     assert assignment_section([row("c", "ssl", "ciou")], AXES) == []

@@ -43,20 +43,26 @@ def test_ablation_space_is_the_flow_study() -> None:
     # the quick profile pins YOLOX-nano and runs a random-init stand-in for the coco baseline
     plan = build_plan(space)
     assert plan.grid == {**space.grid, "pretrain": ["none", "center_loss"], "size": ["nano"]}
-    assert [t.id for t in plan.trials][:2] == ["none-iou-nano", "none-ciou-nano"]
-    assert plan.baseline_ids() == ["none-iou-nano"]
+    # two seeds of every grid point (quick.seeds), paired by seed
+    assert [t.id for t in plan.trials][:3] == [
+        "none-iou-nano-seed0", "none-iou-nano-seed1", "none-ciou-nano-seed0"
+    ]
+    assert plan.seeds == 2 and len(plan.trials) == 8
+    assert plan.baseline_ids() == ["none-iou-nano-seed0", "none-iou-nano-seed1"]
     assert plan.stand_in_for == {"pretrain": "coco", "size": "s"}
     assert any("stand-in for the study's pretrain=coco, size=s" in n for n in plan.notes)
     assert any("size pinned to nano" in n and "--full" in n for n in plan.notes)
-    quick = plan.trial("center_loss-ciou-nano").config
+    quick = plan.trial("center_loss-ciou-nano-seed1").config
+    assert quick.seed == 1 and quick.split_seed == 0  # every trial validates on one hold-out
     assert quick.data == "" and quick.epochs < 30 and quick.input_mode == "tiles"
     assert quick.workers == 0 and quick.device == "cpu"
     assert (quick.pretrain, quick.reg_loss, quick.size) == ("center_loss", "ciou", "nano")
     # --full: every grid value of the space as well, on the quick data (coco included)
     full_quick = build_plan(space, full=True)
-    assert len(full_quick.trials) == 4 * 2 * 3  # none, center_loss, coco, ssl
-    assert full_quick.trial("coco-iou-s").config.epochs == quick.epochs
-    assert full_quick.baseline_ids() == ["none-iou-nano"]
+    assert len(full_quick.trials) == 4 * 2 * 3 * 2  # none, center_loss, coco, ssl; 2 seeds
+    assert full_quick.trial("coco-iou-s-seed0").config.epochs == quick.epochs
+    assert full_quick.baseline_ids() == ["none-iou-nano-seed0", "none-iou-nano-seed1"]
+    assert len(build_plan(space, full=True, seeds=1).trials) == 4 * 2 * 3
     with pytest.raises(ConfigError, match="--full"):
         build_plan(space, data="/data/flow", full=True)
     # with --data nothing of the quick profile applies: the study's own baseline
@@ -70,7 +76,10 @@ def test_results_csv_names_the_stand_in_baseline(tmp_path: Path) -> None:
     write_results(plan, tmp_path)
     rows = read_csv(tmp_path / "results.csv")
     roles = {r["id"]: r["role"] for r in rows}
-    assert roles.pop("none-iou-nano") == "baseline (stand-in for pretrain=coco, size=s)"
+    for seed in (0, 1):
+        assert roles.pop(f"none-iou-nano-seed{seed}") == (
+            "baseline (stand-in for pretrain=coco, size=s)"
+        )
     assert set(roles.values()) == {None}  # an empty cell reads back as None
     own = build_plan(load_space("ablation"), data="/d")
     write_results(own, tmp_path)
