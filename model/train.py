@@ -72,7 +72,8 @@ BOOTSTRAP_SEED = 0  # the same resampled sets for every run: intervals of two ru
 # weights live and how the run is executed, not what is trained.
 RESUME_FREE_KEYS = frozenset(
     # threads: a resume on another thread count continues (numbers differ in the last bits)
-    {"data", "workers", "device", "coco_weights", "pretrain_artifact", "cache_images", "threads"}
+    {"data", "workers", "device", "coco_weights", "pretrain_artifact", "cache_images", "threads",
+     "frame_cache", "frame_cache_dir"}  # (issue 26) the frame cache serves the same pixels
 )
 
 

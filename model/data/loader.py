@@ -25,6 +25,7 @@ yields the frames as they are, for sliced inference (:mod:`model.sliced`).
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import random
 from collections.abc import Iterator
@@ -45,9 +46,11 @@ from model.data.augment import (
     sample_rng,
     train_sample,
 )
+from model.data.frame_cache import FULL, CachedFrames, FrameCacheSpaceError, open_frame_cache
 from model.data.tiles import TileImages
-from model.data.transforms import letterbox, read_image, resize_to_fit
+from model.data.transforms import fit_ratio, letterbox, read_image, resize_to_fit
 
+logger = logging.getLogger(__name__)
 SampleKey = tuple[int, int, int, bool]  # epoch, position in the epoch, image index, augment
 SUBSET_SEED = 0  # max_train_images picks the same images for every trial seed
 
@@ -96,6 +99,7 @@ class SplitImages:
         indices: np.ndarray | None = None,
         cache: bool = False,
         progress: bool = True,
+        frames: CachedFrames | None = None,
     ) -> None:
         images = split.images if indices is None else [split.images[int(i)] for i in indices]
         per_image = split_labels(split)
@@ -105,9 +109,22 @@ class SplitImages:
         self.labels = [per_image[im["id"]] for im in images]  # original pixels
         self._labelled = np.array([i for i, lab in enumerate(self.labels) if len(lab)], np.int64)
         self._cache: list[tuple[np.ndarray, float]] | None = None
-        if cache:
-            it = tqdm(self.paths, desc="caching train images", unit="img", disable=not progress)
-            self._cache = [resize_to_fit(read_image(p), img_size) for p in it]
+        # (issue 26) the node's frame cache, when given: frames of this source's paths, native
+        # or already fit to img_size (then a load is a slice of the mapping)
+        self.frames = frames
+        if cache and not (frames is not None and frames.fit == img_size):
+            it = tqdm(range(len(self.paths)), desc="caching train images", unit="img",
+                      disable=not progress)
+            self._cache = [self._decode(i) for i in it]
+
+    def _decode(self, index: int) -> tuple[np.ndarray, float]:
+        """Image ``index`` resized to fit ``img_size``, and the ratio."""
+        if self.frames is None:
+            return resize_to_fit(read_image(self.paths[index]), self.img_size)
+        if self.frames.fit == self.img_size:  # stored fit: the same pixels resize_to_fit gives
+            h, w = self.frames.original_size(index)
+            return self.frames.frame(index), fit_ratio(h, w, self.img_size)
+        return resize_to_fit(self.frames.frame(index), self.img_size)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -124,13 +141,34 @@ class SplitImages:
         ``rng`` is not used (the whole image is served). The image may be the cached array
         itself: callers must not modify it in place.
         """
-        if self._cache is not None:
-            img, r = self._cache[index]
-        else:
-            img, r = resize_to_fit(read_image(self.paths[index]), self.img_size)
+        img, r = self._cache[index] if self._cache is not None else self._decode(index)
         labels = self.labels[index].copy()
         labels[:, :4] *= r
         return img, labels
+
+
+def cache_fit(cfg: TrialConfig) -> int:
+    """The frame-cache resolution a trial reads: native (0) for tiles, ``img_size`` else."""
+    return FULL if cfg.input_mode == "tiles" else cfg.img_size
+
+
+def open_frames(
+    images: list[dict[str, Any]], cfg: TrialConfig, *, progress: bool = True
+) -> CachedFrames | None:
+    """The node's cached frames of ``images`` (split image dicts) for ``cfg``, built when no
+    cache holds them; None when ``cfg.frame_cache`` is off, or when the disk cannot hold the
+    cache (a warning naming the sizes: the trial then decodes per load, as without the cache)."""
+    if not cfg.frame_cache:
+        return None
+    paths = [im["file_name"] for im in images]
+    sizes = [(int(im["height"]), int(im["width"])) for im in images]
+    try:
+        return open_frame_cache(
+            paths, sizes, cache_fit(cfg), cfg.frame_cache_dir or None, progress=progress
+        )
+    except FrameCacheSpaceError as e:
+        logger.warning("frame cache off for this trial: %s", e)
+        return None
 
 
 def training_source(
@@ -142,10 +180,14 @@ def training_source(
     progress: bool = True,
 ) -> SplitImages | TileImages:
     """The ``ImageSource`` of ``cfg.input_mode``: whole images resized to fit ``img_size``
-    (letterbox, official) or native-resolution ``tile_size`` crops (tiles)."""
-    if cfg.input_mode == "letterbox":
-        return SplitImages(split, cfg.img_size, indices=indices, cache=cache, progress=progress)
+    (letterbox, official) or native-resolution ``tile_size`` crops (tiles); frames from the
+    node's frame cache with ``cfg.frame_cache``."""
     images = split.images if indices is None else [split.images[int(i)] for i in indices]
+    frames = open_frames(images, cfg, progress=progress)
+    if cfg.input_mode == "letterbox":
+        return SplitImages(
+            split, cfg.img_size, indices=indices, cache=cache, progress=progress, frames=frames
+        )
     per_image = split_labels(split)
     return TileImages(
         [im["file_name"] for im in images],
@@ -153,8 +195,9 @@ def training_source(
         cfg.tile_size,
         object_share=cfg.tile_object_share,
         min_visible=cfg.tile_min_visible,
-        cache=cache,
+        cache=cache and frames is None,
         progress=progress,
+        frames=frames,
     )
 
 
