@@ -52,6 +52,7 @@ from model.checkpoint import (
 )
 from model.config import ConfigError, TrialConfig, class_list
 from model.data.coco import DataError, DataReport, DetectionDataset, load_dataset
+from model.data.device_augment import describe_placement
 from model.data.embedded import embedded_dataset_dir
 from model.data.loader import build_train_loader, random_input_size, rescale_batch
 from model.data.raw import plural
@@ -312,6 +313,7 @@ class _Trainer:
         self.loader = build_train_loader(
             self.dataset.train, cfg, device=self.device, progress=progress
         )
+        self._log(describe_placement(self.loader.placement, cfg.augment_on, self.device))
         self.iters = len(self.loader)
         self.schedule = YoloxWarmCos.from_config(cfg, self.iters)
         self.start_epoch = 0
