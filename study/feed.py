@@ -101,9 +101,10 @@ def _frames_key(frame_side: int) -> str:
 
 def loader_rate(cfg: TrialConfig, *, cuda: bool, frame_side: int) -> tuple[float, str]:
     """Samples/s one loader core gives ``cfg`` (and the pipeline's name): the measured figure,
-    scaled by the input's area for the cached pipelines (their work is per output pixel)."""
+    scaled by the input's area for the cached pipelines (their work is per output pixel).
+    ``cache_images`` counts as cached frames (decoded once, held in RAM)."""
     device_aug = cfg.augment_on == "device" or (cfg.augment_on == "auto" and cuda)
-    if not cfg.frame_cache:
+    if not (cfg.frame_cache or cfg.cache_images):  # cache_images: decoded once, in RAM
         pipeline = "decode"
     else:
         pipeline = "plan" if device_aug else "cache"

@@ -101,4 +101,6 @@ def test_loader_rates_scale_with_the_input_area_except_decoding():
     rate, pipeline = loader_rate(dataclasses.replace(tiles, frame_cache=False), cuda=True,
                                  frame_side=1920)
     assert pipeline == "decode" and rate == LOADER_PER_CORE[("decode", "1080p")]
+    ram = dataclasses.replace(tiles, frame_cache=False, cache_images=True)
+    assert loader_rate(ram, cuda=True, frame_side=640)[1] == "plan"
     assert set(STEP_CPU) == set(STEP_CUDA_ESTIMATE)
