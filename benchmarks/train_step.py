@@ -1,15 +1,17 @@
 """Milliseconds per YOLOX training step: forward, loss (with SimOTA), backward, SGD step.
 
-Compares the batched SimOTA (``assign_mode="batched"``) with the per-image loop
-(``assign_mode="per_image"``, which follows the loop structure of the official implementation; the
-official package cannot be installed here, so that loop is our stand-in for it).
+Side by side, on the same machine and threads (issue 26): the **official** step (the per-image
+SimOTA loop, which follows the official implementation's loop structure; the official package
+cannot be installed here, so that loop is our stand-in; NCHW tensors, as official) and our
+**default** step (``TrialConfig()``'s settings: batched SimOTA, ``channels_last``). Other
+variants: ``batched`` (batched SimOTA, NCHW) and ``per_image_nhwc``.
 
     python benchmarks/train_step.py                      # nano@320 and s@640, batch 8
-    python benchmarks/train_step.py --preset nano320 --iters 5
+    python benchmarks/train_step.py --preset nano320 --iters 5 --threads 1
     python benchmarks/train_step.py --size tiny --img 416 --batch 4 --device cuda
+    python benchmarks/train_step.py --variants official,default,batched
 
-On CUDA the step runs under torch.autocast (fp16) with a GradScaler, in channels_last; on the CPU
-in fp32, contiguous unless ``--channels-last`` (the trial config's ``channels_last``).
+On CUDA the step runs under torch.autocast (fp16) with a GradScaler; on the CPU in fp32.
 On a shared CPU machine use ``--threads 1``: with more threads than idle cores every small op
 waits on a descheduled thread, and the many small ops of the assignment suffer most.
 """
@@ -26,7 +28,13 @@ import model.yolox.loss as loss_module
 from model.yolox import build_yolox
 
 PRESETS = {"nano320": ("nano", 320, 8), "s640": ("s", 640, 8)}
-MODES = ("batched", "per_image")
+# name -> (assign_mode, channels_last)
+VARIANTS = {
+    "official": ("per_image", False),
+    "default": ("batched", True),  # TrialConfig() defaults (issue 26: channels_last on)
+    "batched": ("batched", False),
+    "per_image_nhwc": ("per_image", True),
+}
 
 
 class LossTimer:
@@ -85,7 +93,7 @@ def time_steps(
     images = torch.rand(batch, 3, img, img, generator=gen) * 255
     targets = random_targets(batch, img, *objects, max_objects=120, gen=gen)
     images, targets = images.to(device), targets.to(device)
-    if cuda or channels_last:
+    if channels_last:
         net = net.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.01 * batch / 64, momentum=0.9, nesterov=True)
@@ -121,17 +129,14 @@ def main() -> None:
     p.add_argument("--size", help="instead of a preset: model size (with --img, --batch)")
     p.add_argument("--img", type=int, default=640)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--modes", default=",".join(MODES), help="comma list of assign modes")
+    p.add_argument("--variants", default="official,default",
+                   help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--objects", type=int, nargs=2, default=(10, 30), metavar=("MIN", "MAX"))
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--channels-last", action="store_true",
-        help="NHWC tensors on the CPU too (always on for CUDA); the trial config's channels_last",
-    )
     args = p.parse_args()
 
     if args.threads:
@@ -139,51 +144,44 @@ def main() -> None:
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant {unknown[0]!r}; use {', '.join(VARIANTS)}")
     runs = (
         [(args.size, args.img, args.batch)]
         if args.size
         else (list(PRESETS.values()) if args.preset == "all" else [PRESETS[args.preset]])
     )
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    extra = " fp16 autocast + GradScaler, channels_last" if device.type == "cuda" else " fp32"
-    if device.type == "cpu" and args.channels_last:
-        extra += ", channels_last"
-    print(
-        f"device: {where} ({extra.strip()}), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} CPU threads"
-    )
-    print(
-        "per_image = our per-image SimOTA loop (the official loop structure; the official "
-        "package cannot be installed here, so this is the stand-in)"
-    )
-    print(
-        f"targets: {args.objects[0]}-{args.objects[1]} boxes of 4-48 px per image; "
-        f"{args.warmup} warm-up + {args.iters} timed steps"
-    )
-    print(
-        f"{'size':>5} {'img':>5} {'batch':>5} {'assign':>10} {'mean ms':>9} {'min ms':>9} "
-        f"{'loss fwd ms':>12} {'first loss':>11}"
-    )
+    extra = "fp16 autocast + GradScaler" if device.type == "cuda" else "fp32"
+    print(f"device: {where} ({extra}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads")
+    print("official = the per-image SimOTA loop (the official loop structure; the official "
+          "package cannot be installed here, so this is the stand-in), NCHW; default = our "
+          "TrialConfig defaults: batched SimOTA, channels_last")
+    print(f"targets: {args.objects[0]}-{args.objects[1]} boxes of 4-48 px per image; "
+          f"{args.warmup} warm-up + {args.iters} timed steps")
+    print(f"{'size':>5} {'img':>5} {'batch':>5} {'variant':>15} {'mean ms':>9} {'min ms':>9} "
+          f"{'loss fwd ms':>12} {'first loss':>11}")
     for size, img, batch in runs:
         means: dict[str, float] = {}
-        loss_means: dict[str, float] = {}
-        for mode in modes:
+        for name in variants:
+            mode, channels_last = VARIANTS[name]
             times, loss_ms, loss = time_steps(
                 size, img, batch, mode, device, args.warmup, args.iters, args.objects, args.seed,
-                channels_last=args.channels_last,
+                channels_last=channels_last,
             )
-            means[mode] = statistics.mean(times)
-            loss_means[mode] = statistics.mean(loss_ms)
+            means[name] = statistics.mean(times)
             print(
-                f"{size:>5} {img:>5} {batch:>5} {mode:>10} {means[mode]:9.1f} {min(times):9.1f} "
-                f"{loss_means[mode]:12.1f} {loss:11.4f}",
+                f"{size:>5} {img:>5} {batch:>5} {name:>15} {means[name]:9.1f} {min(times):9.1f} "
+                f"{statistics.mean(loss_ms):12.1f} {loss:11.4f}",
                 flush=True,
             )
-        if set(MODES) <= set(means):
-            step = means["per_image"] / means["batched"]
-            fwd = loss_means["per_image"] / loss_means["batched"]
-            print(f"      per_image / batched: step {step:.2f}x, loss forward {fwd:.2f}x")
+        base = means.get("official")
+        if base:
+            ratios = ", ".join(f"{k} {v / base:.2f}x" for k, v in means.items() if k != "official")
+            print(f"      step time against official: {ratios}")
 
 
 if __name__ == "__main__":

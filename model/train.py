@@ -53,6 +53,7 @@ from model.checkpoint import (
 )
 from model.config import ConfigError, TrialConfig, class_list
 from model.data.coco import DataError, DataReport, DetectionDataset, load_dataset
+from model.data.device_augment import describe_placement
 from model.data.embedded import embedded_dataset_dir
 from model.data.loader import build_train_loader, random_input_size, rescale_batch
 from model.data.raw import plural
@@ -73,7 +74,8 @@ BOOTSTRAP_SEED = 0  # the same resampled sets for every run: intervals of two ru
 # weights live and how the run is executed, not what is trained.
 RESUME_FREE_KEYS = frozenset(
     # threads: a resume on another thread count continues (numbers differ in the last bits)
-    {"data", "workers", "device", "coco_weights", "pretrain_artifact", "cache_images", "threads"}
+    {"data", "workers", "device", "coco_weights", "pretrain_artifact", "cache_images", "threads",
+     "frame_cache", "frame_cache_dir"}  # (issue 26) the frame cache serves the same pixels
 )
 
 
@@ -313,6 +315,7 @@ class _Trainer:
         self.loader = build_train_loader(
             self.dataset.train, cfg, device=self.device, progress=progress
         )
+        self._log(describe_placement(self.loader.placement, cfg.augment_on, self.device))
         self.iters = len(self.loader)
         self.schedule = YoloxWarmCos.from_config(cfg, self.iters)
         self.start_epoch = 0

@@ -28,22 +28,31 @@ whatever the worker count or which process computes it.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from model.config import TrialConfig, config_keys
-from model.data.mosaic import compose_mosaic, random_mixup, random_mosaic_centre
+from model.data.mosaic import (
+    MixupDraw,
+    compose_mosaic,
+    draw_mixup,
+    mixup_image,
+    mixup_labels,
+    random_mosaic_centre,
+)
 from model.data.transforms import (
     apply_hsv,
     centre_affine,
     filter_small_boxes,
-    hflip,
+    fit_ratio,
+    hflip_boxes,
     hsv_gains,
     letterbox,
     random_affine_matrix,
     to_targets,
-    warp_affine,
+    warp_boxes,
+    warp_image,
 )
 
 # Stream tags keep the shuffle and the per-sample draws of one (seed, epoch) independent.
@@ -113,13 +122,29 @@ class AugmentParams:
         )
 
 
-def mosaic_stage(
-    source: ImageSource, index: int, rng: np.random.Generator, p: AugmentParams
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mosaic of ``index`` and 3 random images, random affine, then maybe mixup.
+class MosaicPlan(NamedTuple):
+    """A mosaic sample before its pixels are warped: what :func:`plan_mosaic` decided.
 
-    Returns ``(image (S, S, 3) uint8, labels (N, 5))``; labels may include boxes clipped to zero
-    size (dropped later by the final filter, as official).
+    ``canvas`` (2S, 2S, 3) uint8 the four pieces pasted (pad 114); ``matrix`` (2, 3) the affine
+    from canvas to input pixels; ``labels`` (N, 5) in input pixels after the affine and the
+    mixup; ``mixup`` the other image letterboxed into an S x S canvas and its draws, or None when
+    there is no mixup (not drawn, or none of its boxes survived: then the pixels stay as well).
+    """
+
+    canvas: np.ndarray
+    matrix: np.ndarray
+    labels: np.ndarray
+    mixup: tuple[np.ndarray, MixupDraw] | None
+
+
+def plan_mosaic(
+    source: ImageSource, index: int, rng: np.random.Generator, p: AugmentParams
+) -> MosaicPlan:
+    """Every draw and every box of :func:`mosaic_stage`, the pixels left for later.
+
+    The mosaic is composed here (pasting is a copy); the affine warp and the mixup blend are
+    what :func:`mosaic_stage` (OpenCV, in the loader) or :mod:`model.data.device_augment`
+    (tensors on the training device) do with the plan, so both paths share the draws and boxes.
     """
     size = p.img_size
     xc, yc = random_mosaic_centre(rng, size)
@@ -136,13 +161,68 @@ def mosaic_stage(
     )
     if p.mosaic_centre_crop:
         matrix = centre_affine(matrix, 2 * size, size)
-    img, labels = warp_affine(canvas, labels, matrix, size)
+    labels = warp_boxes(labels, matrix, size)
     # Official condition: mixup only when the mosaic has label rows (even clipped-away ones).
     partners = source.labelled
+    mix = None
     if len(labels) and len(partners) and rng.uniform() < p.mixup_prob:
         other, other_labels = source.load(int(partners[rng.integers(0, len(partners))]), rng)
-        img, labels = random_mixup(rng, img, labels, other, other_labels, p.mixup_scale)
-    return img, labels
+        draw = draw_mixup(rng, (size, size), p.mixup_scale)
+        other_canvas, ratio = letterbox(other, size)
+        mixed = mixup_labels(labels, other_labels, ratio, (size, size), draw)
+        if mixed is not None:
+            labels, mix = mixed, (other_canvas, draw)
+    return MosaicPlan(canvas, matrix, labels, mix)
+
+
+def mosaic_stage(
+    source: ImageSource, index: int, rng: np.random.Generator, p: AugmentParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mosaic of ``index`` and 3 random images, random affine, then maybe mixup.
+
+    Returns ``(image (S, S, 3) uint8, labels (N, 5))``; labels may include boxes clipped to zero
+    size (dropped later by the final filter, as official).
+    """
+    plan = plan_mosaic(source, index, rng, p)
+    img = warp_image(plan.canvas, plan.matrix, p.img_size)
+    if plan.mixup is not None:
+        img = mixup_image(img, *plan.mixup)
+    return img, plan.labels
+
+
+class FinishPlan(NamedTuple):
+    """What :func:`plan_finish` decided: HSV ``gains`` (int16 (3,)) or None for no jitter,
+    ``flip``, and the ``targets`` (max_labels, 5) of the letterboxed sample."""
+
+    gains: np.ndarray | None
+    flip: bool
+    targets: np.ndarray
+
+
+def plan_finish(
+    hw: tuple[int, int], labels: np.ndarray, rng: np.random.Generator, p: AugmentParams
+) -> FinishPlan:
+    """The draws and boxes of :func:`finish_sample` for an image of ``hw`` (H, W) pixels.
+
+    If the filter removes every box, the sample falls back to its input without HSV and flip,
+    as official, but keeping only boxes of positive width and height: the official fallback also
+    keeps zero-size boxes, which the loss would count as objects with no area.
+    """
+    jitter = rng.uniform() < p.hsv_prob
+    gains = hsv_gains(rng)  # drawn either way so one switch does not shift the later draws
+    flip = bool(rng.uniform() < p.flip_prob)
+    if len(labels) == 0:
+        return FinishPlan(None, False, to_targets(labels, p.max_labels))
+    r = fit_ratio(hw[0], hw[1], p.img_size)  # the letterbox ratio
+    scaled = (hflip_boxes(labels, hw[1]) if flip else labels).astype(np.float32, copy=True)
+    scaled[:, :4] *= r
+    kept = filter_small_boxes(scaled)
+    if len(kept):
+        return FinishPlan(gains if jitter else None, flip, to_targets(kept, p.max_labels))
+    scaled = labels.astype(np.float32, copy=True)
+    scaled[:, :4] *= r
+    w, h = scaled[:, 2] - scaled[:, 0], scaled[:, 3] - scaled[:, 1]
+    return FinishPlan(None, False, to_targets(scaled[(w > 0) & (h > 0)], p.max_labels))
 
 
 def finish_sample(
@@ -150,33 +230,15 @@ def finish_sample(
 ) -> tuple[np.ndarray, np.ndarray]:
     """HSV jitter, flip, letterbox and box filtering (the official ``TrainTransform``).
 
-    Returns ``(image (S, S, 3) uint8, targets (max_labels, 5) float32 class, cx, cy, w, h)``.
-    If the filter removes every box, the sample falls back to its input without HSV and flip,
-    as official, but keeping only boxes of positive width and height: the official fallback also
-    keeps zero-size boxes, which the loss would count as objects with no area.
+    Returns ``(image (S, S, 3) uint8, targets (max_labels, 5) float32 class, cx, cy, w, h)``;
+    the draws and the fallback are :func:`plan_finish`'s.
     """
-    size = p.img_size
-    jitter = rng.uniform() < p.hsv_prob
-    gains = hsv_gains(rng)  # drawn either way so one switch does not shift the later draws
-    flip = rng.uniform() < p.flip_prob
-    if len(labels) == 0:
-        out, _ = letterbox(img, size)
-        return out, to_targets(labels, p.max_labels)
-    aug = apply_hsv(img, gains) if jitter else img
-    aug_labels = labels
-    if flip:
-        aug, aug_labels = hflip(aug, labels)
-    out, r = letterbox(aug, size)
-    scaled = aug_labels.astype(np.float32, copy=True)
-    scaled[:, :4] *= r
-    kept = filter_small_boxes(scaled)
-    if len(kept) == 0:
-        out, r = letterbox(img, size)
-        scaled = labels.astype(np.float32, copy=True)
-        scaled[:, :4] *= r
-        w, h = scaled[:, 2] - scaled[:, 0], scaled[:, 3] - scaled[:, 1]
-        kept = scaled[(w > 0) & (h > 0)]
-    return out, to_targets(kept, p.max_labels)
+    plan = plan_finish(img.shape[:2], labels, rng, p)
+    aug = apply_hsv(img, plan.gains) if plan.gains is not None else img
+    if plan.flip:
+        aug = aug[:, ::-1]
+    out, _ = letterbox(aug, p.img_size)
+    return out, plan.targets
 
 
 def train_sample(

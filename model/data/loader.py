@@ -25,6 +25,7 @@ yields the frames as they are, for sliced inference (:mod:`model.sliced`).
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import random
 from collections.abc import Iterator
@@ -45,9 +46,18 @@ from model.data.augment import (
     sample_rng,
     train_sample,
 )
+from model.data.device_augment import (
+    PlannedSample,
+    collate_planned,
+    placement,
+    plan_sample,
+    render_batch,
+)
+from model.data.frame_cache import FULL, CachedFrames, FrameCacheSpaceError, open_frame_cache
 from model.data.tiles import TileImages
-from model.data.transforms import letterbox, read_image, resize_to_fit
+from model.data.transforms import fit_ratio, letterbox, read_image, resize_to_fit
 
+logger = logging.getLogger(__name__)
 SampleKey = tuple[int, int, int, bool]  # epoch, position in the epoch, image index, augment
 SUBSET_SEED = 0  # max_train_images picks the same images for every trial seed
 
@@ -96,6 +106,7 @@ class SplitImages:
         indices: np.ndarray | None = None,
         cache: bool = False,
         progress: bool = True,
+        frames: CachedFrames | None = None,
     ) -> None:
         images = split.images if indices is None else [split.images[int(i)] for i in indices]
         per_image = split_labels(split)
@@ -105,9 +116,22 @@ class SplitImages:
         self.labels = [per_image[im["id"]] for im in images]  # original pixels
         self._labelled = np.array([i for i, lab in enumerate(self.labels) if len(lab)], np.int64)
         self._cache: list[tuple[np.ndarray, float]] | None = None
-        if cache:
-            it = tqdm(self.paths, desc="caching train images", unit="img", disable=not progress)
-            self._cache = [resize_to_fit(read_image(p), img_size) for p in it]
+        # (issue 26) the node's frame cache, when given: frames of this source's paths, native
+        # or already fit to img_size (then a load is a slice of the mapping)
+        self.frames = frames
+        if cache and not (frames is not None and frames.fit == img_size):
+            it = tqdm(range(len(self.paths)), desc="caching train images", unit="img",
+                      disable=not progress)
+            self._cache = [self._decode(i) for i in it]
+
+    def _decode(self, index: int) -> tuple[np.ndarray, float]:
+        """Image ``index`` resized to fit ``img_size``, and the ratio."""
+        if self.frames is None:
+            return resize_to_fit(read_image(self.paths[index]), self.img_size)
+        if self.frames.fit == self.img_size:  # stored fit: the same pixels resize_to_fit gives
+            h, w = self.frames.original_size(index)
+            return self.frames.frame(index), fit_ratio(h, w, self.img_size)
+        return resize_to_fit(self.frames.frame(index), self.img_size)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -124,13 +148,34 @@ class SplitImages:
         ``rng`` is not used (the whole image is served). The image may be the cached array
         itself: callers must not modify it in place.
         """
-        if self._cache is not None:
-            img, r = self._cache[index]
-        else:
-            img, r = resize_to_fit(read_image(self.paths[index]), self.img_size)
+        img, r = self._cache[index] if self._cache is not None else self._decode(index)
         labels = self.labels[index].copy()
         labels[:, :4] *= r
         return img, labels
+
+
+def cache_fit(cfg: TrialConfig) -> int:
+    """The frame-cache resolution a trial reads: native (0) for tiles, ``img_size`` else."""
+    return FULL if cfg.input_mode == "tiles" else cfg.img_size
+
+
+def open_frames(
+    images: list[dict[str, Any]], cfg: TrialConfig, *, progress: bool = True
+) -> CachedFrames | None:
+    """The node's cached frames of ``images`` (split image dicts) for ``cfg``, built when no
+    cache holds them; None when ``cfg.frame_cache`` is off, or when the disk cannot hold the
+    cache (a warning naming the sizes: the trial then decodes per load, as without the cache)."""
+    if not cfg.frame_cache:
+        return None
+    paths = [im["file_name"] for im in images]
+    sizes = [(int(im["height"]), int(im["width"])) for im in images]
+    try:
+        return open_frame_cache(
+            paths, sizes, cache_fit(cfg), cfg.frame_cache_dir or None, progress=progress
+        )
+    except FrameCacheSpaceError as e:
+        logger.warning("frame cache off for this trial: %s", e)
+        return None
 
 
 def training_source(
@@ -142,10 +187,14 @@ def training_source(
     progress: bool = True,
 ) -> SplitImages | TileImages:
     """The ``ImageSource`` of ``cfg.input_mode``: whole images resized to fit ``img_size``
-    (letterbox, official) or native-resolution ``tile_size`` crops (tiles)."""
-    if cfg.input_mode == "letterbox":
-        return SplitImages(split, cfg.img_size, indices=indices, cache=cache, progress=progress)
+    (letterbox, official) or native-resolution ``tile_size`` crops (tiles); frames from the
+    node's frame cache with ``cfg.frame_cache``."""
     images = split.images if indices is None else [split.images[int(i)] for i in indices]
+    frames = open_frames(images, cfg, progress=progress)
+    if cfg.input_mode == "letterbox":
+        return SplitImages(
+            split, cfg.img_size, indices=indices, cache=cache, progress=progress, frames=frames
+        )
     per_image = split_labels(split)
     return TileImages(
         [im["file_name"] for im in images],
@@ -153,31 +202,44 @@ def training_source(
         cfg.tile_size,
         object_share=cfg.tile_object_share,
         min_visible=cfg.tile_min_visible,
-        cache=cache,
+        cache=cache and frames is None,
         progress=progress,
+        frames=frames,
     )
 
 
 class AugmentedDataset(Dataset):
     """Map-style dataset indexed by :data:`SampleKey`; returns ``(image (3, S, S) uint8 CHW,
     targets (max_labels, 5) float32, cut counts (3,) int64)``; the counts are the boxes this
-    sample's tile crops kept whole, clipped and dropped (zeros for a letterbox source)."""
+    sample's tile crops kept whole, clipped and dropped (zeros for a letterbox source).
 
-    def __init__(self, source: ImageSource, params: AugmentParams, seed: int) -> None:
+    With ``planned`` (``augment_on: device``) it returns ``(PlannedSample, cut counts)``
+    instead: the same draws and targets, the pixels left to
+    :func:`model.data.device_augment.render_batch`."""
+
+    def __init__(
+        self, source: ImageSource, params: AugmentParams, seed: int, *, planned: bool = False
+    ) -> None:
         self.source = source
         self.params = params
         self.seed = seed
+        self.planned = planned
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, key: SampleKey) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def __getitem__(self, key: SampleKey) -> tuple[Any, ...]:
         epoch, position, index, augment = key
         rng = sample_rng(self.seed, epoch, position)
         counts = getattr(self.source, "counts", None)
         before = counts.copy() if counts is not None else None
-        img, targets = train_sample(self.source, index, rng, self.params, augment=augment)
+        if self.planned:
+            plan = plan_sample(self.source, index, rng, self.params, augment=augment)
+        else:
+            img, targets = train_sample(self.source, index, rng, self.params, augment=augment)
         cut = counts - before if counts is not None else np.zeros(3, dtype=np.int64)
+        if self.planned:
+            return plan, cut
         return np.ascontiguousarray(img.transpose(2, 0, 1)), targets, cut
 
 
@@ -222,6 +284,14 @@ def _collate(
     return images, targets
 
 
+def _collate_planned(
+    batch: list[tuple[PlannedSample, np.ndarray]], size: int
+) -> tuple[torch.Tensor, ...]:
+    """:func:`~model.data.device_augment.collate_planned`'s tensors plus the summed cut counts."""
+    counts = torch.from_numpy(np.sum([b[1] for b in batch], axis=0))
+    return (*collate_planned([b[0] for b in batch], size), counts)
+
+
 def _worker_init(worker_id: int) -> None:
     # Samples use their own generators; the globals are seeded only for code that might not.
     seed = torch.initial_seed() % 2**32
@@ -252,18 +322,21 @@ def _loader_kwargs(
     return kwargs
 
 
-def _cuda_prefetch(batches: Iterator[tuple], device: torch.device) -> Iterator[tuple]:
+def _cuda_prefetch(
+    batches: Iterator[tuple], device: torch.device, *, to_float: bool = True
+) -> Iterator[tuple]:
     """Copy and convert the next batch on a side stream while the current one is used.
 
-    Tensors (uint8 images first) are copied ``non_blocking`` from pinned memory and cast to
-    float on the side stream; ``record_stream`` keeps the allocator from reusing their memory
-    before the compute stream is done with them.
+    Tensors (uint8 images first) are copied ``non_blocking`` from pinned memory and the first
+    cast to float (unless ``to_float`` is False) on the side stream; ``record_stream`` keeps the
+    allocator from reusing their memory before the compute stream is done with them.
     """
     stream = torch.cuda.Stream(device)
 
     def upload(batch: tuple) -> tuple:
         with torch.cuda.stream(stream):
-            images = batch[0].to(device, non_blocking=True).float()
+            images = batch[0].to(device, non_blocking=True)
+            images = images.float() if to_float else images
             rest = tuple(
                 t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t
                 for t in batch[1:]
@@ -314,12 +387,21 @@ class TrainLoader:
         self.sampler = sampler
         self.device = device
         self.cut_counts = np.zeros(3, dtype=np.int64)  # whole, clipped, dropped since last take
+        if dataset.planned:  # (issue 26) augment_on: device
+            collate: Any = functools.partial(_collate_planned, size=dataset.params.img_size)
+        else:
+            collate = functools.partial(_collate, to_float=device.type != "cuda")
         self._loader = DataLoader(
             dataset,
             batch_sampler=sampler,
-            collate_fn=functools.partial(_collate, to_float=device.type != "cuda"),
+            collate_fn=collate,
             **_loader_kwargs(workers, device, seed, persistent=True),
         )
+
+    @property
+    def placement(self) -> str:
+        """Where the augmentation runs: ``"loader"`` or ``"device"`` (``augment_on``)."""
+        return "device" if self.dataset.planned else "loader"
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -348,12 +430,24 @@ class TrainLoader:
         return {"tile_boxes_whole": whole, "tile_boxes_clipped": clipped,
                 "tile_boxes_dropped": dropped}
 
-    def _strip_counts(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, targets, counts in self._loader:
+    def _strip_counts(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        for *batch, counts in self._loader:
             self.cut_counts += counts.numpy()
-            yield images, targets
+            yield tuple(batch)
+
+    def _rendered(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The planned batches moved to the device (uint8) and augmented there."""
+        batches = self._strip_counts()
+        if self.device.type == "cuda" and torch.cuda.is_available():
+            batches = _cuda_prefetch(batches, self.device, to_float=False)
+        size = self.dataset.params.img_size
+        for canvas, params, other, targets in batches:
+            canvas, params, other = (t.to(self.device) for t in (canvas, params, other))
+            yield render_batch(canvas, params, other, size), targets.to(self.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.dataset.planned:
+            return self._rendered()
         return _to_device(self._strip_counts(), self.device)
 
 
@@ -367,16 +461,20 @@ def build_train_loader(
 ) -> TrainLoader:
     """The training loader of ``split`` (a ``DetectionSplit``) for ``cfg``.
 
-    ``cache`` (default ``cfg.cache_images``) keeps the decoded images in RAM (resized with
-    letterbox input, native frames with tiles); ``cfg.max_train_images > 0`` trains on a fixed
-    subset of that many images.
+    Augmentation runs where ``cfg.augment_on`` says (:func:`~model.data.device_augment.
+    placement`: with auto, on the device for CUDA, in the loader for the CPU). ``cache``
+    (default ``cfg.cache_images``) keeps the decoded images in RAM (resized with letterbox
+    input, native frames with tiles); ``cfg.max_train_images > 0`` trains on a fixed subset of
+    that many images; ``cfg.frame_cache`` reads the frames from the node's frame cache.
     """
     indices = subset_indices(len(split.images), cfg.max_train_images)
     use_cache = cfg.cache_images if cache is None else cache
     source = training_source(split, cfg, indices=indices, cache=use_cache, progress=progress)
-    dataset = AugmentedDataset(source, AugmentParams.from_config(cfg), cfg.seed)
+    device = torch.device(device)
+    planned = placement(cfg.augment_on, device) == "device"
+    dataset = AugmentedDataset(source, AugmentParams.from_config(cfg), cfg.seed, planned=planned)
     sampler = EpochBatchSampler(len(source), cfg.batch_size, cfg.seed)
-    return TrainLoader(dataset, sampler, cfg.workers, torch.device(device), cfg.seed)
+    return TrainLoader(dataset, sampler, cfg.workers, device, cfg.seed)
 
 
 def random_input_size(cfg: TrialConfig, rng: np.random.Generator) -> int:

@@ -9,11 +9,12 @@ the geometry can be tested with hand-placed values.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
-from model.data.transforms import PAD_VALUE, box_candidates, resize_to_fit
+from model.data.transforms import PAD_VALUE, box_candidates, letterbox, resize_to_fit
 
 Rect = tuple[int, int, int, int]  # x1, y1, x2, y2 (exclusive ends), integer pixels
 
@@ -82,6 +83,77 @@ def random_mosaic_centre(rng: np.random.Generator, size: int) -> tuple[int, int]
     return xc, yc
 
 
+class MixupDraw(NamedTuple):
+    """The random draws of one mixup: canvas ``jitter``, mirror, crop offsets in pixels."""
+
+    jitter: float
+    flip: bool
+    x_offset: int
+    y_offset: int
+
+
+def draw_mixup(
+    rng: np.random.Generator, base_hw: tuple[int, int], scale_range: tuple[float, float]
+) -> MixupDraw:
+    """The official mixup draws for a base of ``base_hw`` (H, W): jitter in ``scale_range``,
+    mirror with probability 1/2, crop offsets uniform over the part of the jittered canvas (H
+    square) past the base."""
+    jitter = rng.uniform(*scale_range)
+    flip = bool(rng.uniform() > 0.5)
+    target_h, target_w = base_hw
+    cp_side = int(target_h * jitter)
+    # Official randint(0, extra - 1): the last offset is never drawn; kept for parity.
+    y_offset = int(rng.integers(0, cp_side - target_h)) if cp_side > target_h else 0
+    x_offset = int(rng.integers(0, cp_side - target_w)) if cp_side > target_w else 0
+    return MixupDraw(jitter, flip, x_offset, y_offset)
+
+
+def mixup_labels(
+    base_labels: np.ndarray,
+    other_labels: np.ndarray,
+    ratio: float,
+    base_hw: tuple[int, int],
+    draw: MixupDraw,
+) -> np.ndarray | None:
+    """The boxes of :func:`mixup`: ``base_labels`` plus the boxes of ``other`` that survive, or
+    None when none survives (then mixup leaves the base unchanged, official).
+
+    ``other_labels`` (M, 5) are in pixels of ``other``; ``ratio`` is its letterbox ratio into the
+    ``H`` square canvas (``resize_to_fit``'s ``r``).
+    """
+    target_h, target_w = base_hw
+    side = int(target_h * draw.jitter)  # the jittered canvas, square
+    boxes = other_labels[:, :4].astype(np.float64) * (ratio * draw.jitter)
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, side)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, side)
+    if draw.flip:
+        boxes[:, [0, 2]] = side - boxes[:, [2, 0]]
+    moved = boxes.copy()
+    moved[:, [0, 2]] = (boxes[:, [0, 2]] - draw.x_offset).clip(0, target_w)
+    moved[:, [1, 3]] = (boxes[:, [1, 3]] - draw.y_offset).clip(0, target_h)
+    keep = box_candidates(boxes, moved, wh_thr=MIXUP_MIN_BOX)
+    if not keep.any():
+        return None
+    added = np.concatenate([moved[keep], other_labels[keep, 4:5]], 1).astype(np.float32)
+    return np.concatenate([base_labels.astype(np.float32), added], 0)
+
+
+def mixup_image(base: np.ndarray, other_canvas: np.ndarray, draw: MixupDraw) -> np.ndarray:
+    """The pixels of :func:`mixup`: ``other_canvas`` (the other image letterboxed into an H x H
+    canvas, pad 114) resized by the jitter, mirrored, placed on black, cropped and blended
+    ``floor(0.5 * base + 0.5 * crop)`` into ``base`` (H, W, 3)."""
+    target_h, target_w = base.shape[:2]
+    side = int(target_h * draw.jitter)
+    cp = cv2.resize(other_canvas, (side, side))
+    if draw.flip:
+        cp = cp[:, ::-1]
+    padded = np.zeros((max(side, target_h), max(side, target_w), 3), dtype=np.uint8)
+    padded[:side, :side] = cp
+    y, x = draw.y_offset, draw.x_offset
+    crop = padded[y : y + target_h, x : x + target_w]
+    return ((base.astype(np.uint16) + crop) >> 1).astype(np.uint8)
+
+
 def mixup(
     base: np.ndarray,
     base_labels: np.ndarray,
@@ -101,38 +173,16 @@ def mixup(
     clipped to the crop and kept when :func:`box_candidates` passes with a 5 px minimum. If none
     survives, ``base`` and its labels come back unchanged (official). The blend is
     ``floor(0.5 * base + 0.5 * other)`` per channel, the official float blend's exact result.
+    (:func:`mixup_labels` and :func:`mixup_image` are the two halves.)
 
     Returns ``(image (H, W, 3) uint8, labels (N + kept, 5))``.
     """
-    target_h, target_w = base.shape[:2]
-    # The official canvas is input_dim square; base is the affine output, input_dim square too.
-    side = target_h
-    resized, r = resize_to_fit(other, side)
-    cp = np.full((side, side, 3), PAD_VALUE, dtype=np.uint8)
-    cp[: resized.shape[0], : resized.shape[1]] = resized
-    cp = cv2.resize(cp, (int(side * jitter), int(side * jitter)))
-    r *= jitter
-    if flip:
-        cp = cp[:, ::-1]
-    cp_h, cp_w = cp.shape[:2]
-    padded = np.zeros((max(cp_h, target_h), max(cp_w, target_w), 3), dtype=np.uint8)
-    padded[:cp_h, :cp_w] = cp
-    crop = padded[y_offset : y_offset + target_h, x_offset : x_offset + target_w]
-
-    boxes = other_labels[:, :4].astype(np.float64) * r  # on the jittered canvas
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, cp_w)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, cp_h)
-    if flip:
-        boxes[:, [0, 2]] = cp_w - boxes[:, [2, 0]]
-    moved = boxes.copy()
-    moved[:, [0, 2]] = (boxes[:, [0, 2]] - x_offset).clip(0, target_w)
-    moved[:, [1, 3]] = (boxes[:, [1, 3]] - y_offset).clip(0, target_h)
-    keep = box_candidates(boxes, moved, wh_thr=MIXUP_MIN_BOX)
-    if not keep.any():
+    draw = MixupDraw(jitter, flip, x_offset, y_offset)
+    canvas, ratio = letterbox(other, base.shape[0])
+    labels = mixup_labels(base_labels, other_labels, ratio, base.shape[:2], draw)
+    if labels is None:
         return base, base_labels
-    added = np.concatenate([moved[keep], other_labels[keep, 4:5]], 1).astype(np.float32)
-    blended = ((base.astype(np.uint16) + crop) >> 1).astype(np.uint8)
-    return blended, np.concatenate([base_labels.astype(np.float32), added], 0)
+    return mixup_image(base, canvas, draw), labels
 
 
 def random_mixup(
@@ -143,23 +193,9 @@ def random_mixup(
     other_labels: np.ndarray,
     scale_range: tuple[float, float],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`mixup` with the official draws: jitter in ``scale_range``, mirror with
-    probability 1/2, crop offsets uniform over the part of the jittered canvas past ``base``."""
-    jitter = rng.uniform(*scale_range)
-    flip = bool(rng.uniform() > 0.5)
-    side = base.shape[0]
-    cp_side = int(side * jitter)
-    target_h, target_w = base.shape[:2]
-    # Official randint(0, extra - 1): the last offset is never drawn; kept for parity.
-    y_offset = int(rng.integers(0, cp_side - target_h)) if cp_side > target_h else 0
-    x_offset = int(rng.integers(0, cp_side - target_w)) if cp_side > target_w else 0
+    """:func:`mixup` with the official draws (:func:`draw_mixup`)."""
+    d = draw_mixup(rng, base.shape[:2], scale_range)
     return mixup(
-        base,
-        base_labels,
-        other,
-        other_labels,
-        jitter=jitter,
-        flip=flip,
-        x_offset=x_offset,
-        y_offset=y_offset,
+        base, base_labels, other, other_labels,
+        jitter=d.jitter, flip=d.flip, x_offset=d.x_offset, y_offset=d.y_offset,
     )

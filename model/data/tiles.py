@@ -22,12 +22,15 @@ not in this sample and are not counted.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
 from model.data.transforms import PAD_VALUE, read_image
+
+if TYPE_CHECKING:
+    from model.data.frame_cache import CachedFrames
 
 # Columns of the cut counts: boxes wholly inside a crop, clipped by its edge, dropped.
 COUNT_WHOLE, COUNT_CLIPPED, COUNT_DROPPED = 0, 1, 2
@@ -134,9 +137,9 @@ class TileImages:
         min_visible: float,
         cache: bool = False,
         progress: bool = True,
+        frames: CachedFrames | None = None,
     ) -> None:
-
-        self._read = read_image
+        self.frames = frames  # (issue 26) the node's frame cache (native resolution), or None
         self.paths = paths
         self.labels = labels  # frame pixels
         self.tile = tile
@@ -157,8 +160,13 @@ class TileImages:
         return self._labelled
 
     def frame(self, index: int) -> np.ndarray:
-        """The full frame ``index`` (H, W, 3) BGR uint8; the cached array itself when cached."""
-        return self._cache[index] if self._cache is not None else self._read(self.paths[index])
+        """The full frame ``index`` (H, W, 3) BGR uint8; the cached array itself (or a read-only
+        view of the frame cache) when cached: callers must not modify it."""
+        if self._cache is not None:
+            return self._cache[index]
+        if self.frames is not None:
+            return self.frames.frame(index)
+        return read_image(self.paths[index])
 
     def load(self, index: int, rng: np.random.Generator | None = None) -> tuple[Any, np.ndarray]:
         """``(crop (tile, tile, 3) uint8, labels (N, 5) in crop pixels)`` of frame ``index``.

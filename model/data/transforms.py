@@ -66,11 +66,15 @@ def hflip(img: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     The returned image is a negative-stride view; callers copy it when they paste it anyway.
     """
-    width = img.shape[1]
+    return img[:, ::-1], hflip_boxes(labels, img.shape[1])
+
+
+def hflip_boxes(labels: np.ndarray, width: int) -> np.ndarray:
+    """The boxes of :func:`hflip`: ``[x1, x2]`` becomes ``[width - x2, width - x1]``."""
     out = labels.copy()
     out[:, 0] = width - labels[:, 2]
     out[:, 2] = width - labels[:, 0]
-    return img[:, ::-1], out
+    return out
 
 
 def hsv_gains(rng: np.random.Generator) -> np.ndarray:
@@ -182,9 +186,18 @@ def warp_affine(
     Boxes are not dropped here (official ``random_affine`` does not either): one that leaves the
     canvas is clipped to zero width or height and removed by :func:`filter_small_boxes` later.
     """
-    out = cv2.warpAffine(img, matrix, dsize=(size, size), borderValue=(PAD_VALUE,) * 3)
+    return warp_image(img, matrix, size), warp_boxes(labels, matrix, size)
+
+
+def warp_image(img: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """The pixels of :func:`warp_affine`: bilinear, border 114, ``size`` x ``size``."""
+    return cv2.warpAffine(img, matrix, dsize=(size, size), borderValue=(PAD_VALUE,) * 3)
+
+
+def warp_boxes(labels: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """The boxes of :func:`warp_affine`: bounds of the four warped corners, clipped to ``size``."""
     if len(labels) == 0:
-        return out, labels.copy()
+        return labels.copy()
     corners = labels[:, [0, 1, 2, 3, 0, 3, 2, 1]].reshape(-1, 2).astype(np.float64)  # (4N, 2)
     warped = corners @ matrix[:, :2].T + matrix[:, 2]
     xs = warped[:, 0].reshape(-1, 4)  # (N, 4)
@@ -194,7 +207,7 @@ def warp_affine(
     new[:, 1] = ys.min(1).clip(0, size)
     new[:, 2] = xs.max(1).clip(0, size)
     new[:, 3] = ys.max(1).clip(0, size)
-    return out, new
+    return new
 
 
 def box_candidates(
