@@ -42,7 +42,7 @@ from types import ModuleType
 from typing import Any
 
 from model.config import DEVICES, parse_override
-from study import cli, coco, pipeline, prepare, pretraining, racing, session, trust
+from study import cli, coco, feed, pipeline, prepare, pretraining, racing, session, trust
 from study.args import StudyArgs
 from study.files import atomic_write_text
 from study.layout import FINISHED, PLAN, SPACE, TUNE, StudyError
@@ -207,10 +207,26 @@ def run_study(
     if args.resume:
         session.stop_stale(study_dir, log)
     data = prepare.check_data(plan, strict=args.strict, log=log)
+    feed_trials(plan, data, args, log)
     ship_by_value(fn)
     with trust.private_umask():
-        plan = _run(plan, study_dir, cache_root, fn, data, args, log)
+        plan = _run(plan, study_dir, cache_root, fn, data, args, log, t0)
     return finish(plan, study_dir, time.time() - t0, log)
+
+
+def feed_trials(
+    plan: Plan, data: list[prepare.DataSource], args: StudyArgs, log: Log
+) -> None:
+    """The node's frame cache, built once before the trials, and the loader cores a trial needs
+    against the CPUs it gets (study/feed.py)."""
+    cfgs = [t.config for t in plan.runnable()] or [plan.base]
+    feed.plan_frame_cache(cfgs, log)
+    cuda = plan.cuda or any(
+        c.device == "cuda" or (c.device == "auto" and quick_on_cuda("auto")) for c in cfgs
+    )
+    side = max((s.split.get("frame_side", 0) for s in data), default=0) or 1920
+    cpus = args.cpus_per_trial if args.cpus_per_trial is not None else plan.resources.cpus
+    log(feed.cpu_request_line(cfgs, cpus, cuda=cuda, frame_side=side))
 
 
 def complete_plan(
@@ -239,9 +255,11 @@ def _run(
     data: list[prepare.DataSource],
     args: StudyArgs,
     log: Log,
+    t0: float,
 ) -> Plan:
     """Ray up, the study folder, pretraining, the trials; Ray down and the folder's record
-    cleaned whatever happens. Returns the plan with what the pretraining produced."""
+    cleaned whatever happens. Returns the plan with what the pretraining produced. ``t0``: when
+    the study began (a wall-time budget counts from it)."""
     cluster = pipeline.start_ray(args.address, args.dashboard_host, log)
     try:  # the folder appears once Ray is up: a failed start leaves nothing to --resume
         study_dir.mkdir(parents=True, exist_ok=True)
@@ -258,7 +276,7 @@ def _run(
         done = pretraining.run_jobs(plan, study_dir, cache_root, res, log)
         plan = pretraining.applied(plan, done)
         session.record(study_dir, pipeline.owns_ray())  # Ray's agents are up by now
-        rounds = Rounds(plan, study_dir, cache_root, res, fn, args, log, cluster)
+        rounds = Rounds(plan, study_dir, cache_root, res, fn, args, log, cluster, t0)
         plan = rounds.run()
     finally:
         pipeline.stop_ray()
@@ -281,7 +299,7 @@ class Rounds:
     args: StudyArgs
     log: Log
     cluster: dict[str, float]
-    t0: float = dataclasses.field(default_factory=time.time)
+    t0: float = dataclasses.field(default_factory=time.time)  # when this driver began
     round_s: list[float] = dataclasses.field(default_factory=list)  # wall time per trial wave
 
     def run(self) -> Plan:

@@ -255,6 +255,8 @@ def build_plan(
                           "point runs already")
     if seeds is None:
         seeds = (space.quick_seeds if quick else None) or 1
+    if quick and budget is None and seeds == "auto":
+        budget = space.quick_budget  # (None: the default budget)
     race = _race(space, seeds, budget)
     if race is not None:
         seeds = race.initial_seeds

@@ -76,6 +76,9 @@ def split_record(dataset: Any, cfg: Any) -> dict[str, Any]:
         ),
         "test": "the layout's test split" if "test" in dataset.splits else "none",
         "counts": {name: split.num_images for name, split in dataset.splits.items()},
+        "frame_side": max(
+            (max(int(im["width"]), int(im["height"])) for im in dataset.train.images), default=0
+        ),
         "val_images": [str(im["file_name"]) for im in dataset.splits["val"].images]
         if "val" in dataset.splits else [],
     }

@@ -18,7 +18,8 @@ A space file holds (every key optional except that a study needs something to va
       grid: {key: [v, ...]}   # replaces these grid axes' values (e.g. pin size: [nano]);
                               # --full runs the union with the space's own values
       baseline: {key: value}  # a stand-in baseline point that can run offline
-      seeds: N             # default --seeds of the quick profile
+      seeds: N | auto      # default --seeds of the quick profile
+      budget: 23m          # with seeds: auto, its default --budget (trials or a wall time)
       resources: {...}     # per trial
       num_samples: N       # sampled trials
       cuda: {key: value, resources: {...}}  # on top, when the study runs on a CUDA device
@@ -43,6 +44,7 @@ import yaml
 
 from model.config import ConfigError, TrialConfig, as_float_literal, config_from_dict, config_keys
 from model.evaluate import COCO_METRICS
+from study.layout import StudyError
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 TOP_KEYS = (
@@ -66,7 +68,9 @@ DIST_KEYS = {
     "choice": ({"values"}, set()),
 }  # type: (required keys, optional keys)
 # quick keys that are not trial-config keys
-QUICK_STUDY_KEYS = ("resources", "num_samples", "grid", "baseline", "seeds", "cuda")
+QUICK_STUDY_KEYS = (
+    "resources", "num_samples", "grid", "baseline", "seeds", "budget", "cuda"
+)
 
 
 class SpaceError(ConfigError):
@@ -144,7 +148,8 @@ class Space:
     quick_num_samples: int | None = None
     quick_grid: dict[str, list[Any]] = field(default_factory=dict)  # axes the quick run narrows
     quick_baseline: dict[str, Any] = field(default_factory=dict)  # its stand-in baseline values
-    quick_seeds: int | None = None
+    quick_seeds: int | str | None = None  # a number of seeds, or "auto" (study/racing.py)
+    quick_budget: str | None = None  # the budget of quick.seeds: auto (trials or a wall time)
     quick_cuda: dict[str, Any] = field(default_factory=dict)  # trial-config overrides on CUDA
     quick_cuda_resources: Resources | None = None
     text: str = ""  # the file as read, kept in the study directory so a resume uses the same
@@ -255,9 +260,8 @@ def parse_space(text: str, source: str, name: str, path: Path | None = None) -> 
         if "num_samples" in quick
         else None
     )
-    quick_seeds = (
-        _positive_int(quick.pop("seeds"), "quick.seeds", source) if "seeds" in quick else None
-    )
+    quick_seeds = _quick_seeds(quick.pop("seeds", None), source)
+    quick_budget = _quick_budget(quick.pop("budget", None), quick_seeds, source)
     quick_grid_raw = _sub_mapping(quick.pop("grid", None), "quick.grid", source)
     quick_baseline = _sub_mapping(quick.pop("baseline", None), "quick.baseline", source)
     quick_cuda = _sub_mapping(quick.pop("cuda", None), "quick.cuda", source)
@@ -328,6 +332,7 @@ def parse_space(text: str, source: str, name: str, path: Path | None = None) -> 
         quick_grid=quick_grid,
         quick_baseline=dict(quick_baseline),
         quick_seeds=quick_seeds,
+        quick_budget=quick_budget,
         quick_cuda=quick_cuda,
         quick_cuda_resources=quick_cuda_resources,
         text=text,
@@ -431,6 +436,31 @@ def _sub_mapping(value: Any, key: str, source: str) -> dict[str, Any]:
 def _known_key(key: Any, where: str, source: str) -> None:
     if key not in config_keys():
         config_from_dict({key: None}, source=f"{source}: {where}")  # raises with a did-you-mean
+
+
+def _quick_seeds(value: Any, source: str) -> int | str | None:
+    """quick.seeds: a number of seeds >= 1, or ``auto``."""
+    if value is None or value == "auto":
+        return value
+    return _positive_int(value, "quick.seeds", source)
+
+
+def _quick_budget(value: Any, seeds: int | str | None, source: str) -> str | None:
+    """quick.budget: the budget of ``quick.seeds: auto`` — trials (12) or a wall time (23m)."""
+    if value is None:
+        return None
+    if seeds != "auto":
+        raise SpaceError(
+            f"{source}: key 'quick.budget' is the budget of 'quick.seeds: auto'; set "
+            "quick.seeds: auto or drop quick.budget"
+        )
+    from study.racing import parse_budget
+
+    try:
+        parse_budget(value)
+    except StudyError as e:
+        raise SpaceError(f"{source}: key 'quick.budget': {e}") from e
+    return str(value)
 
 
 def _positive_int(value: Any, key: str, source: str) -> int:

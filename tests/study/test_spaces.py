@@ -22,7 +22,8 @@ def test_shipped_spaces_load_and_plan(name: str) -> None:
         plan = build_plan(space, data=data)
         if space.grid:
             n = plan.seeds  # the quick profile may repeat the grid (quick.seeds)
-            assert n == (space.quick_seeds or 1 if data is None else 1)
+            quick_seeds = 2 if space.quick_seeds == "auto" else space.quick_seeds  # (round 1)
+            assert n == (quick_seeds or 1 if data is None else 1)
             for values in space.grid_for(data is None).values():
                 n *= len(values)
             assert len(plan.trials) == n
@@ -43,11 +44,15 @@ def test_ablation_space_is_the_flow_study() -> None:
     # the quick profile pins YOLOX-nano and runs a random-init stand-in for the coco baseline
     plan = build_plan(space)
     assert plan.grid == {**space.grid, "pretrain": ["none", "center_loss"], "size": ["nano"]}
-    # two seeds of every grid point (quick.seeds), paired by seed
+    # seeds where they decide (quick.seeds: auto): two of every grid point first, paired by seed,
+    # then rounds within the wall-time budget (quick.budget)
     assert [t.id for t in plan.trials][:3] == [
         "none-iou-nano-seed0", "none-iou-nano-seed1", "none-ciou-nano-seed0"
     ]
     assert plan.seeds == 2 and len(plan.trials) == 8
+    assert plan.race is not None and (plan.race.budget_trials, plan.race.budget_s) == (None, 1440)
+    assert build_plan(space, seeds=3).race is None  # --seeds N: exactly N, no race
+    assert build_plan(space, seeds="auto", budget="20").race.budget_trials == 20
     assert plan.baseline_ids() == ["none-iou-nano-seed0", "none-iou-nano-seed1"]
     assert plan.stand_in_for == {"pretrain": "coco", "size": "s"}
     assert any("stand-in for the study's pretrain=coco, size=s" in n for n in plan.notes)
@@ -193,6 +198,8 @@ def _write(tmp_path: Path, text: str) -> Path:
         ),
         ("grid: {size: [nano]}\nquick: {baseline: {size: nano}}\n", "quick.baseline"),
         ("grid: {size: [nano]}\nquick: {seeds: 0}\n", "quick.seeds"),
+        ("grid: {size: [nano]}\nquick: {seeds: 2, budget: 10}\n", "quick.budget"),
+        ("grid: {size: [nano]}\nquick: {seeds: auto, budget: soon}\n", "quick.budget"),
         ("grid: {size: [nano]}\nquick: {cuda: {epochs: -1}}\n", "epochs"),
         (
             "grid: {size: [nano]}\nquick: {cuda: {resources: {gpus: -1}}}\n",
@@ -238,7 +245,10 @@ def test_plan_json_round_trip(tmp_path: Path) -> None:
     back = load_plan(tmp_path / "plan.json")
     assert [t.to_dict() for t in back.trials] == [t.to_dict() for t in plan.trials]
     assert back.space.grid == plan.space.grid and back.quick and back.seeds == 2
-    assert back.base == plan.base
+    assert back.base == plan.base and back.race is None
+    raced = build_plan(load_space("ablation"), seeds="auto", budget="25m")
+    raced.save(tmp_path / "raced.json")
+    assert load_plan(tmp_path / "raced.json").race == raced.race
 
 
 def test_tiles_space_compares_input_modes_at_the_same_network_input() -> None:
