@@ -21,8 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from model import assigners
-from model.assign import BatchAssignment, simota, simota_batched
+from model.assign import common as assigners
+from model.assign.simota import BatchAssignment, simota, simota_batched
 
 
 def anchor_grid(size: int, strides: tuple[int, ...] = (8, 16, 32)) -> tuple[Tensor, Tensor, Tensor]:

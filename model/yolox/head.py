@@ -13,7 +13,8 @@ from typing import get_args
 import torch
 from torch import Tensor, nn
 
-from model.assigners import DynamicState
+from model.assign.common import DynamicState
+from model.box_losses import REG_LOSSES
 from model.config import (
     CANDIDATE_TOPK,
     CENTER_RADIUS,
@@ -24,7 +25,6 @@ from model.config import (
     ClsTarget,
     check_choice,
 )
-from model.losses import REG_LOSSES
 from model.yolox.blocks import BaseConv, conv_type
 from model.yolox.loss import ASSIGN_MODES
 

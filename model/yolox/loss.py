@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model import assigners
-from model.assign import BatchAssignment, simota, simota_batched
+from model.assign import common as assigners
+from model.assign.simota import BatchAssignment, simota, simota_batched
+from model.box_losses import REG_LOSSES, regression_loss
 from model.config import (
     CANDIDATE_TOPK,
     CENTER_RADIUS,
@@ -32,7 +33,6 @@ from model.config import (
     ClsTarget,
     check_choice,
 )
-from model.losses import REG_LOSSES, regression_loss
 
 AssignMode = Literal["batched", "per_image"]  # simota_batched (default) or simota per image
 ASSIGN_MODES: tuple[str, ...] = get_args(AssignMode)
@@ -90,7 +90,7 @@ def yolox_loss(
     raw_reg: (B, A, 4) regression outputs before decoding (needed only when ``use_l1``).
     x_shifts, y_shifts: (A,) grid-cell indices; strides: (A,) pixels per cell.
     targets: (B, M, 5) class, cx, cy, w, h in input pixels; all-zero rows are padding.
-    reg_loss: one of ``model.losses.REG_LOSSES`` (``iou_loss`` then holds that loss, e.g. 1 - NWD);
+    reg_loss: one of ``model.box_losses.REG_LOSSES`` (``iou_loss`` then holds it, e.g. 1 - NWD);
         nwd_constant: NWD's C in pixels (``reg_loss="nwd"`` only);
     assign_mode: "batched" (``simota_batched``) or
         "per_image" (a loop of ``simota`` like the official code; same result, kept as a check).

@@ -18,8 +18,8 @@ import math
 import pytest
 import torch
 
-from model.assign import BatchAssignment
-from model.assigners import DynamicState, hambox
+from model.assign.common import DynamicState, hambox
+from model.assign.simota import BatchAssignment
 from model.yolox.loss import yolox_loss
 
 LN2, LN3, LN4 = math.log(2), math.log(3), math.log(4)

@@ -15,8 +15,8 @@ import math
 import pytest
 import torch
 
-from model.assign import simota, simota_batched
-from model.assigners import default_k
+from model.assign.common import default_k
+from model.assign.simota import simota, simota_batched
 from model.config import ConfigError, TrialConfig, config_from_dict
 from model.yolox.loss import yolox_loss
 

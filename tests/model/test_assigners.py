@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.assign import BatchAssignment
-from model.assigners import DynamicState, atss, dynamic, hambox, topk, uniform
+from model.assign.common import DynamicState, atss, dynamic, hambox, topk, uniform
+from model.assign.simota import BatchAssignment
 from model.config import ConfigError, TrialConfig
 from model.yolox.loss import assignment_stats, summarize_stats, yolox_loss
 

@@ -8,8 +8,7 @@ from typing import get_args
 import pytest
 import torch
 
-from model.config import RegLoss
-from model.losses import (
+from model.box_losses import (
     IOU_KINDS,
     REG_LOSSES,
     bbox_iou,
@@ -17,6 +16,7 @@ from model.losses import (
     pairwise_iou,
     regression_loss,
 )
+from model.config import RegLoss
 
 
 def boxes(*rows: tuple[float, float, float, float], dtype=torch.float32) -> torch.Tensor:

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from model.box_losses import REG_LOSSES, iou_family_loss, nwd, pairwise_nwd
 from model.config import ConfigError, TrialConfig
-from model.losses import REG_LOSSES, iou_family_loss, nwd, pairwise_nwd
 from model.yolox.loss import yolox_loss
 
 

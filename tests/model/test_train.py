@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import model.train as train_mod
-from model import assigners
+from model.assign import common as assigners
 from model.checkpoint import load_checkpoint, load_trained_detector
 from model.config import ConfigError, TrialConfig
 from model.data.synth import generate_flow_like

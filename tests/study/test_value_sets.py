@@ -28,7 +28,7 @@ def test_the_sets_are_the_literals():
 
 
 def test_the_network_sizes_and_the_loss_kinds_are_those_sets():
-    from model.losses import IOU_KINDS, REG_LOSSES
+    from model.box_losses import IOU_KINDS, REG_LOSSES
     from model.pretrain.artifact import METHODS
     from model.yolox.build import SIZES
 
@@ -55,7 +55,7 @@ def test_the_pretrain_cli_choices():
 
 
 def test_the_official_constants_are_every_default():
-    from model.assign import simota, simota_batched
+    from model.assign.simota import simota, simota_batched
     from model.yolox.build import build_yolox
     from model.yolox.head import YOLOXHead
     from model.yolox.loss import yolox_loss

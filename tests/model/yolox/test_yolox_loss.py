@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from model.losses import IOU_KINDS
+from model.box_losses import IOU_KINDS
 from model.yolox.loss import LOSS_KEYS, yolox_loss
 from tests.paths import FIXTURES
 

@@ -2,7 +2,7 @@
 R-CNN's dynamic threshold, and HAMBox compensation on top of any of them.
 
 Each is a plain ``@torch.no_grad()`` function of a padded batch returning the
-:class:`~model.assign.BatchAssignment` of ``simota_batched``. The inputs are those of
+:class:`~model.assign.simota.BatchAssignment` of ``simota_batched``. The inputs are those of
 ``simota_batched`` without the class scores (none of these rules looks at them):
 
     gt_bboxes: (B, G, 4) cx, cy, w, h in input pixels; gt_valid: (B, G) bool, False = padding;
@@ -28,9 +28,9 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor
 
-from model.assign import BatchAssignment, _sortable
+from model.assign.simota import BatchAssignment, _sortable
+from model.box_losses import pairwise_iou
 from model.config import CENTER_RADIUS
-from model.losses import pairwise_iou
 
 ATSS_K = 9  # ATSS (Algorithm 1): k = 9 candidates per level
 ATSS_PRIOR_SCALE = 8.0  # ATSS for FCOS: one square anchor of 8 x stride a point

@@ -23,8 +23,8 @@ How we compute it, and where we differ from the official code (no normal assignm
 - an object with no candidate anchor (centre far outside the grid) gets none instead of a crash,
   and zero objects give an all-background assignment.
 
-Added (issue 17): ``overlap="nwd"`` puts NWD (Wang et al. 2021, ``model.losses.nwd``) in place of
-the IoU in the cost and the dynamic k, so a tiny object's disjoint candidates are still ranked
+Added (issue 17): ``overlap="nwd"`` puts NWD (Wang et al. 2021, ``model.box_losses.nwd``) in place
+of the IoU in the cost and the dynamic k, so a tiny object's disjoint candidates are still ranked
 by distance; the returned ``pred_ious`` stay IoUs (the class target). The default "iou" runs
 exactly the official arithmetic.
 """
@@ -36,8 +36,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from model.box_losses import pairwise_iou, pairwise_nwd
 from model.config import CANDIDATE_TOPK, CENTER_RADIUS, IOU_COST_WEIGHT
-from model.losses import pairwise_iou, pairwise_nwd
 
 OUT_OF_RADIUS_COST = 1e6  # official: pairs outside the centre radius are (almost) never picked
 _BCE_LOG_FLOOR = -100.0  # F.binary_cross_entropy clamps log() here

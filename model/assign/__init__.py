@@ -1,0 +1,1 @@
+"""Label assignment: which predictions learn which object (issue 25: one module per rule)."""
