@@ -3,9 +3,9 @@
 16 images x 30 objects at 640 x 640 (8400 anchors), FloW-like small objects (4-64 px) plus a few
 crowded clusters; each anchor predicts a box scattered around its cell, one to a few strides
 wide, and random scores. Prints wall-clock (median, minimum) and CPU time of each path and the
-speed-ups, and checks that the two paths agree. Then (issue 17) times every other assigner of
-``model/assigners.py`` (and SimOTA with NWD, HAMBox on top of SimOTA) on the same batch against
-``simota_batched``, with the positives each gives per object.
+speed-ups, and checks that the two paths agree. Then (issue 17) times every other assigner of the
+registry ``model.assign.ASSIGNERS`` (and SimOTA with NWD, HAMBox on top of SimOTA) on the same
+batch against ``simota_batched``, with the positives each gives per object.
 
     python benchmarks/assign.py [--batch 16] [--objects 30] [--size 640] [--classes 1]
                                 [--repeat 15] [--threads 1] [--device cpu|cuda]
@@ -21,8 +21,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from model.assign import common as assigners
-from model.assign.simota import BatchAssignment, simota, simota_batched
+from model.assign import ASSIGNERS, AssignInputs, AssignSettings, BatchAssignment, DynamicState
+from model.assign.hambox import hambox
+from model.assign.simota import simota, simota_batched
 
 
 def anchor_grid(size: int, strides: tuple[int, ...] = (8, 16, 32)) -> tuple[Tensor, Tensor, Tensor]:
@@ -81,12 +82,15 @@ def run_batched(d: dict, **kw: object) -> BatchAssignment:
 
 
 def run_other(d: dict, name: str) -> BatchAssignment:
-    """One of ``model.assigners`` (paper defaults), "simota_nwd", or "simota+hambox"."""
+    """An entry of ``model.assign.ASSIGNERS`` (paper defaults), "simota_nwd", or
+    "simota+hambox"."""
     if name == "simota_nwd":
         return run_batched(d, overlap="nwd")
     if name == "simota+hambox":
-        return assigners.hambox(run_batched(d), d["gt"], d["valid"], d["pred"])
-    return assigners.ASSIGNERS[name](d["gt"], d["valid"], d["pred"], d["x"], d["y"], d["s"])
+        return hambox(run_batched(d), d["gt"], d["valid"], d["pred"])
+    inputs = AssignInputs(*(d[k] for k in ("gt", "cls", "valid", "pred", "cls_logits",
+                                           "obj_logits", "x", "y", "s")))
+    return ASSIGNERS[name](inputs, AssignSettings(assigner=name), DynamicState())
 
 
 def run_loop(d: dict) -> list:
@@ -165,7 +169,8 @@ def main() -> None:
     print("\nOther assigners on the same batch, against simota_batched (time ratio; > 1 = slower)")
     print("                            wall median   wall min   CPU median   ratio   pos/object")
     n_obj = int(d["valid"].sum())
-    for name in ("simota_batched", *assigners.ASSIGNERS, "simota_nwd", "simota+hambox"):
+    others = [name for name in ASSIGNERS if name != "simota"]
+    for name in ("simota_batched", *others, "simota_nwd", "simota+hambox"):
         if name == "simota_batched":
             fn, t = (lambda: run_batched(d)), fast
         else:

@@ -25,7 +25,8 @@ import time
 import torch
 
 import model.yolox.loss as loss_module
-from model.yolox import build_yolox
+from model.assign import AssignSettings
+from model.yolox import HeadSettings, LossSettings, build_yolox
 
 PRESETS = {"nano320": ("nano", 320, 8), "s640": ("s", 640, 8)}
 # name -> (assign_mode, channels_last)
@@ -89,7 +90,8 @@ def time_steps(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     cuda = device.type == "cuda"
-    net = build_yolox(size, num_classes=1, assign_mode=mode).to(device).train()
+    settings = HeadSettings(loss=LossSettings(assign=AssignSettings(assign_mode=mode)))
+    net = build_yolox(size, num_classes=1, settings=settings).to(device).train()
     images = torch.rand(batch, 3, img, img, generator=gen) * 255
     targets = random_targets(batch, img, *objects, max_objects=120, gen=gen)
     images, targets = images.to(device), targets.to(device)

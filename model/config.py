@@ -42,6 +42,11 @@ CENTER_RADIUS = 1.5  # candidates: cell centre within this many strides of an ob
 CANDIDATE_TOPK = 10  # IoUs summed for the dynamic k
 IOU_COST_WEIGHT = 3.0  # weight of -log(IoU) in the assignment cost
 REG_WEIGHT = 5.0  # weight of the box-regression loss
+# (added, issue 17) NWD's C in input pixels (see the nwd_constant key): the default of the key and
+# of every function that takes it (the assignment's overlap, the box loss)
+NWD_CONSTANT = 12.8
+# (added, issue 17) Dynamic R-CNN's C: iterations between updates of its threshold and beta
+DYNAMIC_INTERVAL = 100
 Assigner = Literal["simota", "atss", "uniform", "topk", "dynamic"]
 AssignOverlap = Literal["iou", "nwd"]
 ClsTarget = Literal["iou", "cleanliness", "qfl"]
@@ -61,6 +66,18 @@ def check_choice(name: str, value: str, allowed: tuple[str, ...] | list[str]) ->
     return value
 
 
+def check_literal_fields(obj: Any) -> None:
+    """:func:`check_choice` for every ``Literal`` field of the dataclass ``obj``.
+
+    For the settings objects of model/ (``AssignSettings``, ``LossSettings``), which can be
+    built by hand: a typo there must not quietly run the baseline either."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        hint = hints[f.name]
+        if get_origin(hint) is Literal:
+            check_choice(f.name, getattr(obj, f.name), get_args(hint))
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     """Every setting of one trial. Defaults follow the official YOLOX recipe (``yolox_base.py``)."""
@@ -69,14 +86,14 @@ class TrialConfig:
     size: Size = "s"  # nano, tiny, s, m, l, x (official depth/width multipliers)
     num_classes: int = 1  # FloW has one class, "bottle"
     # box regression loss; "iou" is the official 1 - IoU^2; (added, issue 17) "nwd" is
-    # 1 - NWD, the normalized Gaussian Wasserstein distance for tiny objects (model/losses.py)
+    # 1 - NWD, the normalized Gaussian Wasserstein distance for tiny objects (model/box_losses.py)
     reg_loss: RegLoss = "iou"
     # (added, issue 17) NWD's C in input pixels, NWD = exp(-W2 / C). The paper (Wang et al. 2021,
     # arXiv 2110.13389) sets C to the dataset's average absolute object size and reports 12.8 for
     # AI-TOD; we keep 12.8: FloW bottles are ~20 px in the frame but ~10 px after a 640 letterbox
     # (~20 px only with tiles), so 12.8 sits between the two and keeps the paper's value to
     # compare with. Set it to the mean sqrt(w * h) of the training boxes to follow the rule
-    nwd_constant: float = 12.8
+    nwd_constant: float = NWD_CONSTANT
     pretrain: Pretrain = "none"  # backbone initialisation: none, coco, center_loss, ssl
     # (added, issue 14) class names to train, comma-separated ("bottle" or "bottle,can"), in
     # class-index order; boxes of other classes are dropped and counted in the data report.
@@ -184,7 +201,7 @@ class TrialConfig:
     iou_cost_weight: float = IOU_COST_WEIGHT
     reg_weight: float = REG_WEIGHT
 
-    # --- label assignment and classification targets (added, issue 17; model/assigners.py) ---
+    # --- label assignment and classification targets (added, issue 17; model/assign/) ---
     # simota: the official SimOTA (bit-identical). atss: ATSS (Zhang et al. 2020), per level the
     # k nearest points, IoU threshold mean + std. uniform: YOLOF's uniform matching (k nearest
     # priors + k nearest predictions by L1). topk: the k highest-IoU predictions inside the
@@ -200,7 +217,7 @@ class TrialConfig:
     hambox: bool = False
     # dynamic: iterations between updates of its IoU threshold and SmoothL1 beta (Dynamic R-CNN's
     # C, 100); the statistics collected in between are saved in checkpoints
-    dynamic_interval: int = 100
+    dynamic_interval: int = DYNAMIC_INTERVAL
     # the overlap inside SimOTA's cost and dynamic k: iou (official) or nwd (NWD with
     # nwd_constant; a tiny object's disjoint candidates are still ranked by distance)
     assign_overlap: AssignOverlap = "iou"

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from model.assign.stats import ASSIGN_DIAGNOSTICS, summarize_stats
 from model.bootstrap import bootstrap_ci
 from model.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -61,7 +62,7 @@ from model.evaluate import COCO_METRICS, evaluate_coco, prefixed
 from model.optim import ModelEMA, YoloxWarmCos, build_optimizer, set_lr
 from model.threads import torch_threads
 from model.yolox import build_yolox_from_config, load_coco_weights
-from model.yolox.loss import ASSIGN_DIAGNOSTICS, LOSS_KEYS, summarize_stats
+from model.yolox.loss import LOSS_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -408,7 +409,7 @@ class _Trainer:
         net.train()
         self.loader.set_epoch(epoch)
         sums = dict.fromkeys(LOSS_KEYS, 0.0)
-        stat_sums: dict[str, Any] = {}  # assignment counts (tensors), see model.yolox.loss
+        stat_sums: dict[str, Any] = {}  # assignment counts (tensors), see model.assign.stats
         autocast = (
             torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
         )

@@ -30,11 +30,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from model.assign.stats import ASSIGN_DIAGNOSTICS
 from model.bootstrap import BOOTSTRAP_METRICS
-
 from model.config import config_keys
 from model.evaluate import TEST_METRICS, VAL_METRICS
-from model.yolox.loss import ASSIGN_DIAGNOSTICS
 from study.datacheck import DATA_COLUMNS
 from study.files import atomic_write
 from study.layout import (

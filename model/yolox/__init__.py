@@ -6,6 +6,7 @@ from model.yolox.build import SIZES, YOLOX, build_yolox, build_yolox_from_config
 from model.yolox.darknet import CSPDarknet
 from model.yolox.head import YOLOXHead
 from model.yolox.pafpn import YOLOPAFPN
+from model.yolox.settings import HeadSettings, LossSettings
 from model.yolox.weights import (
     LoadReport,
     WeightsError,
@@ -19,7 +20,9 @@ __all__ = [
     "SIZES",
     "YOLOX",
     "CSPDarknet",
+    "HeadSettings",
     "LoadReport",
+    "LossSettings",
     "WeightsError",
     "WeightsUnavailableError",
     "YOLOPAFPN",

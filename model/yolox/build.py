@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
-from model.config import CANDIDATE_TOPK, CENTER_RADIUS, IOU_COST_WEIGHT, REG_WEIGHT
 from model.yolox.head import YOLOXHead
 from model.yolox.pafpn import IN_CHANNELS, YOLOPAFPN
+from model.yolox.settings import HeadSettings
 
 if TYPE_CHECKING:
     from model.config import TrialConfig
@@ -22,9 +22,6 @@ SIZES: dict[str, tuple[float, float, bool]] = {
     "l": (1.0, 1.0, False),
     "x": (1.33, 1.25, False),
 }
-
-PRIOR_PROB = 1e-2  # initial objectness / class probability of the head
-
 
 class YOLOX(nn.Module):
     """YOLOX = ``backbone`` (YOLOPAFPN, whose ``.backbone`` is CSPDarknet) + ``head`` (YOLOXHead).
@@ -83,48 +80,21 @@ def build_yolox(
     depth: float | None = None,
     width: float | None = None,
     depthwise: bool | None = None,
-    reg_loss: str = "iou",
     act: str = "silu",
-    center_radius: float = CENTER_RADIUS,
-    candidate_topk: int = CANDIDATE_TOPK,
-    iou_cost_weight: float = IOU_COST_WEIGHT,
-    reg_weight: float = REG_WEIGHT,
-    nwd_constant: float = 12.8,
-    assign_mode: str = "batched",
-    assigner: str = "simota",
-    assign_k: int = 0,
-    hambox: bool = False,
-    assign_overlap: str = "iou",
-    cls_target: str = "iou",
+    settings: HeadSettings | None = None,
 ) -> YOLOX:
     """Build a YOLOX of a named ``size`` (see ``SIZES``) or of explicit depth/width/depthwise.
 
-    Weights are freshly initialised (PyTorch defaults, head priors 1e-2); load pretrained ones
-    with ``model.yolox.weights``. The loss knobs become attributes of ``net.head``.
+    ``settings``: the head's and the loss's (``HeadSettings.from_config(cfg)``; None = official).
+    Weights are freshly initialised (PyTorch defaults, head priors ``settings.prior_prob``); load
+    pretrained ones with ``model.yolox.weights``.
     """
     depth, width, depthwise = _resolve_arch(size, depth, width, depthwise)
     if num_classes < 1:
         raise ValueError(f"build_yolox: num_classes must be >= 1, got {num_classes}")
     backbone = YOLOPAFPN(depth, width, depthwise=depthwise, act=act)
     head = YOLOXHead(
-        num_classes,
-        width,
-        in_channels=IN_CHANNELS,
-        act=act,
-        depthwise=depthwise,
-        prior_prob=PRIOR_PROB,
-        reg_loss=reg_loss,
-        reg_weight=reg_weight,
-        nwd_constant=nwd_constant,  # (issue 17) was not passed on: NWD ran with the default C
-        center_radius=center_radius,
-        candidate_topk=candidate_topk,
-        iou_cost_weight=iou_cost_weight,
-        assign_mode=assign_mode,
-        assigner=assigner,
-        assign_k=assign_k,
-        hambox=hambox,
-        assign_overlap=assign_overlap,
-        cls_target=cls_target,
+        num_classes, width, in_channels=IN_CHANNELS, act=act, depthwise=depthwise, settings=settings
     )
     arch = {
         "size": size,
@@ -138,26 +108,12 @@ def build_yolox(
 
 
 def build_yolox_from_config(cfg: TrialConfig) -> YOLOX:
-    """The network of a trial: size, classes and the loss/assignment knobs of ``cfg``.
+    """The network of a trial: size, classes, ``bn_momentum`` and the head's settings, built
+    once here (``HeadSettings.from_config``: the loss and assignment keys of ``cfg``).
 
     Pretrained weights (``cfg.pretrain``) are not loaded here; the trainer does that.
     """
-    net = build_yolox(
-        cfg.size,
-        cfg.num_classes,
-        reg_loss=cfg.reg_loss,
-        center_radius=cfg.center_radius,
-        candidate_topk=cfg.candidate_topk,
-        iou_cost_weight=cfg.iou_cost_weight,
-        reg_weight=cfg.reg_weight,
-        nwd_constant=cfg.nwd_constant,
-        assigner=cfg.assigner,
-        assign_k=cfg.assign_k,
-        hambox=cfg.hambox,
-        assign_overlap=cfg.assign_overlap,
-        cls_target=cfg.cls_target,
-    )
-    net.head.dynamic_state.interval = cfg.dynamic_interval
+    net = build_yolox(cfg.size, cfg.num_classes, settings=HeadSettings.from_config(cfg))
     set_bn_momentum(net, cfg.bn_momentum)
     return net
 

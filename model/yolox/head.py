@@ -8,25 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import get_args
 
 import torch
 from torch import Tensor, nn
 
-from model.assign.common import DynamicState
-from model.box_losses import REG_LOSSES
-from model.config import (
-    CANDIDATE_TOPK,
-    CENTER_RADIUS,
-    IOU_COST_WEIGHT,
-    REG_WEIGHT,
-    Assigner,
-    AssignOverlap,
-    ClsTarget,
-    check_choice,
-)
+from model.assign.dynamic import DynamicState
 from model.yolox.blocks import BaseConv, conv_type
-from model.yolox.loss import ASSIGN_MODES
+from model.yolox.settings import HeadSettings
 
 STRIDES = (8, 16, 32)
 _GRID_CACHE_LIMIT = 64  # multiscale training visits ~11 sizes x 3 levels; keep the cache bounded
@@ -35,12 +23,10 @@ _GRID_CACHE_LIMIT = 64  # multiscale training visits ~11 sizes x 3 levels; keep 
 class YOLOXHead(nn.Module):
     """Decoupled head over the three PAFPN levels (strides 8, 16, 32).
 
-    Attributes that steer training (read on every loss call, so they can be changed in place):
-    ``use_l1`` (add the L1 loss on raw regressions, the official last-15-epochs switch),
-    ``reg_loss``, ``reg_weight``, ``nwd_constant``, ``center_radius``, ``candidate_topk``,
-    ``iou_cost_weight``,
-    ``assign_mode`` (``batched`` or ``per_image`` SimOTA), and (issue 17) ``assigner``,
-    ``assign_k``, ``hambox``, ``assign_overlap``, ``cls_target``, ``assign_stats`` (return the
+    ``settings`` (:class:`~model.yolox.settings.HeadSettings`, official by default) holds the
+    initial score prior and the loss's settings; it is read on every loss call, so a new one can
+    be set in place. Attributes the trainer switches: ``use_l1`` (add the L1 loss on raw
+    regressions, the official last-15-epochs switch) and (issue 17) ``assign_stats`` (return the
     assignment counts under ``assign_stats`` in the loss dict). ``dynamic_state`` holds the
     ``dynamic`` assigner's threshold and beta (not in the state_dict, so official checkpoints
     still load strictly; the trainer saves it beside the weights).
@@ -54,27 +40,12 @@ class YOLOXHead(nn.Module):
         strides: Sequence[int] = STRIDES,
         act: str = "silu",
         depthwise: bool = False,
-        prior_prob: float = 1e-2,
-        *,
-        reg_loss: str = "iou",
-        reg_weight: float = REG_WEIGHT,
-        nwd_constant: float = 12.8,
-        center_radius: float = CENTER_RADIUS,
-        candidate_topk: int = CANDIDATE_TOPK,
-        iou_cost_weight: float = IOU_COST_WEIGHT,
-        assign_mode: str = "batched",
-        assigner: str = "simota",
-        assign_k: int = 0,
-        hambox: bool = False,
-        assign_overlap: str = "iou",
-        cls_target: str = "iou",
+        settings: HeadSettings | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.strides = tuple(strides)
-        conv = conv_type(depthwise)
-        hidden = int(256 * width)
-
+        self.settings = HeadSettings() if settings is None else settings
         # Registration order fixes the state_dict order of the official checkpoints.
         self.cls_convs = nn.ModuleList()
         self.reg_convs = nn.ModuleList()
@@ -83,41 +54,29 @@ class YOLOXHead(nn.Module):
         self.obj_preds = nn.ModuleList()
         self.stems = nn.ModuleList()
         for c in in_channels:
-            self.stems.append(BaseConv(int(c * width), hidden, 1, 1, act=act))
-            self.cls_convs.append(
-                nn.Sequential(
-                    conv(hidden, hidden, 3, 1, act=act), conv(hidden, hidden, 3, 1, act=act)
-                )
-            )
-            self.reg_convs.append(
-                nn.Sequential(
-                    conv(hidden, hidden, 3, 1, act=act), conv(hidden, hidden, 3, 1, act=act)
-                )
-            )
-            self.cls_preds.append(nn.Conv2d(hidden, num_classes, 1))
-            self.reg_preds.append(nn.Conv2d(hidden, 4, 1))
-            self.obj_preds.append(nn.Conv2d(hidden, 1, 1))
-        self.initialize_biases(prior_prob)
-
+            self._add_level(int(c * width), int(256 * width), act, depthwise)
+        self.initialize_biases(self.settings.prior_prob)
         self.use_l1 = False
-        self.reg_loss = check_choice("reg_loss", reg_loss, REG_LOSSES)
-        self.reg_weight = reg_weight
-        self.nwd_constant = nwd_constant
-        self.center_radius = center_radius
-        self.candidate_topk = candidate_topk
-        self.iou_cost_weight = iou_cost_weight
-        self.assign_mode = check_choice("assign_mode", assign_mode, ASSIGN_MODES)
-        self.assigner = check_choice("assigner", assigner, get_args(Assigner))
-        self.assign_k = assign_k
-        self.hambox = hambox
-        self.assign_overlap = check_choice(
-            "assign_overlap", assign_overlap, get_args(AssignOverlap)
-        )
-        self.cls_target = check_choice("cls_target", cls_target, get_args(ClsTarget))
         self.assign_stats = False
-        self.dynamic_state = DynamicState()
+        self.dynamic_state = DynamicState(interval=self.settings.loss.assign.dynamic_interval)
         # (level, H, W, dtype, device) -> (xy (H*W, 2) cell indices, (H*W,) stride); not state.
         self._grids: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def _add_level(self, in_ch: int, hidden: int, act: str, depthwise: bool) -> None:
+        """One level's stem, two 3x3 convs per branch and the three 1x1 prediction convs."""
+        conv = conv_type(depthwise)
+
+        def branch() -> nn.Sequential:
+            return nn.Sequential(
+                conv(hidden, hidden, 3, 1, act=act), conv(hidden, hidden, 3, 1, act=act)
+            )
+
+        self.stems.append(BaseConv(in_ch, hidden, 1, 1, act=act))
+        self.cls_convs.append(branch())
+        self.reg_convs.append(branch())
+        self.cls_preds.append(nn.Conv2d(hidden, self.num_classes, 1))
+        self.reg_preds.append(nn.Conv2d(hidden, 4, 1))
+        self.obj_preds.append(nn.Conv2d(hidden, 1, 1))
 
     def initialize_biases(self, prior_prob: float) -> None:
         """Start objectness and class scores at ``prior_prob`` (bias = -log((1 - p) / p))."""
@@ -201,19 +160,8 @@ class YOLOXHead(nn.Module):
             strides,
             targets.to(device=raw.device, dtype=raw.dtype),
             num_classes=self.num_classes,
+            settings=self.settings.loss,
             use_l1=self.use_l1,
-            reg_loss=self.reg_loss,
-            reg_weight=self.reg_weight,
-            nwd_constant=self.nwd_constant,
-            center_radius=self.center_radius,
-            candidate_topk=self.candidate_topk,
-            iou_cost_weight=self.iou_cost_weight,
-            assign_mode=self.assign_mode,
-            assigner=self.assigner,
-            assign_k=self.assign_k,
-            hambox=self.hambox,
-            assign_overlap=self.assign_overlap,
-            cls_target=self.cls_target,
             dynamic_state=self.dynamic_state,
             assign_stats=self.assign_stats,
         )

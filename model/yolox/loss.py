@@ -1,4 +1,4 @@
-"""The YOLOX training loss: SimOTA assignment, then IoU-family, L1, objectness and class terms.
+"""The YOLOX training loss: the assignment, then the box, objectness, class and L1 terms.
 
 A plain function of the head's outputs, so it can be tested and ablated without the network.
 The terms mean what they mean in the official ``YOLOXHead.get_losses``: every term is a sum divided
@@ -6,48 +6,31 @@ by the batch's foreground count (at least 1); ``iou_loss`` already carries ``reg
 objectness BCE runs over all anchors, the class BCE over foregrounds against one-hot targets scaled
 by the foreground's IoU; ``num_fg`` is foregrounds per object.
 
-Added (issue 17): the assigner (``simota`` or one of ``model.assigners``), HAMBox compensation,
-NWD inside SimOTA, the class target (``iou``, ``cleanliness``, ``qfl``), Dynamic R-CNN's
-SmoothL1 beta on the L1 branch, and per-size-bucket assignment statistics. With every option at
-its default the computation is the official one, operation for operation.
+Added (issue 17), each a name in a table or a field of the assignment, never a branch on a name
+here: the assigner (``model.assign.ASSIGNERS``, with HAMBox on top), the box loss
+(``model.box_losses.BOX_LOSSES``), the class target (:data:`CLASS_TARGETS`: ``iou``,
+``cleanliness``, ``qfl``), YOLOF's ignored anchors, HAMBox's weights, Dynamic R-CNN's SmoothL1
+beta on the L1 branch (``smooth_l1_beta``), and per-size-bucket assignment statistics
+(``model/assign/stats.py``). With every setting at its default the computation is the official
+one, operation for operation.
 """
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.assign import common as assigners
-from model.assign.simota import BatchAssignment, simota, simota_batched
-from model.box_losses import REG_LOSSES, regression_loss
-from model.config import (
-    CANDIDATE_TOPK,
-    CENTER_RADIUS,
-    IOU_COST_WEIGHT,
-    REG_WEIGHT,
-    Assigner,
-    AssignOverlap,
-    ClsTarget,
-    check_choice,
-)
+from model.assign import AssignInputs, BatchAssignment, DynamicState, assign_batch
+from model.assign.stats import assignment_stats
+from model.box_losses import BOX_LOSSES
+from model.yolox.settings import LossSettings
 
-AssignMode = Literal["batched", "per_image"]  # simota_batched (default) or simota per image
-ASSIGN_MODES: tuple[str, ...] = get_args(AssignMode)
-ASSIGNER_NAMES: tuple[str, ...] = get_args(Assigner)
-ASSIGN_OVERLAPS: tuple[str, ...] = get_args(AssignOverlap)
-CLS_TARGETS: tuple[str, ...] = get_args(ClsTarget)
 CLEANLINESS_ALPHA = 0.75  # Li et al. 2020 (noisy anchors): cleanliness c = 0.75 loc + 0.25 cls
 QFL_BETA = 2.0  # GFL (Li et al. 2020), Quality Focal Loss: beta = 2
-# Size buckets of the assignment statistics, by sqrt(w * h) of the object in input pixels.
-SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
-    ("lt16", 0.0, 16.0),
-    ("16_32", 16.0, 32.0),
-    ("32_96", 32.0, 96.0),
-    ("gt96", 96.0, float("inf")),
-)
 LOSS_KEYS: tuple[str, ...] = (
     "total_loss",
     "iou_loss",
@@ -56,6 +39,53 @@ LOSS_KEYS: tuple[str, ...] = (
     "cls_loss",
     "num_fg",
 )
+
+
+class Positives(NamedTuple):
+    """The batch's F foregrounds, image-major as official, and what every term reads of them."""
+
+    img: Tensor  # (F,) image of each
+    anchor: Tensor  # (F,) its anchor
+    gt: Tensor  # (F, 5) class, cx, cy, w, h of its object
+    iou: Tensor  # (F,) IoU of its prediction with its object
+    weight: Tensor | None  # (F,) the assigner's weight (HAMBox); None = 1 (official, no multiply)
+    denom: float  # max(F, 1), what every term is divided by
+
+
+class ClassTarget(NamedTuple):
+    """A class-target rule's output for F foregrounds of C classes."""
+
+    target: Tensor  # (F, C) soft one-hot: the class BCE's target
+    reg_factor: Tensor | None  # (F,) extra weight of the regression terms; None = 1
+    focal: bool  # scale each BCE by |target - sigmoid|^QFL_BETA (GFL's QFL)
+
+
+def _iou_target(quality: Tensor, one_hot: Tensor, cls_logit: Tensor) -> ClassTarget:
+    """Official: one-hot x the IoU of its prediction."""
+    return ClassTarget(one_hot * quality.unsqueeze(-1), None, False)
+
+
+def _cleanliness_target(quality: Tensor, one_hot: Tensor, cls_logit: Tensor) -> ClassTarget:
+    """Li et al. 2020 (noisy anchors): soft label c = alpha * IoU + (1 - alpha) * class score;
+    the regression is re-weighted by c normalised to mean 1 over the positives."""
+    score = (cls_logit.detach().sigmoid() * one_hot).sum(-1)  # (F,) score of its class
+    c = CLEANLINESS_ALPHA * quality + (1 - CLEANLINESS_ALPHA) * score
+    r = c / c.mean().clamp(min=1e-6) if c.numel() else c
+    return ClassTarget(one_hot * c.unsqueeze(-1), r, False)
+
+
+def _qfl_target(quality: Tensor, one_hot: Tensor, cls_logit: Tensor) -> ClassTarget:
+    """GFL's Quality Focal Loss: |y - sigma|^beta * BCE(sigma, y) against the IoU target."""
+    return ClassTarget(one_hot * quality.unsqueeze(-1), None, True)
+
+
+# name -> rule: (quality (F,): each foreground's IoU, one_hot (F, C), cls_logit (F, C))
+ClassTargetFn = Callable[[Tensor, Tensor, Tensor], ClassTarget]
+CLASS_TARGETS: dict[str, ClassTargetFn] = {
+    "iou": _iou_target,
+    "cleanliness": _cleanliness_target,
+    "qfl": _qfl_target,
+}
 
 
 def yolox_loss(
@@ -67,20 +97,9 @@ def yolox_loss(
     targets: Tensor,
     *,
     num_classes: int,
+    settings: LossSettings | None = None,
     use_l1: bool = False,
-    reg_loss: str = "iou",
-    reg_weight: float = REG_WEIGHT,
-    nwd_constant: float = 12.8,
-    center_radius: float = CENTER_RADIUS,
-    candidate_topk: int = CANDIDATE_TOPK,
-    iou_cost_weight: float = IOU_COST_WEIGHT,
-    assign_mode: str = "batched",
-    assigner: str = "simota",
-    assign_k: int = 0,
-    hambox: bool = False,
-    assign_overlap: str = "iou",
-    cls_target: str = "iou",
-    dynamic_state: assigners.DynamicState | None = None,
+    dynamic_state: DynamicState | None = None,
     assign_stats: bool = False,
 ) -> dict[str, Tensor]:
     """YOLOX loss of a batch.
@@ -90,220 +109,131 @@ def yolox_loss(
     raw_reg: (B, A, 4) regression outputs before decoding (needed only when ``use_l1``).
     x_shifts, y_shifts: (A,) grid-cell indices; strides: (A,) pixels per cell.
     targets: (B, M, 5) class, cx, cy, w, h in input pixels; all-zero rows are padding.
-    reg_loss: one of ``model.box_losses.REG_LOSSES`` (``iou_loss`` then holds it, e.g. 1 - NWD);
-        nwd_constant: NWD's C in pixels (``reg_loss="nwd"`` only);
-    assign_mode: "batched" (``simota_batched``) or
-        "per_image" (a loop of ``simota`` like the official code; same result, kept as a check).
+    settings: the loss's and the assignment's settings (``LossSettings.from_config(cfg)``;
+        None = the official ones).
+    use_l1: add the L1 term (the official last-epochs switch, set by the trainer).
+    dynamic_state: the ``dynamic`` assigner's state, read and updated in place (a fresh one when
+        None); assign_stats: also return ``assign_stats``, a dict of (no-gradient) counts, see
+        ``model.assign.stats.assignment_stats``.
     Returns float32 scalars ``total_loss`` (= iou + l1 + conf + cls), ``iou_loss`` (times
-    ``reg_weight``), ``l1_loss`` (0 without ``use_l1``), ``conf_loss``, ``cls_loss`` and
-    ``num_fg`` (foregrounds / objects, no gradient).
-
-    assigner: one of ``ASSIGNER_NAMES``; assign_k: its k (0 = its paper value); hambox: HAMBox
-        compensation on top; assign_overlap: "iou" or "nwd" in SimOTA's cost and dynamic k;
-        cls_target: one of ``CLS_TARGETS``; dynamic_state: the ``dynamic`` assigner's state,
-        read and updated in place (a fresh one when None); assign_stats: also return
-        ``assign_stats``, a dict of (no-gradient) counts, see :func:`assignment_stats`.
+    ``reg_weight``; the ``reg_loss`` of ``settings``, e.g. 1 - NWD), ``l1_loss`` (0 without
+    ``use_l1``), ``conf_loss``, ``cls_loss`` and ``num_fg`` (foregrounds / objects, no gradient).
 
     Unlike the official code, a batch with no foreground reports num_fg 0 (it reports
     max(foregrounds, 1) / max(objects, 1), i.e. 1 for an empty batch).
     """
-    for name, value, allowed in (
-        ("reg_loss", reg_loss, REG_LOSSES),
-        ("assign_mode", assign_mode, ASSIGN_MODES),
-        ("assigner", assigner, ASSIGNER_NAMES),
-        ("assign_overlap", assign_overlap, ASSIGN_OVERLAPS),
-        ("cls_target", cls_target, CLS_TARGETS),
-    ):
-        check_choice(name, value, allowed)  # checked here, trusted below (regression_loss)
     _check_inputs(outputs, raw_reg, x_shifts, targets, num_classes, use_l1)
+    settings = LossSettings() if settings is None else settings
     outputs = outputs.float()
     boxes, obj, cls = outputs[..., :4], outputs[..., 4], outputs[..., 5:]  # (B,A,4) (B,A) (B,A,C)
     gt, gt_valid = _pack_targets(targets.detach().float())  # (B, G, 5), (B, G)
-    if assigner == "dynamic" and dynamic_state is None:
-        dynamic_state = assigners.DynamicState()
-    if assigner != "simota":
-        kw: dict = {}
-        if assigner in ("atss", "uniform", "topk"):
-            kw["k"] = assign_k or assigners.default_k(assigner)
-        if assigner in ("topk", "dynamic"):
-            kw["center_radius"] = center_radius
-        if assigner == "dynamic":
-            assert dynamic_state is not None
-            kw["iou_thr"] = dynamic_state.iou_thr
-        asg = assigners.ASSIGNERS[assigner](
-            gt[..., 1:], gt_valid, boxes.detach(), x_shifts, y_shifts, strides, **kw
-        )
-    elif assign_mode == "batched":
-        asg = simota_batched(
-            gt[..., 1:],
-            gt[..., 0],
-            gt_valid,
-            boxes.detach(),
-            cls.detach(),
-            obj.detach(),
-            x_shifts,
-            y_shifts,
-            strides,
-            center_radius=center_radius,
-            candidate_topk=candidate_topk,
-            iou_cost_weight=iou_cost_weight,
-            overlap=assign_overlap,
-            nwd_constant=nwd_constant,
-        )
-    else:
-        asg = _assign_per_image(
-            gt,
-            gt_valid,
-            boxes.detach(),
-            cls.detach(),
-            obj.detach(),
-            x_shifts,
-            y_shifts,
-            strides,
-            center_radius,
-            candidate_topk,
-            iou_cost_weight,
-            assign_overlap,
-            nwd_constant,
-        )
-    if hambox:
-        asg = assigners.hambox(asg, gt[..., 1:], gt_valid, boxes.detach())
-
-    img, anchor = asg.fg_mask.nonzero(as_tuple=True)  # (F,) foregrounds, image-major as official
-    matched = gt[img, asg.matched_gt_inds[img, anchor]]  # (F, 5) class, cx, cy, w, h
-    num_fg = img.numel()
-    denom = float(max(num_fg, 1))
-    fg_ious = asg.pred_ious[img, anchor]  # (F,)
-    # (F,) per-foreground weights of the regression terms; None = 1 (official, no multiply)
-    weight = asg.weights[img, anchor] if asg.weights is not None else None
-    cls_weight = weight  # HAMBox weights both the class term and the regression terms
-    cls_logit = cls[img, anchor]  # (F, C)
-    one_hot = F.one_hot(matched[:, 0].long(), num_classes).float()
-    quality = fg_ious
-    if cls_target == "cleanliness":
-        # Li et al. 2020 (noisy anchors): soft label c = alpha * IoU + (1 - alpha) * class score;
-        # the regression is re-weighted by c normalised to mean 1 over the positives
-        score = (cls_logit.detach().sigmoid() * one_hot).sum(-1)  # (F,) score of its class
-        quality = CLEANLINESS_ALPHA * fg_ious + (1 - CLEANLINESS_ALPHA) * score
-        r = quality / quality.mean().clamp(min=1e-6) if num_fg else quality
-        weight = r if weight is None else weight * r
-
-    def weighted(per_fg: Tensor, w: Tensor | None) -> Tensor:
-        return per_fg if w is None else per_fg * w
-
-    iou_loss = weighted(
-        regression_loss(boxes[img, anchor], matched[:, 1:], reg_loss, nwd_constant=nwd_constant),
-        weight,
-    ).sum() / denom
-    if asg.ignore_mask is None:  # the official sums, in the official order
-        conf_loss = (
-            F.binary_cross_entropy_with_logits(obj, asg.fg_mask.float(), reduction="sum") / denom
-        )
-    else:
-        bce_obj = F.binary_cross_entropy_with_logits(obj, asg.fg_mask.float(), reduction="none")
-        conf_loss = bce_obj.masked_fill(asg.ignore_mask, 0.0).sum() / denom
-    target = one_hot * quality.unsqueeze(-1)  # (F, C) quality-scaled one-hot
-    if cls_target != "qfl" and cls_weight is None:
-        cls_loss = (
-            F.binary_cross_entropy_with_logits(cls_logit, target, reduction="sum") / denom
-        )
-    else:
-        bce_cls = F.binary_cross_entropy_with_logits(cls_logit, target, reduction="none")
-        if cls_target == "qfl":  # GFL's QFL: |y - sigma|^beta * BCE(sigma, y)
-            bce_cls = bce_cls * (target - cls_logit.sigmoid()).abs().pow(QFL_BETA)
-        cls_loss = weighted(bce_cls.sum(-1), cls_weight).sum() / denom
-    need_l1 = use_l1 or (assigner == "dynamic" and raw_reg is not None)
-    if need_l1:
+    detached = (boxes.detach(), cls.detach(), obj.detach())  # the assignment takes no gradient
+    inputs = AssignInputs(gt[..., 1:], gt[..., 0], gt_valid, *detached, x_shifts, y_shifts, strides)
+    if dynamic_state is None:
+        dynamic_state = DynamicState(interval=settings.assign.dynamic_interval)
+    asg = assign_batch(inputs, settings.assign, dynamic_state)
+    pos = _positives(asg, gt)
+    cls_logit = cls[pos.img, pos.anchor]  # (F, C)
+    one_hot = F.one_hot(pos.gt[:, 0].long(), num_classes).float()
+    ct = CLASS_TARGETS[settings.cls_target](pos.iou, one_hot, cls_logit)
+    reg_weight = _times(pos.weight, ct.reg_factor)  # (F,) or None
+    per_box = BOX_LOSSES[settings.reg_loss](
+        boxes[pos.img, pos.anchor], pos.gt[:, 1:], settings.nwd_constant
+    )
+    iou_loss = _weighted(per_box, reg_weight).sum() / pos.denom
+    conf_loss = _objectness_term(obj, asg, pos.denom)
+    cls_loss = _class_term(cls_logit, ct, pos.weight, pos.denom)
+    feedback = asg.smooth_l1_beta is not None  # Dynamic R-CNN: its state learns from this step
+    err = None
+    if use_l1 or (feedback and raw_reg is not None):
         assert raw_reg is not None  # checked above
-        l1_target = _l1_target(matched[:, 1:], x_shifts[anchor], y_shifts[anchor], strides[anchor])
-        err = raw_reg[img, anchor].float() - l1_target  # (F, 4)
-    if use_l1:
-        if assigner == "dynamic":  # Dynamic R-CNN's Dynamic SmoothL1: of the current beta
-            assert dynamic_state is not None
-            per = F.smooth_l1_loss(err, torch.zeros_like(err), reduction="none",
-                                   beta=dynamic_state.beta)
-            l1_loss = weighted(per.sum(-1), weight).sum() / denom
-        elif weight is None:
-            l1_loss = err.abs().sum() / denom  # official
-        else:
-            l1_loss = weighted(err.abs().sum(-1), weight).sum() / denom
-    else:
-        l1_loss = outputs.new_zeros(())
-    if assigner == "dynamic":
-        assert dynamic_state is not None
-        max_ious = _max_ious(gt[..., 1:], gt_valid, boxes.detach())
-        errors = err[:, :2].detach().abs() if need_l1 else outputs.new_zeros(0, 2)
-        dynamic_state.observe(max_ious, gt_valid, errors)
-    iou_loss = reg_weight * iou_loss
-    total = iou_loss + conf_loss + cls_loss + l1_loss
-    num_objects = int(gt_valid.sum())
+        err = _l1_errors(raw_reg, pos, x_shifts, y_shifts, strides)
+    l1_loss = _l1_term(err, asg.smooth_l1_beta, reg_weight, pos.denom) if use_l1 else None
+    if feedback:
+        errors = err[:, :2].detach().abs() if err is not None else outputs.new_zeros(0, 2)
+        dynamic_state.observe_batch(inputs.gt_bboxes, gt_valid, inputs.pred_bboxes, errors)
+    iou_loss = settings.reg_weight * iou_loss
+    l1_loss = outputs.new_zeros(()) if l1_loss is None else l1_loss
     out = {
-        "total_loss": total,
+        "total_loss": iou_loss + conf_loss + cls_loss + l1_loss,
         "iou_loss": iou_loss,
         "l1_loss": l1_loss,
         "conf_loss": conf_loss,
         "cls_loss": cls_loss,
-        "num_fg": outputs.new_tensor(num_fg / max(num_objects, 1)),
+        "num_fg": outputs.new_tensor(pos.img.numel() / max(int(gt_valid.sum()), 1)),
     }
     if assign_stats:
-        out["assign_stats"] = assignment_stats(asg, gt[..., 1:], gt_valid)  # type: ignore[assignment]
+        out["assign_stats"] = assignment_stats(asg, inputs.gt_bboxes, gt_valid)  # type: ignore[assignment]
     return out
 
 
-def _max_ious(gt_boxes: Tensor, gt_valid: Tensor, boxes: Tensor) -> Tensor:
-    """(B, A) each prediction's best IoU with a (valid) object, 0 without objects."""
-    if gt_boxes.shape[1] == 0:
-        return boxes.new_zeros(boxes.shape[:2])
-    return assigners._pred_ious(gt_boxes, gt_valid, boxes).max(1).values
+# --------------------------------------------------------------------------- the terms
 
 
-@torch.no_grad()
-def assignment_stats(asg: BatchAssignment, gt_boxes: Tensor, gt_valid: Tensor) -> dict[str, Tensor]:
-    """Counts for the per-epoch diagnostics, 0-dim float tensors on the batch's device (summed
-    over batches by the trainer, so a GPU run syncs once an epoch, not once a step).
-
-    gt_boxes: (B, G, 4) cx, cy, w, h; gt_valid: (B, G). Returns ``objects_<bucket>`` and
-    ``positives_<bucket>`` per :data:`SIZE_BUCKETS` (by sqrt(w * h)), ``objects``,
-    ``objects_without_positive``, ``positives`` and ``positive_iou_sum`` (IoU of each positive's
-    prediction with its object).
-    """
-    b, g = gt_valid.shape
-    counts = torch.zeros(b, g + 1, device=gt_valid.device)
-    counts.scatter_add_(1, asg.matched_gt_inds + 1, asg.fg_mask.float())
-    per_obj = counts[:, 1:][gt_valid]  # (N,) positives of each object
-    size = (gt_boxes[..., 2].clamp(min=0) * gt_boxes[..., 3].clamp(min=0)).sqrt()[gt_valid]
-    stats: dict[str, Tensor] = {}
-    for name, lo, hi in SIZE_BUCKETS:
-        inb = (size >= lo) & (size < hi)
-        stats[f"objects_{name}"] = inb.sum().float()
-        stats[f"positives_{name}"] = per_obj[inb].sum()
-    stats["objects"] = per_obj.new_tensor(float(per_obj.numel()))
-    stats["objects_without_positive"] = (per_obj == 0).sum().float()
-    stats["positives"] = asg.fg_mask.sum().float()
-    stats["positive_iou_sum"] = asg.pred_ious[asg.fg_mask].sum().float()
-    return stats
+def _positives(asg: BatchAssignment, gt: Tensor) -> Positives:
+    """The foregrounds of ``asg`` with their objects, gt (B, G, 5) class, cx, cy, w, h."""
+    img, anchor = asg.fg_mask.nonzero(as_tuple=True)  # (F,) foregrounds, image-major as official
+    weight = asg.weights[img, anchor] if asg.weights is not None else None
+    return Positives(
+        img,
+        anchor,
+        gt[img, asg.matched_gt_inds[img, anchor]],
+        asg.pred_ious[img, anchor],
+        weight,
+        float(max(img.numel(), 1)),
+    )
 
 
-ASSIGN_DIAGNOSTICS: tuple[str, ...] = (
-    *(f"pos_per_obj_{name}" for name, _, _ in SIZE_BUCKETS),
-    "no_pos_share",
-    "pos_mean_iou",
-)
+def _times(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    """Product of two optional (F,) weights (None = 1)."""
+    if a is None or b is None:
+        return b if a is None else a
+    return a * b
 
 
-def summarize_stats(sums: dict[str, Tensor | float]) -> dict[str, float]:
-    """Summed :func:`assignment_stats` -> ``pos_per_obj_<bucket>`` (NaN-free: 0 without
-    objects in the bucket), ``no_pos_share`` and ``pos_mean_iou``, as floats."""
-    sums = {k: float(v) for k, v in sums.items()}
-    out = {}
-    for name, _, _ in SIZE_BUCKETS:
-        n = sums.get(f"objects_{name}", 0.0)
-        out[f"pos_per_obj_{name}"] = sums.get(f"positives_{name}", 0.0) / n if n else 0.0
-    n = sums.get("objects", 0.0)
-    out["no_pos_share"] = sums.get("objects_without_positive", 0.0) / n if n else 0.0
-    p = sums.get("positives", 0.0)
-    out["pos_mean_iou"] = sums.get("positive_iou_sum", 0.0) / p if p else 0.0
-    return out
+def _weighted(per_fg: Tensor, w: Tensor | None) -> Tensor:
+    return per_fg if w is None else per_fg * w
+
+
+def _objectness_term(obj: Tensor, asg: BatchAssignment, denom: float) -> Tensor:
+    """BCE of every anchor's objectness (B, A) against its foreground flag; ignored anchors
+    (YOLOF) left out."""
+    if asg.ignore_mask is None:  # the official sum, in the official order
+        return F.binary_cross_entropy_with_logits(obj, asg.fg_mask.float(), reduction="sum") / denom
+    bce = F.binary_cross_entropy_with_logits(obj, asg.fg_mask.float(), reduction="none")
+    return bce.masked_fill(asg.ignore_mask, 0.0).sum() / denom
+
+
+def _class_term(cls_logit: Tensor, ct: ClassTarget, weight: Tensor | None, denom: float) -> Tensor:
+    """BCE of the foregrounds' class logits (F, C) against ``ct.target``; QFL-scaled when
+    ``ct.focal``; each foreground's sum times ``weight`` (HAMBox: the class term too)."""
+    if not ct.focal and weight is None:  # the official sum
+        return F.binary_cross_entropy_with_logits(cls_logit, ct.target, reduction="sum") / denom
+    bce = F.binary_cross_entropy_with_logits(cls_logit, ct.target, reduction="none")
+    if ct.focal:  # GFL's QFL: |y - sigma|^beta * BCE(sigma, y)
+        bce = bce * (ct.target - cls_logit.sigmoid()).abs().pow(QFL_BETA)
+    return _weighted(bce.sum(-1), weight).sum() / denom
+
+
+def _l1_errors(
+    raw_reg: Tensor, pos: Positives, x_shifts: Tensor, y_shifts: Tensor, strides: Tensor
+) -> Tensor:
+    """(F, 4) raw regression of each foreground minus what it should be (:func:`_l1_target`)."""
+    a = pos.anchor
+    target = _l1_target(pos.gt[:, 1:], x_shifts[a], y_shifts[a], strides[a])
+    return raw_reg[pos.img, a].float() - target
+
+
+def _l1_term(err: Tensor | None, beta: float | None, weight: Tensor | None, denom: float) -> Tensor:
+    """Sum of |err| (F, 4) (official), or of SmoothL1 of ``beta`` (Dynamic R-CNN's Dynamic
+    SmoothL1), each foreground's sum times ``weight``."""
+    assert err is not None  # use_l1 computes it
+    if beta is not None:
+        per = F.smooth_l1_loss(err, torch.zeros_like(err), reduction="none", beta=beta)
+        return _weighted(per.sum(-1), weight).sum() / denom
+    if weight is None:
+        return err.abs().sum() / denom  # official
+    return _weighted(err.abs().sum(-1), weight).sum() / denom
 
 
 def _check_inputs(
@@ -342,50 +272,6 @@ def _pack_targets(targets: Tensor) -> tuple[Tensor, Tensor]:
     order = torch.argsort((~valid).byte(), dim=1, stable=True)[:, :g]  # (B, G)
     packed = targets.gather(1, order.unsqueeze(-1).expand(-1, -1, 5))
     return packed, valid.gather(1, order)
-
-
-def _assign_per_image(
-    gt: Tensor,
-    gt_valid: Tensor,
-    boxes: Tensor,
-    cls: Tensor,
-    obj: Tensor,
-    x_shifts: Tensor,
-    y_shifts: Tensor,
-    strides: Tensor,
-    center_radius: float,
-    candidate_topk: int,
-    iou_cost_weight: float,
-    overlap: str = "iou",
-    nwd_constant: float = 12.8,
-) -> BatchAssignment:
-    """``simota`` image by image (the official loop), in the layout of ``simota_batched``."""
-    b, a = obj.shape
-    fg_mask = torch.zeros(b, a, dtype=torch.bool, device=obj.device)
-    matched = torch.full((b, a), -1, dtype=torch.long, device=obj.device)
-    pred_ious = torch.zeros(b, a, device=obj.device)
-    for i, n in enumerate(gt_valid.sum(1).tolist()):
-        if n == 0:
-            continue
-        r = simota(
-            gt[i, :n, 1:],
-            gt[i, :n, 0],
-            boxes[i],
-            cls[i],
-            obj[i],
-            x_shifts,
-            y_shifts,
-            strides,
-            center_radius=center_radius,
-            candidate_topk=candidate_topk,
-            iou_cost_weight=iou_cost_weight,
-            overlap=overlap,
-            nwd_constant=nwd_constant,
-        )
-        fg_mask[i] = r.fg_mask
-        matched[i, r.fg_mask] = r.matched_gt_inds
-        pred_ious[i, r.fg_mask] = r.pred_ious
-    return BatchAssignment(fg_mask, matched, pred_ious)
 
 
 def _l1_target(gt_boxes: Tensor, x_shifts: Tensor, y_shifts: Tensor, strides: Tensor) -> Tensor:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.assign.simota import Assignment, BatchAssignment, simota, simota_batched
+from model.assign import Assignment, BatchAssignment
+from model.assign.simota import simota, simota_batched
 from tests.paths import FIXTURES
 
 CASES = torch.load(FIXTURES / "simota_cases.pt", weights_only=True)[

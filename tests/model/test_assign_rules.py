@@ -18,9 +18,10 @@ import math
 import pytest
 import torch
 
-from model.assign.common import DynamicState, hambox
-from model.assign.simota import BatchAssignment
+from model.assign import BatchAssignment, DynamicState
+from model.assign.hambox import hambox
 from model.yolox.loss import yolox_loss
+from tests.loss_settings import loss_settings
 
 LN2, LN3, LN4 = math.log(2), math.log(3), math.log(4)
 LN4_3 = math.log(4 / 3)  # softplus(-ln 3)
@@ -53,8 +54,9 @@ def bce(logit: float, y: float) -> float:
     return softplus - y * logit
 
 
-def cls_loss(**kw) -> dict[str, torch.Tensor]:
-    return yolox_loss(cls_outputs(), None, *grid(), TARGETS, num_classes=2, **kw)
+def cls_loss(assign_stats: bool = False, **keys) -> dict[str, torch.Tensor]:
+    return yolox_loss(cls_outputs(), None, *grid(), TARGETS, num_classes=2,
+                      settings=loss_settings(**keys), assign_stats=assign_stats)
 
 
 # ----------------------------------------------------------------------------- class targets
@@ -271,8 +273,8 @@ def test_dynamic_smooth_l1_uses_the_states_beta(beta: float, want: float) -> Non
     raw = torch.zeros(1, 4, 4)
     raw[0, 0] = torch.tensor([1.25, -0.5, 0.5, 0.0])
     st = DynamicState(beta=beta)
-    got = yolox_loss(out, raw, *grid(), TARGETS, num_classes=1, use_l1=True, assigner="dynamic",
-                     dynamic_state=st)
+    got = yolox_loss(out, raw, *grid(), TARGETS, num_classes=1, use_l1=True,
+                     settings=loss_settings(assigner="dynamic"), dynamic_state=st)
     assert float(got["num_fg"]) == 1.0
     assert float(got["l1_loss"]) == pytest.approx(want, rel=1e-6)
     assert st.iou_history == [0.0] and st.beta_history == [1.5] and st.iteration == 1

@@ -15,10 +15,11 @@ import math
 import pytest
 import torch
 
-from model.assign.common import default_k
+from model.assign import default_k
 from model.assign.simota import simota, simota_batched
 from model.config import ConfigError, TrialConfig, config_from_dict
 from model.yolox.loss import yolox_loss
+from tests.loss_settings import loss_settings
 
 FAR = (5000.0, 5000.0, 4.0, 4.0)  # overlaps nothing; NWD exp(-7060 / 12.8) = 0 in float32
 GT = (8.0, 8.0, 4.0, 4.0)
@@ -71,7 +72,7 @@ def test_nwd_cost_ranks_disjoint_candidates(near, far, delta, want, batched) -> 
     (arXiv 2110.13389), sec. 3.2-3.3: a box (cx, cy, w, h) is N([cx, cy], diag(w^2/4, h^2/4)),
     W2^2 = |(cx_a, cy_a, w_a/2, h_a/2) - (cx_b, cy_b, w_b/2, h_b/2)|^2, NWD = exp(-W2 / C),
     C = nwd_constant = 12.8. With ``overlap="nwd"`` our SimOTA cost is
-    class cost + iou_cost_weight (3) * -ln(NWD + 1e-8) (model/assign.py ``_pair_cost``).
+    class cost + iou_cost_weight (3) * -ln(NWD + 1e-8) (model/assign/simota.py ``_pair_cost``).
 
     Anchor 0 predicts the far box, anchor 1 the near one, anchors 2, 3 far away (class logit -4).
     Dynamic k = max(1, int(sum of NWDs)) = 1 (exp(-0.75) + exp(-0.46875) = 1.098). Anchor 1's
@@ -118,7 +119,8 @@ def test_assign_overlap_reaches_simota_through_the_loss() -> None:
     out = torch.tensor([[[*box, 0.0, 0.0] for box in RING]])
     targets = torch.tensor([[[0.0, *GT]]])
     for overlap, want in (("nwd", 2.0), ("iou", 1.0)):
-        got = yolox_loss(out, None, *grid(), targets, num_classes=1, assign_overlap=overlap)
+        got = yolox_loss(out, None, *grid(), targets, num_classes=1,
+                         settings=loss_settings(assign_overlap=overlap))
         assert float(got["num_fg"]) == want
 
 
@@ -157,9 +159,9 @@ def k_case() -> dict:
             "targets": targets}
 
 
-def k_loss(case: dict, targets: torch.Tensor, **kw) -> dict:
+def k_loss(case: dict, targets: torch.Tensor, **keys) -> dict:
     out = yolox_loss(case["outputs"], None, case["x"], case["y"], case["s"], targets,
-                     num_classes=1, assign_stats=True, **kw)
+                     num_classes=1, assign_stats=True, settings=loss_settings(**keys))
     return {**out.pop("assign_stats"), **out}
 
 

@@ -1,4 +1,4 @@
-"""The assigners beside SimOTA (model/assigners.py): hand-worked cases, tiny objects, the dynamic
+"""The assigners beside SimOTA (model/assign/): hand-worked cases, tiny objects, the dynamic
 state, and every option through the loss with finite gradients.
 
 The hand cases share one grid of 20 points on two levels (16 x 16 input):
@@ -12,10 +12,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.assign.common import DynamicState, atss, dynamic, hambox, topk, uniform
-from model.assign.simota import BatchAssignment
+from model.assign import BatchAssignment, DynamicState
+from model.assign.atss import atss
+from model.assign.dynamic import dynamic
+from model.assign.hambox import hambox
+from model.assign.stats import assignment_stats, summarize_stats
+from model.assign.topk import topk
+from model.assign.uniform import uniform
 from model.config import ConfigError, TrialConfig
-from model.yolox.loss import assignment_stats, summarize_stats, yolox_loss
+from model.yolox.loss import yolox_loss
+from tests.loss_settings import loss_settings
 
 FAR = (200.0, 200.0, 4.0, 4.0)
 
@@ -225,8 +231,9 @@ def test_every_option_trains_with_finite_gradients(
     outputs = d["outputs"].requires_grad_(True)
     raw = d["raw"].requires_grad_(True)
     out = yolox_loss(outputs, raw, d["x"], d["y"], d["s"], d["targets"], num_classes=1,
-                     use_l1=True, assigner=assigner, hambox=hambox_on, cls_target=cls_target,
-                     assign_stats=True)
+                     use_l1=True, assign_stats=True,
+                     settings=loss_settings(assigner=assigner, hambox=hambox_on,
+                                            cls_target=cls_target))
     stats = out.pop("assign_stats")
     assert float(stats["positives"]) > 0
     out["total_loss"].backward()
@@ -239,12 +246,13 @@ def test_nwd_overlap_in_simota_changes_the_tiny_objects_assignment_only_when_ask
     base = yolox_loss(d["outputs"], d["raw"], d["x"], d["y"], d["s"], d["targets"],
                       num_classes=1)
     same = yolox_loss(d["outputs"], d["raw"], d["x"], d["y"], d["s"], d["targets"],
-                      num_classes=1, assign_overlap="iou")
+                      num_classes=1, settings=loss_settings(assign_overlap="iou"))
     assert all(torch.equal(base[k], same[k]) for k in base)
     nwd = yolox_loss(d["outputs"], d["raw"], d["x"], d["y"], d["s"], d["targets"],
-                     num_classes=1, assign_overlap="nwd", assign_mode="per_image")
+                     num_classes=1,
+                     settings=loss_settings(assign_overlap="nwd", assign_mode="per_image"))
     nwd_b = yolox_loss(d["outputs"], d["raw"], d["x"], d["y"], d["s"], d["targets"],
-                       num_classes=1, assign_overlap="nwd")
+                       num_classes=1, settings=loss_settings(assign_overlap="nwd"))
     assert all(torch.equal(nwd[k], nwd_b[k]) for k in nwd)  # batched == per image with NWD too
     assert float(nwd["num_fg"]) > float(base["num_fg"])  # NWD's sums give larger dynamic k's
 
@@ -254,7 +262,7 @@ def test_unknown_options_name_the_option() -> None:
     for key in ("assigner", "assign_overlap", "cls_target"):
         with pytest.raises(ValueError, match=f"unknown {key} 'typo'"):
             yolox_loss(d["outputs"], d["raw"], d["x"], d["y"], d["s"], d["targets"],
-                       num_classes=1, **{key: "typo"})
+                       num_classes=1, settings=loss_settings(**{key: "typo"}))
 
 
 @pytest.mark.parametrize("name", ["atss", "uniform", "topk", "dynamic", "hambox"])

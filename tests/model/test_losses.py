@@ -8,12 +8,12 @@ from typing import get_args
 import pytest
 import torch
 
+from model.assign.overlap import pairwise_iou
 from model.box_losses import (
     IOU_KINDS,
     REG_LOSSES,
     bbox_iou,
     iou_family_loss,
-    pairwise_iou,
     regression_loss,
 )
 from model.config import RegLoss

@@ -7,9 +7,11 @@ import math
 import pytest
 import torch
 
-from model.box_losses import REG_LOSSES, iou_family_loss, nwd, pairwise_nwd
+from model.assign.overlap import nwd, pairwise_nwd
+from model.box_losses import REG_LOSSES, iou_family_loss
 from model.config import ConfigError, TrialConfig
 from model.yolox.loss import yolox_loss
+from tests.loss_settings import loss_settings
 
 
 def boxes(*rows, dtype=torch.float32) -> torch.Tensor:
@@ -94,8 +96,10 @@ def test_yolox_loss_with_nwd_has_finite_box_gradients() -> None:
     outputs = torch.cat([boxes_, torch.randn(1, 64, 2, generator=g)], -1).requires_grad_(True)
     targets = torch.tensor([[[0, 20, 20, 4, 4], [0, 40, 36, 12, 10]]], dtype=torch.float32)
     common = dict(num_classes=1)
-    out = yolox_loss(outputs, None, x, y, s, targets, reg_loss="nwd", nwd_constant=12.8, **common)
+    nwd_loss = loss_settings(reg_loss="nwd", nwd_constant=12.8)
+    out = yolox_loss(outputs, None, x, y, s, targets, settings=nwd_loss, **common)
     out["total_loss"].backward()
     assert torch.isfinite(outputs.grad).all() and outputs.grad[..., :4].abs().sum() > 0
-    base = yolox_loss(outputs, None, x, y, s, targets, reg_loss="iou", **common)
+    base = yolox_loss(outputs, None, x, y, s, targets, settings=loss_settings(reg_loss="iou"),
+                      **common)
     assert float(out["conf_loss"].detach()) == float(base["conf_loss"].detach())  # same assignment

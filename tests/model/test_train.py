@@ -9,14 +9,15 @@ import pytest
 import torch
 
 import model.train as train_mod
-from model.assign import common as assigners
+from model.assign import hambox as hambox_module
+from model.assign.stats import ASSIGN_DIAGNOSTICS
 from model.checkpoint import load_checkpoint, load_trained_detector
 from model.config import ConfigError, TrialConfig
 from model.data.synth import generate_flow_like
 from model.evaluate import TEST_METRICS, VAL_METRICS
 from model.train import TrainingError, is_eval_epoch, multiscale_size, train_detector
 from model.yolox import build_yolox_from_config
-from model.yolox.loss import ASSIGN_DIAGNOSTICS, LOSS_KEYS
+from model.yolox.loss import LOSS_KEYS
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -449,14 +450,14 @@ def test_hambox_runs_on_every_step(data_dir, monkeypatch) -> None:
     reaches IoU 0.35 with these few-px objects), so the call itself is what can be checked; its
     rule is worked by hand in tests/model/test_assign_rules.py."""
     calls: list[bool] = []
-    real = assigners.hambox
+    real = hambox_module.hambox
 
     def spy(asg, *args, **kwargs):
         out = real(asg, *args, **kwargs)
         calls.append(out.weights is not None)
         return out
 
-    monkeypatch.setattr(assigners, "hambox", spy)
+    monkeypatch.setattr(hambox_module, "hambox", spy)
     one_epoch(data_dir, assigner="atss", hambox=True)
     assert calls == [True] * 4
     calls.clear()

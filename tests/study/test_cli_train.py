@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from model.assign.stats import ASSIGN_DIAGNOSTICS
 from model.checkpoint import load_checkpoint, load_trained_detector
 from model.config import ConfigError
 from model.data.synth import generate_flow_like
 from model.evaluate import COCO_METRICS, evaluate_coco
 from model.train import load_trial_data
-from model.yolox.loss import ASSIGN_DIAGNOSTICS
 from study import detect as detect_cli
 from study import evaluate as evaluate_cli
 from study import train as train_cli

@@ -55,10 +55,12 @@ def test_the_pretrain_cli_choices():
 
 
 def test_the_official_constants_are_every_default():
+    from model.assign.settings import AssignSettings
     from model.assign.simota import simota, simota_batched
     from model.yolox.build import build_yolox
     from model.yolox.head import YOLOXHead
     from model.yolox.loss import yolox_loss
+    from model.yolox.settings import LossSettings
 
     official = {
         "center_radius": C.CENTER_RADIUS,
@@ -69,7 +71,9 @@ def test_the_official_constants_are_every_default():
     assert (1.5, 10, 3.0, 5.0) == tuple(official.values())
     cfg = C.TrialConfig()
     assert {k: getattr(cfg, k) for k in official} == official
-    for fn in (simota, simota_batched, yolox_loss, build_yolox, YOLOXHead.__init__):
+    fns = (simota, simota_batched, yolox_loss, build_yolox, YOLOXHead.__init__, AssignSettings,
+           LossSettings)
+    for fn in fns:
         params = inspect.signature(fn).parameters
         for name, value in official.items():
             if name in params:

@@ -9,6 +9,8 @@ import torch
 
 from model.box_losses import IOU_KINDS
 from model.yolox.loss import LOSS_KEYS, yolox_loss
+from model.yolox.settings import HeadSettings
+from tests.loss_settings import loss_settings
 from tests.paths import FIXTURES
 
 # ----------------------------------------------------------------------------- official parity
@@ -40,7 +42,7 @@ def test_parity_with_official_losses(name: str, one_thread: None) -> None:
     net.load_state_dict(ref["state_dict"], strict=True)
     net.train()  # batch statistics; the running ones it updates do not enter the loss
     for assign_mode in ("batched", "per_image"):
-        net.head.assign_mode = assign_mode
+        net.head.settings = HeadSettings(loss=loss_settings(assign_mode=assign_mode))
         for key, use_l1 in (("no_l1", False), ("l1", True)):
             net.head.use_l1 = use_l1
             with torch.no_grad():  # values only; gradients are checked on synthetic outputs
@@ -93,7 +95,8 @@ def test_hand_worked_terms() -> None:
     for k, want in expected.items():
         assert float(got[k]) == pytest.approx(want, rel=1e-6), k
     # reg_weight scales only the IoU term
-    got2 = yolox_loss(head_outputs(boxes), raw, X, Y, S, targets, num_classes=1, reg_weight=1.0)
+    got2 = yolox_loss(head_outputs(boxes), raw, X, Y, S, targets, num_classes=1,
+                      settings=loss_settings(reg_weight=1.0))
     assert float(got2["iou_loss"]) == pytest.approx(1 - iou**2, rel=1e-6)
     assert float(got2["l1_loss"]) == 0.0
 
@@ -151,9 +154,10 @@ def synthetic(seed: int, classes: int = 3, size: int = 128) -> dict:
     }
 
 
-def run(d: dict, **kw) -> dict[str, torch.Tensor]:
+def run(d: dict, use_l1: bool = False, **keys) -> dict[str, torch.Tensor]:
     return yolox_loss(
-        d["outputs"], d["raw"], d["x"], d["y"], d["s"], d["targets"], num_classes=d["classes"], **kw
+        d["outputs"], d["raw"], d["x"], d["y"], d["s"], d["targets"], num_classes=d["classes"],
+        use_l1=use_l1, settings=loss_settings(**keys),
     )
 
 
@@ -193,7 +197,7 @@ def test_every_regression_loss_gives_finite_gradients(kind: str) -> None:
         d["targets"],
         num_classes=3,
         use_l1=True,
-        reg_loss=kind,
+        settings=loss_settings(reg_loss=kind),
     )
     assert all(torch.isfinite(v).all() for v in got.values())
     got["total_loss"].backward()

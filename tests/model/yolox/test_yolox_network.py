@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -11,8 +12,10 @@ import types
 import pytest
 import torch
 
+from model.assign import AssignSettings
 from model.config import TrialConfig
 from model.yolox import SIZES, YOLOX, build_yolox, build_yolox_from_config
+from model.yolox.settings import HeadSettings, LossSettings
 from tests.paths import FIXTURES
 
 MANIFEST = json.loads((FIXTURES / "yolox_state_dict_manifest.json").read_text())
@@ -106,14 +109,15 @@ def test_bn_momentum_from_config_drives_the_running_statistics() -> None:
 
 def test_channels_last_training_step_matches_contiguous_on_cpu() -> None:
     torch.manual_seed(0)
-    net = build_yolox("nano", num_classes=1, reg_loss="ciou").train()
+    ciou = HeadSettings(loss=LossSettings(reg_loss="ciou"))
+    net = build_yolox("nano", num_classes=1, settings=ciou).train()
     images = torch.rand(2, 3, 96, 96) * 255
     targets = torch.zeros(2, 4, 5)
     targets[0, 0] = torch.tensor([0, 30.0, 40.0, 12.0, 9.0])
     targets[1, :2] = torch.tensor([[0, 60.0, 20.0, 20.0, 14.0], [0, 10.0, 70.0, 8.0, 8.0]])
     results = []
     for layout in (torch.contiguous_format, torch.channels_last):
-        copy = build_yolox("nano", num_classes=1, reg_loss="ciou").train()
+        copy = build_yolox("nano", num_classes=1, settings=ciou).train()
         copy.load_state_dict(net.state_dict())
         copy = copy.to(memory_format=layout)
         out = copy(images.contiguous(memory_format=layout), targets)
@@ -138,10 +142,11 @@ def test_build_from_config_maps_fields() -> None:
         reg_weight=2.0,
     )
     net = build_yolox_from_config(cfg)
-    h = net.head
-    assert (h.num_classes, h.reg_loss, h.center_radius) == (2, "giou", 2.5)
-    assert (h.candidate_topk, h.iou_cost_weight, h.reg_weight) == (5, 1.0, 2.0)
-    assert (h.assign_mode, h.use_l1) == ("batched", False)
+    h, loss = net.head, net.head.settings.loss
+    assert (h.num_classes, loss.reg_loss, loss.assign.center_radius) == (2, "giou", 2.5)
+    assign = loss.assign
+    assert (assign.candidate_topk, assign.iou_cost_weight, loss.reg_weight) == (5, 1.0, 2.0)
+    assert (assign.assign_mode, h.use_l1) == ("batched", False)
     assert net.arch == {
         "size": "nano",
         "depth": 0.33,
@@ -161,8 +166,6 @@ def test_build_from_config_maps_fields() -> None:
         ({"depth": 0.33}, "or both depth= and width="),
         ({"depth": 0.33, "width": 0.0}, "depth and width must be > 0"),
         ({"size": "s", "num_classes": 0}, "num_classes must be >= 1, got 0"),
-        ({"size": "s", "reg_loss": "eiou"}, "unknown reg_loss 'eiou'; use one of 'iou', 'giou'"),
-        ({"size": "s", "assign_mode": "loop"}, "unknown assign_mode 'loop'; use one of 'batched'"),
         ({"size": "s", "act": "gelu"}, "unknown activation 'gelu'; use one of 'silu', 'relu'"),
     ],
 )
@@ -170,6 +173,24 @@ def test_build_errors_name_the_fix(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         with torch.device("meta"):
             build_yolox(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: LossSettings(reg_loss="eiou"),
+            "unknown reg_loss 'eiou'; use one of 'iou', 'giou'",
+        ),
+        (
+            lambda: AssignSettings(assign_mode="loop"),
+            "unknown assign_mode 'loop'; use one of 'batched'",
+        ),
+    ],
+)
+def test_settings_errors_name_the_fix(make, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make()
 
 
 def test_bad_input_shapes_are_clear_errors() -> None:
@@ -206,7 +227,8 @@ def test_train_mode_hands_the_agreed_inputs_to_yolox_loss(monkeypatch: pytest.Mo
     net, ref = _parity("parity_w0125.pt")
     net.eval()  # same BatchNorm statistics in both calls, so the outputs are comparable
     net.head.use_l1 = True
-    net.head.assign_mode = "per_image"
+    per_image = AssignSettings(assign_mode="per_image")
+    net.head.settings = HeadSettings(loss=LossSettings(assign=per_image))
     with torch.no_grad():
         scores = net(ref["input"])
         assert net(ref["input"], ref["targets"]) == {"total_loss": torch.zeros(())}
@@ -222,23 +244,30 @@ def test_train_mode_hands_the_agreed_inputs_to_yolox_loss(monkeypatch: pytest.Mo
     assert (x_shifts[17].item(), y_shifts[17].item()) == (1.0, 1.0)  # 16 columns at stride 8
     assert (x_shifts[256 + 9].item(), y_shifts[256 + 9].item()) == (1.0, 1.0)
     assert torch.equal(targets, ref["targets"])
+    settings = kw.pop("settings")
     assert kw == {
         "num_classes": 3,
         "use_l1": True,
+        "dynamic_state": net.head.dynamic_state,
+        "assign_stats": False,
+    }
+    assert dataclasses.asdict(settings) == {
         "reg_loss": "iou",
         "reg_weight": 5.0,
         "nwd_constant": 12.8,
-        "center_radius": 1.5,
-        "candidate_topk": 10,
-        "iou_cost_weight": 3.0,
-        "assign_mode": "per_image",
-        "assigner": "simota",
-        "assign_k": 0,
-        "hambox": False,
-        "assign_overlap": "iou",
         "cls_target": "iou",
-        "dynamic_state": net.head.dynamic_state,
-        "assign_stats": False,
+        "assign": {
+            "assigner": "simota",
+            "assign_k": 0,
+            "hambox": False,
+            "assign_overlap": "iou",
+            "center_radius": 1.5,
+            "candidate_topk": 10,
+            "iou_cost_weight": 3.0,
+            "nwd_constant": 12.8,
+            "dynamic_interval": 100,
+            "assign_mode": "per_image",
+        },
     }
 
 
