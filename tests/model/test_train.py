@@ -435,7 +435,7 @@ def plain_epoch(data_dir: Path) -> dict:
 def test_the_assignment_axes_train_an_epoch(data_dir, plain_epoch, overrides, key, relation):
     """One epoch of each axis against the plain run (same seed): each moves the number it acts
     on, in the direction its rule predicts. The hand-worked values of each rule are in
-    tests/model/test_assign_rules*.py."""
+    tests/model/assign/test_rules.py and test_simota_rules.py."""
     m = one_epoch(data_dir, **overrides)
     if key is None:
         for k in (*LOSS_KEYS, *ASSIGN_DIAGNOSTICS):
@@ -448,7 +448,7 @@ def test_hambox_runs_on_every_step(data_dir, monkeypatch) -> None:
     """``hambox: true`` reaches the loss: HAMBox compensation runs on each of the 4 steps'
     assignments (8 training images, batch 2). Its effect is nil here (no untrained prediction
     reaches IoU 0.35 with these few-px objects), so the call itself is what can be checked; its
-    rule is worked by hand in tests/model/test_assign_rules.py."""
+    rule is worked by hand in tests/model/assign/test_rules.py."""
     calls: list[bool] = []
     real = hambox_module.hambox
 

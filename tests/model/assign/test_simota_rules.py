@@ -2,7 +2,7 @@
 SimOTA's cost and dynamic k, and what ``assign_k: 0`` means for each assigner.
 
 Expected values are arithmetic from the inputs, written out in each docstring; none is read back
-from the code under test. The NWD cases use the grid of ``test_assign_rules.py``: a 16 x 16 input,
+from the code under test. The NWD cases use the grid of ``test_rules.py``: a 16 x 16 input,
 one level of stride 8, anchor a = 2 j + i at cell centre (4 + 8 i, 4 + 8 j); the object is a
 4 x 4 box at (8, 8) = [6, 10]^2, and all four anchors are SimOTA candidates (cell centres 4 px
 from it on each axis, within 1.5 strides = 12 px).

@@ -3,7 +3,7 @@ HAMBox compensation and its weights, Dynamic R-CNN's threshold, beta and SmoothL
 
 Expected values are arithmetic from the inputs, written out in each docstring; none is read back
 from the code under test. NWD inside SimOTA and the ``assign_k`` defaults are in
-``test_assign_rules_simota.py``.
+``test_simota_rules.py``.
 
 Most cases share one grid: a 16 x 16 input with one level of stride 8, anchor a = 2 j + i at
 cell centre (4 + 8 i, 4 + 8 j), and one object of 8 x 8 px centred at (8, 8) = [4, 12]^2. Every
