@@ -211,11 +211,6 @@ def to_coco_results(
     return results
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def slice_settings(
     cfg: TrialConfig, *, conf: float | None = None, nms_iou: float | None = None
 ) -> SliceSettings:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from model.assign.types import AssignError
 from model.config import NWD_CONSTANT
 
 
@@ -58,9 +59,9 @@ def upcast_pair(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def check_box_pair(a: Tensor, b: Tensor) -> None:
-    """Raise a ValueError unless ``a`` and ``b`` are (N, 4) boxes of the same N."""
+    """Raise an AssignError unless ``a`` and ``b`` are (N, 4) boxes of the same N."""
     if a.dim() != 2 or a.shape[-1] != 4 or a.shape != b.shape:
-        raise ValueError(
+        raise AssignError(
             "boxes must be two (N, 4) tensors of cx, cy, w, h with the same N; "
             f"got {tuple(a.shape)} and {tuple(b.shape)}"
         )

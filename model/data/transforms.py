@@ -23,11 +23,6 @@ PAD_VALUE = 114  # grey used for every border and letterbox padding, as official
 MIN_BOX_SIZE = 1.0  # official TrainTransform keeps boxes with min(w, h) > 1 px after resizing
 
 
-def empty_labels() -> np.ndarray:
-    """An ``(0, 5)`` float32 label array."""
-    return np.zeros((0, 5), dtype=np.float32)
-
-
 def fit_ratio(height: int, width: int, size: int) -> float:
     """The letterbox ratio ``min(size / height, size / width)``."""
     return min(size / height, size / width)

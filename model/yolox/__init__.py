@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from model.yolox.build import SIZES, YOLOX, build_yolox, build_yolox_from_config
 from model.yolox.darknet import CSPDarknet
+from model.yolox.errors import YOLOXError, YOLOXInputError
 from model.yolox.head import YOLOXHead
 from model.yolox.pafpn import YOLOPAFPN
 from model.yolox.settings import HeadSettings, LossSettings
@@ -26,6 +27,8 @@ __all__ = [
     "WeightsError",
     "WeightsUnavailableError",
     "YOLOPAFPN",
+    "YOLOXError",
+    "YOLOXInputError",
     "YOLOXHead",
     "build_yolox",
     "build_yolox_from_config",

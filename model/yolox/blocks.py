@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from model.yolox.errors import YOLOXInputError
+
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.03
 
@@ -21,9 +23,10 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 def make_activation(name: str) -> nn.Module:
-    """The activation module for ``name`` (silu, relu, lrelu); an unknown name is a ValueError."""
+    """The activation module for ``name`` (silu, relu, lrelu); an unknown name is a
+    YOLOXInputError (a ValueError)."""
     if name not in _ACTIVATIONS:
-        raise ValueError(
+        raise YOLOXInputError(
             f"unknown activation {name!r}; use one of {', '.join(map(repr, _ACTIVATIONS))}"
         )
     if name == "lrelu":

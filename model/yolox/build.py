@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
+from model.yolox.errors import YOLOXInputError
 from model.yolox.head import YOLOXHead
 from model.yolox.pafpn import IN_CHANNELS, YOLOPAFPN
 from model.yolox.settings import HeadSettings
@@ -43,7 +44,7 @@ class YOLOX(nn.Module):
     def forward(self, images: Tensor, targets: Tensor | None = None) -> Tensor | dict[str, Tensor]:
         shape = images.shape
         if images.dim() != 4 or shape[1] != 3 or shape[2] % 32 or shape[3] % 32:
-            raise ValueError(
+            raise YOLOXInputError(
                 "images must be (B, 3, H, W) with H and W multiples of 32 (the coarsest stride); "
                 f"got shape {tuple(images.shape)}"
             )
@@ -56,20 +57,20 @@ def _resolve_arch(
     if size is not None:
         if size not in SIZES:
             allowed = ", ".join(map(repr, SIZES))
-            raise ValueError(f"unknown YOLOX size {size!r}; use one of {allowed}")
+            raise YOLOXInputError(f"unknown YOLOX size {size!r}; use one of {allowed}")
         if depth is not None or width is not None or depthwise is not None:
-            raise ValueError(
+            raise YOLOXInputError(
                 f"build_yolox: give either size={size!r} or explicit depth/width/depthwise, "
                 "not both"
             )
         return SIZES[size]
     if depth is None or width is None:
-        raise ValueError(
+        raise YOLOXInputError(
             "build_yolox: give a size (one of "
             f"{', '.join(map(repr, SIZES))}) or both depth= and width="
         )
     if depth <= 0 or width <= 0:
-        raise ValueError(f"build_yolox: depth and width must be > 0, got {depth}, {width}")
+        raise YOLOXInputError(f"build_yolox: depth and width must be > 0, got {depth}, {width}")
     return depth, width, bool(depthwise)
 
 
@@ -91,7 +92,7 @@ def build_yolox(
     """
     depth, width, depthwise = _resolve_arch(size, depth, width, depthwise)
     if num_classes < 1:
-        raise ValueError(f"build_yolox: num_classes must be >= 1, got {num_classes}")
+        raise YOLOXInputError(f"build_yolox: num_classes must be >= 1, got {num_classes}")
     backbone = YOLOPAFPN(depth, width, depthwise=depthwise, act=act)
     head = YOLOXHead(
         num_classes, width, in_channels=IN_CHANNELS, act=act, depthwise=depthwise, settings=settings

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from model.assign.dynamic import DynamicState
 from model.yolox.blocks import BaseConv, conv_type
+from model.yolox.errors import YOLOXInputError
 from model.yolox.settings import HeadSettings
 
 STRIDES = (8, 16, 32)
@@ -144,7 +145,7 @@ class YOLOXHead(nn.Module):
         self, raw: Tensor, boxes: Tensor, xy: Tensor, strides: Tensor, targets: Tensor
     ) -> dict[str, Tensor]:
         if targets.dim() != 3 or targets.shape[-1] != 5 or targets.shape[0] != raw.shape[0]:
-            raise ValueError(
+            raise YOLOXInputError(
                 f"targets must be (B={raw.shape[0]}, max_objects, 5) rows of "
                 f"(class, cx, cy, w, h); got shape {tuple(targets.shape)}"
             )

@@ -27,6 +27,7 @@ from torch import Tensor
 from model.assign import AssignInputs, BatchAssignment, DynamicState, assign_batch
 from model.assign.stats import assignment_stats
 from model.box_losses import BOX_LOSSES
+from model.yolox.errors import YOLOXInputError
 from model.yolox.settings import LossSettings
 
 CLEANLINESS_ALPHA = 0.75  # Li et al. 2020 (noisy anchors): cleanliness c = 0.75 loc + 0.25 cls
@@ -245,23 +246,23 @@ def _check_inputs(
     use_l1: bool,
 ) -> None:
     if outputs.dim() != 3 or outputs.shape[-1] != 5 + num_classes:
-        raise ValueError(
+        raise YOLOXInputError(
             f"yolox_loss: outputs must be (B, A, 5 + num_classes={5 + num_classes}); "
             f"got {tuple(outputs.shape)}"
         )
     b, a = outputs.shape[:2]
     if targets.dim() != 3 or targets.shape[0] != b or targets.shape[-1] != 5:
-        raise ValueError(
+        raise YOLOXInputError(
             f"yolox_loss: targets must be (B={b}, max_objects, 5) rows of (class, cx, cy, w, h); "
             f"got {tuple(targets.shape)}"
         )
     if x_shifts.shape != (a,):
-        raise ValueError(
+        raise YOLOXInputError(
             f"yolox_loss: x_shifts/y_shifts/strides must be ({a},); got {tuple(x_shifts.shape)}"
         )
     if use_l1 and (raw_reg is None or raw_reg.shape != (b, a, 4)):
         got = None if raw_reg is None else tuple(raw_reg.shape)
-        raise ValueError(f"yolox_loss: use_l1 needs raw_reg of shape ({b}, {a}, 4); got {got}")
+        raise YOLOXInputError(f"yolox_loss: use_l1 needs raw_reg of shape ({b}, {a}, 4); got {got}")
 
 
 def _pack_targets(targets: Tensor) -> tuple[Tensor, Tensor]:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from model.checkpoint import NotWeightsOnlyError, load_weights_only
 from model.yolox.build import SIZES
+from model.yolox.errors import YOLOXError, YOLOXInputError
 
 COCO_URL = (
     "https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_{size}.pth"
@@ -29,11 +30,11 @@ COCO_CLASSES = 80
 CLASS_LAYER_PREFIX = "head.cls_preds."
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(YOLOXError, RuntimeError):
     """A checkpoint is neither on disk nor downloadable; the message says where to put it."""
 
 
-class WeightsError(ValueError):
+class WeightsError(YOLOXError, ValueError):
     """A weights file cannot be used: not a weights-only checkpoint, not a YOLOX state_dict, or
     one of another architecture/size. The message names the file and the fix."""
 
@@ -62,7 +63,9 @@ class LoadReport:
 
 def _check_size(size: str) -> str:
     if size not in SIZES:
-        raise ValueError(f"unknown YOLOX size {size!r}; use one of {', '.join(map(repr, SIZES))}")
+        raise YOLOXInputError(
+            f"unknown YOLOX size {size!r}; use one of {', '.join(map(repr, SIZES))}"
+        )
     return size
 
 
@@ -154,11 +157,6 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], str]:
             "(or a state_dict itself)"
         )
     return state, entry
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
-    """The state_dict :func:`read_weights` picks from ``path``."""
-    return read_weights(path)[0]
 
 
 def load_state_into(
