@@ -47,7 +47,10 @@ REG_WEIGHT = 5.0  # weight of the box-regression loss
 NWD_CONSTANT = 12.8
 # (added, issue 17) Dynamic R-CNN's C: iterations between updates of its threshold and beta
 DYNAMIC_INTERVAL = 100
-Assigner = Literal["simota", "atss", "uniform", "topk", "dynamic"]
+# (added, issue 25) TOOD's alignment metric t = s^alpha * u^beta (Feng et al. 2021)
+TOOD_ALPHA = 1.0
+TOOD_BETA = 6.0
+Assigner = Literal["simota", "atss", "uniform", "topk", "dynamic", "tood"]
 AssignOverlap = Literal["iou", "nwd"]
 ClsTarget = Literal["iou", "cleanliness", "qfl"]
 
@@ -206,11 +209,17 @@ class TrialConfig:
     # k nearest points, IoU threshold mean + std. uniform: YOLOF's uniform matching (k nearest
     # priors + k nearest predictions by L1). topk: the k highest-IoU predictions inside the
     # centre region. dynamic: Dynamic R-CNN's rising IoU threshold and SmoothL1 beta (state in
-    # checkpoints). See each function's docstring for the rule and where we depart
+    # checkpoints). (issue 25) tood: TOOD's task-aligned assignment (Feng et al. 2021), the k
+    # largest score^tood_alpha * IoU^tood_beta in the centre region, their normalised metric as
+    # the class target. See each module of model/assign/ for the rule and where we depart
     assigner: Assigner = "simota"
-    # k of atss/uniform/topk; 0 = the paper's value (atss 9, uniform 4, topk 9). Not SimOTA's
-    # (candidate_topk) nor dynamic's (which has no k)
+    # k of atss/uniform/topk/tood; 0 = the paper's value (atss 9, uniform 4, topk 9, tood 13).
+    # Not SimOTA's (candidate_topk) nor dynamic's (which has no k)
     assign_k: int = 0
+    # tood: the exponents of its alignment metric t = s^alpha * u^beta (s the class score, u the
+    # IoU); the paper's alpha 1, beta 6. alpha 0 ranks by IoU alone
+    tood_alpha: float = TOOD_ALPHA
+    tood_beta: float = TOOD_BETA
     # HAMBox compensation (Liu et al. 2020) on top of any assigner: an object left with fewer
     # than 3 positives gets the unassigned predictions whose box overlaps it best (IoU >= 0.35),
     # weighted by that IoU
@@ -385,6 +394,8 @@ def _validate(cfg: TrialConfig, source: str) -> None:
         (cfg.candidate_topk >= 1, "candidate_topk", "must be >= 1"),
         (cfg.dynamic_interval >= 1, "dynamic_interval", "must be >= 1 (iterations)"),
         (cfg.assign_k >= 0, "assign_k", "must be >= 0 (0 = the assigner's paper value)"),
+        (cfg.tood_alpha >= 0, "tood_alpha", "must be >= 0 (the paper's 1)"),
+        (cfg.tood_beta >= 0, "tood_beta", "must be >= 0 (the paper's 6)"),
         (0 < cfg.test_conf < 1, "test_conf", "must be in (0, 1)"),
         (0 < cfg.nms_iou <= 1, "nms_iou", "must be in (0, 1]"),
         (cfg.center_loss_weight >= 0, "center_loss_weight", "must be >= 0"),

@@ -9,7 +9,8 @@ a k), the name in the ``Assigner`` Literal, and its test. Modules:
   their signature is :class:`AssignFn` below;
 - ``settings``: ``AssignSettings``, the config keys they read;
 - ``overlap``: IoU and NWD; ``common``: pieces the point-based rules share;
-- ``simota`` (+ ``simota_cost``), ``atss``, ``uniform``, ``topk``, ``dynamic``: the rules;
+- ``simota`` (+ ``simota_cost``), ``atss``, ``uniform``, ``topk``, ``dynamic``, ``tood``: the
+  rules;
 - ``hambox``: compensation on top of any rule; ``stats``: the diagnostics by object size.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from typing import Protocol, get_args
 
-from model.assign import atss, dynamic, hambox, simota, topk, uniform
+from model.assign import atss, dynamic, hambox, simota, tood, topk, uniform
 from model.assign.dynamic import DynamicState
 from model.assign.settings import ASSIGN_MODES, AssignSettings
 from model.assign.types import AssignError, AssignInputs, Assignment, BatchAssignment
@@ -44,9 +45,15 @@ ASSIGNERS: dict[str, AssignFn] = {
     "uniform": uniform.assign,
     "topk": topk.assign,
     "dynamic": dynamic.assign,
+    "tood": tood.assign,
 }
 # assign_k: 0 means the paper's k of the rule (rules without a k are not listed)
-PAPER_K: dict[str, int] = {"atss": atss.ATSS_K, "uniform": uniform.UNIFORM_K, "topk": topk.TOPK_K}
+PAPER_K: dict[str, int] = {
+    "atss": atss.ATSS_K,
+    "uniform": uniform.UNIFORM_K,
+    "topk": topk.TOPK_K,
+    "tood": tood.TOOD_K,
+}
 
 if set(ASSIGNERS) != set(ASSIGNER_NAMES):  # pragma: no cover - a programming error (tested)
     raise AssignError(

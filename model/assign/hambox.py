@@ -50,10 +50,14 @@ def hambox(
     weights = torch.where(extra.fg_mask, extra.pred_ious, fg.float())
     old_w = asg.weights if asg.weights is not None else asg.fg_mask.float()
     weights = torch.where(asg.fg_mask, old_w, weights)
+    quality = asg.cls_quality  # a compensated positive's class target: its IoU (official)
+    if quality is not None:
+        quality = torch.where(asg.fg_mask, quality, extra.pred_ious)
     return asg._replace(  # the rest (ignore_mask, smooth_l1_beta) as the assigner left it
         fg_mask=fg,
         matched_gt_inds=torch.where(asg.fg_mask, asg.matched_gt_inds, extra.matched_gt_inds),
         pred_ious=torch.where(asg.fg_mask, asg.pred_ious, extra.pred_ious),
         weights=weights,
+        cls_quality=quality,
     )
 

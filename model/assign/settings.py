@@ -11,6 +11,8 @@ from model.config import (
     DYNAMIC_INTERVAL,
     IOU_COST_WEIGHT,
     NWD_CONSTANT,
+    TOOD_ALPHA,
+    TOOD_BETA,
     Assigner,
     AssignOverlap,
     check_literal_fields,
@@ -33,7 +35,8 @@ class AssignSettings:
     (see its module): ``center_radius`` (SimOTA, top-k, dynamic, TOOD), ``candidate_topk`` and
     ``iou_cost_weight`` (SimOTA), ``assign_overlap`` and ``nwd_constant`` (SimOTA's cost),
     ``assign_k`` (ATSS, uniform, top-k, TOOD; 0 = the paper's k), ``dynamic_interval`` (the
-    head's ``DynamicState``), ``assign_mode`` (SimOTA); ``hambox`` runs HAMBox on top of any.
+    head's ``DynamicState``), ``tood_alpha`` and ``tood_beta`` (TOOD), ``assign_mode`` (SimOTA);
+    ``hambox`` runs HAMBox on top of any.
     """
 
     assigner: Assigner = "simota"
@@ -45,6 +48,8 @@ class AssignSettings:
     iou_cost_weight: float = IOU_COST_WEIGHT
     nwd_constant: float = NWD_CONSTANT
     dynamic_interval: int = DYNAMIC_INTERVAL
+    tood_alpha: float = TOOD_ALPHA
+    tood_beta: float = TOOD_BETA
     assign_mode: AssignMode = "batched"
 
     def __post_init__(self) -> None:
@@ -53,7 +58,8 @@ class AssignSettings:
     @classmethod
     def from_config(cls, cfg: TrialConfig) -> AssignSettings:
         """Reads ``assigner``, ``assign_k``, ``hambox``, ``assign_overlap``, ``center_radius``,
-        ``candidate_topk``, ``iou_cost_weight``, ``nwd_constant`` and ``dynamic_interval``."""
+        ``candidate_topk``, ``iou_cost_weight``, ``nwd_constant``, ``dynamic_interval``,
+        ``tood_alpha`` and ``tood_beta``."""
         return cls(
             assigner=cfg.assigner,
             assign_k=cfg.assign_k,
@@ -64,4 +70,6 @@ class AssignSettings:
             iou_cost_weight=cfg.iou_cost_weight,
             nwd_constant=cfg.nwd_constant,
             dynamic_interval=cfg.dynamic_interval,
+            tood_alpha=cfg.tood_alpha,
+            tood_beta=cfg.tood_beta,
         )

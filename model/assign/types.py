@@ -74,6 +74,8 @@ class BatchAssignment(NamedTuple):
     weights: (B, A) float32 or None (HAMBox): loss weight of each foreground. None = 1 for all.
     smooth_l1_beta: float or None (Dynamic R-CNN): the L1 branch is SmoothL1 of this beta and
         the positives' errors are fed back to the assigner's state. None = plain L1 (official).
+    cls_quality: (B, A) float32 or None (TOOD): each foreground's soft class target, used where
+        ``cls_target`` puts the IoU. None = the IoU of its prediction (official).
     """
 
     fg_mask: Tensor
@@ -82,6 +84,7 @@ class BatchAssignment(NamedTuple):
     ignore_mask: Tensor | None = None
     weights: Tensor | None = None
     smooth_l1_beta: float | None = None
+    cls_quality: Tensor | None = None
 
     def image(self, b: int) -> Assignment:
         """Image ``b`` in the layout of ``model.assign.simota.simota``."""

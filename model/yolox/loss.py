@@ -49,6 +49,7 @@ class Positives(NamedTuple):
     anchor: Tensor  # (F,) its anchor
     gt: Tensor  # (F, 5) class, cx, cy, w, h of its object
     iou: Tensor  # (F,) IoU of its prediction with its object
+    quality: Tensor  # (F,) what cls_target scales: the assigner's soft target (TOOD), else iou
     weight: Tensor | None  # (F,) the assigner's weight (HAMBox); None = 1 (official, no multiply)
     denom: float  # max(F, 1), what every term is divided by
 
@@ -80,7 +81,8 @@ def _qfl_target(quality: Tensor, one_hot: Tensor, cls_logit: Tensor) -> ClassTar
     return ClassTarget(one_hot * quality.unsqueeze(-1), None, True)
 
 
-# name -> rule: (quality (F,): each foreground's IoU, one_hot (F, C), cls_logit (F, C))
+# name -> rule: (quality (F,): each foreground's IoU or the assigner's soft target (TOOD),
+# one_hot (F, C), cls_logit (F, C))
 ClassTargetFn = Callable[[Tensor, Tensor, Tensor], ClassTarget]
 CLASS_TARGETS: dict[str, ClassTargetFn] = {
     "iou": _iou_target,
@@ -136,7 +138,7 @@ def yolox_loss(
     pos = _positives(asg, gt)
     cls_logit = cls[pos.img, pos.anchor]  # (F, C)
     one_hot = F.one_hot(pos.gt[:, 0].long(), num_classes).float()
-    ct = CLASS_TARGETS[settings.cls_target](pos.iou, one_hot, cls_logit)
+    ct = CLASS_TARGETS[settings.cls_target](pos.quality, one_hot, cls_logit)
     reg_weight = _times(pos.weight, ct.reg_factor)  # (F,) or None
     per_box = BOX_LOSSES[settings.reg_loss](
         boxes[pos.img, pos.anchor], pos.gt[:, 1:], settings.nwd_constant
@@ -175,11 +177,14 @@ def _positives(asg: BatchAssignment, gt: Tensor) -> Positives:
     """The foregrounds of ``asg`` with their objects, gt (B, G, 5) class, cx, cy, w, h."""
     img, anchor = asg.fg_mask.nonzero(as_tuple=True)  # (F,) foregrounds, image-major as official
     weight = asg.weights[img, anchor] if asg.weights is not None else None
+    iou = asg.pred_ious[img, anchor]
+    quality = asg.cls_quality[img, anchor] if asg.cls_quality is not None else iou
     return Positives(
         img,
         anchor,
         gt[img, asg.matched_gt_inds[img, anchor]],
-        asg.pred_ious[img, anchor],
+        iou,
+        quality,
         weight,
         float(max(img.numel(), 1)),
     )

@@ -428,9 +428,11 @@ def plain_epoch(data_dir: Path) -> dict:
         ({"reg_loss": "nwd"}, "iou_loss", operator.lt),
         # NWD sums of disjoint tiny candidates exceed their IoU sums: larger dynamic k
         ({"assign_overlap": "nwd"}, "pos_per_obj_lt16", operator.gt),
+        # TOOD: up to m = 13 positives of t > 0 against SimOTA's dynamic k of about 1
+        ({"assigner": "tood"}, "pos_per_obj_lt16", lambda got, base: base < got <= 13),
     ],
     ids=["defaults", "atss", "uniform", "topk", "dynamic", "qfl", "cleanliness", "nwd-loss",
-         "simota-nwd-overlap"],
+         "simota-nwd-overlap", "tood"],
 )
 def test_the_assignment_axes_train_an_epoch(data_dir, plain_epoch, overrides, key, relation):
     """One epoch of each axis against the plain run (same seed): each moves the number it acts

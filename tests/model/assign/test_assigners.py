@@ -221,7 +221,7 @@ def loss_inputs(seed: int = 0) -> dict:
             "x": x, "y": y, "s": s, "targets": targets}
 
 
-@pytest.mark.parametrize("assigner", ["simota", "atss", "uniform", "topk", "dynamic"])
+@pytest.mark.parametrize("assigner", ["simota", "atss", "uniform", "topk", "dynamic", "tood"])
 @pytest.mark.parametrize("hambox_on", [False, True])
 @pytest.mark.parametrize("cls_target", ["iou", "cleanliness", "qfl"])
 def test_every_option_trains_with_finite_gradients(

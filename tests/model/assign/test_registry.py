@@ -48,7 +48,7 @@ def test_from_config_reads_each_field_from_the_key_of_its_name() -> None:
         "reg_loss": "giou", "reg_weight": 2.0, "nwd_constant": 9.0, "cls_target": "qfl",
         "assigner": "atss", "assign_k": 4, "hambox": True, "assign_overlap": "nwd",
         "center_radius": 2.5, "candidate_topk": 5, "iou_cost_weight": 1.0,
-        "dynamic_interval": 7,
+        "dynamic_interval": 7, "tood_alpha": 0.5, "tood_beta": 4.0,
     }  # fmt: skip
     cfg = dataclasses.replace(default, **changed)
     got = _flat(HeadSettings.from_config(cfg))

@@ -266,6 +266,8 @@ def test_train_mode_hands_the_agreed_inputs_to_yolox_loss(monkeypatch: pytest.Mo
             "iou_cost_weight": 3.0,
             "nwd_constant": 12.8,
             "dynamic_interval": 100,
+            "tood_alpha": 1.0,
+            "tood_beta": 6.0,
             "assign_mode": "per_image",
         },
     }
