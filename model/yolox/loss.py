@@ -146,17 +146,8 @@ def yolox_loss(
     iou_loss = _weighted(per_box, reg_weight).sum() / pos.denom
     conf_loss = _objectness_term(obj, asg, pos.denom)
     cls_loss = _class_term(cls_logit, ct, pos.weight, pos.denom)
-    feedback = asg.smooth_l1_beta is not None  # Dynamic R-CNN: its state learns from this step
-    err = None
-    if use_l1 or (feedback and raw_reg is not None):
-        assert raw_reg is not None  # checked above
-        err = _l1_errors(raw_reg, pos, x_shifts, y_shifts, strides)
-    l1_loss = _l1_term(err, asg.smooth_l1_beta, reg_weight, pos.denom) if use_l1 else None
-    if feedback:
-        errors = err[:, :2].detach().abs() if err is not None else outputs.new_zeros(0, 2)
-        dynamic_state.observe_batch(inputs.gt_bboxes, gt_valid, inputs.pred_bboxes, errors)
+    l1_loss = _l1_step(raw_reg, pos, inputs, asg, reg_weight, use_l1, dynamic_state)
     iou_loss = settings.reg_weight * iou_loss
-    l1_loss = outputs.new_zeros(()) if l1_loss is None else l1_loss
     out = {
         "total_loss": iou_loss + conf_loss + cls_loss + l1_loss,
         "iou_loss": iou_loss,
@@ -219,6 +210,29 @@ def _class_term(cls_logit: Tensor, ct: ClassTarget, weight: Tensor | None, denom
     if ct.focal:  # GFL's QFL: |y - sigma|^beta * BCE(sigma, y)
         bce = bce * (ct.target - cls_logit.sigmoid()).abs().pow(QFL_BETA)
     return _weighted(bce.sum(-1), weight).sum() / denom
+
+
+def _l1_step(
+    raw_reg: Tensor | None,
+    pos: Positives,
+    inputs: AssignInputs,
+    asg: BatchAssignment,
+    weight: Tensor | None,
+    use_l1: bool,
+    state: DynamicState,
+) -> Tensor:
+    """The L1 term (0 without ``use_l1``) and, when the assigner asks (Dynamic R-CNN's
+    ``smooth_l1_beta``), its feedback: the positives' centre errors to ``state``."""
+    feedback = asg.smooth_l1_beta is not None
+    err = None
+    if use_l1 or (feedback and raw_reg is not None):
+        assert raw_reg is not None  # yolox_loss checked it for use_l1
+        err = _l1_errors(raw_reg, pos, *inputs.grid)
+    l1_loss = _l1_term(err, asg.smooth_l1_beta, weight, pos.denom) if use_l1 else None
+    if feedback:
+        errors = err[:, :2].detach().abs() if err is not None else pos.iou.new_zeros(0, 2)
+        state.observe_batch(inputs.gt_bboxes, inputs.gt_valid, inputs.pred_bboxes, errors)
+    return pos.iou.new_zeros(()) if l1_loss is None else l1_loss
 
 
 def _l1_errors(
