@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from model.assign.stats import ASSIGN_DIAGNOSTICS, summarize_stats
+from model.assign.diagnostics import ASSIGN_DIAGNOSTICS, summarize_stats
 from model.bootstrap import bootstrap_ci
 from model.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -409,7 +409,7 @@ class _Trainer:
         net.train()
         self.loader.set_epoch(epoch)
         sums = dict.fromkeys(LOSS_KEYS, 0.0)
-        stat_sums: dict[str, Any] = {}  # assignment counts (tensors), see model.assign.stats
+        stat_sums: dict[str, Any] = {}  # assignment counts (tensors), see model.assign.diagnostics
         autocast = (
             torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
         )

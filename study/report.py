@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from model.assign.stats import ASSIGN_DIAGNOSTICS
+from model.assign.diagnostics import ASSIGN_DIAGNOSTICS
 from model.evaluate import COCO_METRICS
 from study.layout import RESULT_STATUSES
 from study.layout import valid_metric as _valid

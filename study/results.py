@@ -30,7 +30,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from model.assign.stats import ASSIGN_DIAGNOSTICS
+from model.assign.diagnostics import ASSIGN_DIAGNOSTICS
 from model.bootstrap import BOOTSTRAP_METRICS
 from model.config import config_keys
 from model.evaluate import TEST_METRICS, VAL_METRICS

@@ -6,7 +6,7 @@ from dataclasses import fields
 from typing import Any
 
 from model.assign import AssignSettings
-from model.yolox.settings import LossSettings
+from model.yolox.head_settings import LossSettings
 
 _LOSS_KEYS = {f.name for f in fields(LossSettings)} - {"assign"}
 

@@ -8,10 +8,10 @@ a k), the name in the ``Assigner`` Literal, and its test. Modules:
 - ``types``: what an assigner receives (``AssignInputs``) and returns (``BatchAssignment``);
   their signature is :class:`AssignFn` below;
 - ``settings``: ``AssignSettings``, the config keys they read;
-- ``overlap``: IoU and NWD; ``common``: pieces the point-based rules share;
+- ``overlap``: IoU and NWD; ``points``: pieces the point-based rules share;
 - ``simota`` (+ ``simota_cost``), ``atss``, ``uniform``, ``topk``, ``dynamic``, ``tood``: the
   rules;
-- ``hambox``: compensation on top of any rule; ``stats``: the diagnostics by object size.
+- ``hambox``: compensation on top of any rule; ``diagnostics``: counts by object size.
 """
 
 from __future__ import annotations

@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from model.assign.common import (
+from model.assign.overlap import broadcast_iou
+from model.assign.points import (
     nearest_per_level,
     prior_boxes,
     prior_centres,
     resolve_sparse,
     to_xyxy,
 )
-from model.assign.overlap import broadcast_iou
 from model.assign.types import AssignInputs, BatchAssignment
 
 if TYPE_CHECKING:

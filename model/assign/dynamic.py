@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from model.assign.common import (
+from model.assign.overlap import broadcast_iou
+from model.assign.points import (
     dense_ious,
     gather_rows,
     region_candidates,
     resolve_sparse,
     smallest_k,
 )
-from model.assign.overlap import broadcast_iou
 from model.assign.types import AssignInputs, BatchAssignment
 from model.config import CENTER_RADIUS, DYNAMIC_INTERVAL
 

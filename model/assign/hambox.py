@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from model.assign.common import dense_ious, resolve_claims, smallest_k_index
+from model.assign.points import dense_ious, resolve_claims, smallest_k_index
 from model.assign.types import BatchAssignment
 
 HAMBOX_K = 3  # compensate objects with fewer positives than this

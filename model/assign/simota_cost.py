@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from model.assign.common import sortable
+from model.assign.points import sortable
 
 OUT_OF_RADIUS_COST = 1e6  # official: pairs outside the centre radius are (almost) never picked
 _BCE_LOG_FLOOR = -100.0  # F.binary_cross_entropy clamps log() here

@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from model.assign.common import gather_rows, region_candidates, resolve_sparse
 from model.assign.overlap import broadcast_iou
+from model.assign.points import gather_rows, region_candidates, resolve_sparse
 from model.assign.types import AssignError, AssignInputs, BatchAssignment
 from model.config import CENTER_RADIUS, TOOD_ALPHA, TOOD_BETA
 

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from model.assign.common import gather_rows, region_candidates, resolve_sparse, smallest_k
 from model.assign.overlap import broadcast_iou
+from model.assign.points import gather_rows, region_candidates, resolve_sparse, smallest_k
 from model.assign.types import AssignInputs, BatchAssignment
 from model.config import CENTER_RADIUS
 

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from model.assign.common import dense_ious, prior_boxes, resolve_sparse, smallest_k_index, to_xyxy
 from model.assign.overlap import broadcast_iou
+from model.assign.points import dense_ious, prior_boxes, resolve_sparse, smallest_k_index, to_xyxy
 from model.assign.types import AssignInputs, BatchAssignment
 
 if TYPE_CHECKING:

@@ -6,8 +6,8 @@ from model.yolox.build import SIZES, YOLOX, build_yolox, build_yolox_from_config
 from model.yolox.darknet import CSPDarknet
 from model.yolox.errors import YOLOXError, YOLOXInputError
 from model.yolox.head import YOLOXHead
+from model.yolox.head_settings import HeadSettings, LossSettings
 from model.yolox.pafpn import YOLOPAFPN
-from model.yolox.settings import HeadSettings, LossSettings
 from model.yolox.weights import (
     LoadReport,
     WeightsError,

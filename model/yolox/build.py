@@ -8,8 +8,8 @@ from torch import Tensor, nn
 
 from model.yolox.errors import YOLOXInputError
 from model.yolox.head import YOLOXHead
+from model.yolox.head_settings import HeadSettings
 from model.yolox.pafpn import IN_CHANNELS, YOLOPAFPN
-from model.yolox.settings import HeadSettings
 
 if TYPE_CHECKING:
     from model.config import TrialConfig

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from model.assign.dynamic import DynamicState
 from model.yolox.blocks import BaseConv, conv_type
 from model.yolox.errors import YOLOXInputError
-from model.yolox.settings import HeadSettings
+from model.yolox.head_settings import HeadSettings
 
 STRIDES = (8, 16, 32)
 _GRID_CACHE_LIMIT = 64  # multiscale training visits ~11 sizes x 3 levels; keep the cache bounded
@@ -24,7 +24,7 @@ _GRID_CACHE_LIMIT = 64  # multiscale training visits ~11 sizes x 3 levels; keep 
 class YOLOXHead(nn.Module):
     """Decoupled head over the three PAFPN levels (strides 8, 16, 32).
 
-    ``settings`` (:class:`~model.yolox.settings.HeadSettings`, official by default) holds the
+    ``settings`` (:class:`~model.yolox.head_settings.HeadSettings`, official by default) holds the
     initial score prior and the loss's settings; it is read on every loss call, so a new one can
     be set in place. Attributes the trainer switches: ``use_l1`` (add the L1 loss on raw
     regressions, the official last-15-epochs switch) and (issue 17) ``assign_stats`` (return the

@@ -11,7 +11,7 @@ here: the assigner (``model.assign.ASSIGNERS``, with HAMBox on top), the box los
 (``model.box_losses.BOX_LOSSES``), the class target (:data:`CLASS_TARGETS`: ``iou``,
 ``cleanliness``, ``qfl``), YOLOF's ignored anchors, HAMBox's weights, Dynamic R-CNN's SmoothL1
 beta on the L1 branch (``smooth_l1_beta``), and per-size-bucket assignment statistics
-(``model/assign/stats.py``). With every setting at its default the computation is the official
+(``model/assign/diagnostics.py``). With every setting at its default the computation is the official
 one, operation for operation.
 """
 
@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model.assign import AssignInputs, BatchAssignment, DynamicState, assign_batch
-from model.assign.stats import assignment_stats
+from model.assign.diagnostics import assignment_stats
 from model.box_losses import BOX_LOSSES
 from model.yolox.errors import YOLOXInputError
-from model.yolox.settings import LossSettings
+from model.yolox.head_settings import LossSettings
 
 CLEANLINESS_ALPHA = 0.75  # Li et al. 2020 (noisy anchors): cleanliness c = 0.75 loc + 0.25 cls
 QFL_BETA = 2.0  # GFL (Li et al. 2020), Quality Focal Loss: beta = 2
@@ -117,7 +117,7 @@ def yolox_loss(
     use_l1: add the L1 term (the official last-epochs switch, set by the trainer).
     dynamic_state: the ``dynamic`` assigner's state, read and updated in place (a fresh one when
         None); assign_stats: also return ``assign_stats``, a dict of (no-gradient) counts, see
-        ``model.assign.stats.assignment_stats``.
+        ``model.assign.diagnostics.assignment_stats``.
     Returns float32 scalars ``total_loss`` (= iou + l1 + conf + cls), ``iou_loss`` (times
     ``reg_weight``; the ``reg_loss`` of ``settings``, e.g. 1 - NWD), ``l1_loss`` (0 without
     ``use_l1``), ``conf_loss``, ``cls_loss`` and ``num_fg`` (foregrounds / objects, no gradient).

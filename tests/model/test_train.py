@@ -10,7 +10,7 @@ import torch
 
 import model.train as train_mod
 from model.assign import hambox as hambox_module
-from model.assign.stats import ASSIGN_DIAGNOSTICS
+from model.assign.diagnostics import ASSIGN_DIAGNOSTICS
 from model.checkpoint import load_checkpoint, load_trained_detector
 from model.config import ConfigError, TrialConfig
 from model.data.synth import generate_flow_like

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.assign.stats import ASSIGN_DIAGNOSTICS
+from model.assign.diagnostics import ASSIGN_DIAGNOSTICS
 from model.checkpoint import load_checkpoint, load_trained_detector
 from model.config import ConfigError
 from model.data.synth import generate_flow_like

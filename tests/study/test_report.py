@@ -411,7 +411,7 @@ def test_plots_run_along_the_size_only_where_it_varies() -> None:
 
 
 def test_the_report_shows_the_assignment_diagnostics_of_each_point() -> None:
-    from model.assign.stats import ASSIGN_DIAGNOSTICS
+    from model.assign.diagnostics import ASSIGN_DIAGNOSTICS
     from study.report import ASSIGN_HEADERS, assignment_section
 
     assert list(ASSIGN_HEADERS) == list(ASSIGN_DIAGNOSTICS)  # one column per diagnostic

@@ -59,8 +59,8 @@ def test_the_official_constants_are_every_default():
     from model.assign.simota import simota, simota_batched
     from model.yolox.build import build_yolox
     from model.yolox.head import YOLOXHead
+    from model.yolox.head_settings import LossSettings
     from model.yolox.loss import yolox_loss
-    from model.yolox.settings import LossSettings
 
     official = {
         "center_radius": C.CENTER_RADIUS,

@@ -14,9 +14,9 @@ import torch
 
 from model.assign import BatchAssignment, DynamicState
 from model.assign.atss import atss
+from model.assign.diagnostics import assignment_stats, summarize_stats
 from model.assign.dynamic import dynamic
 from model.assign.hambox import hambox
-from model.assign.stats import assignment_stats, summarize_stats
 from model.assign.topk import topk
 from model.assign.uniform import uniform
 from model.config import ConfigError, TrialConfig

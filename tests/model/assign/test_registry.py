@@ -11,8 +11,8 @@ import pytest
 from model.assign import ASSIGNER_NAMES, ASSIGNERS, PAPER_K, AssignSettings, default_k
 from model.box_losses import BOX_LOSSES
 from model.config import Assigner, ClsTarget, RegLoss, TrialConfig, config_keys
+from model.yolox.head_settings import HeadSettings, LossSettings
 from model.yolox.loss import CLASS_TARGETS
-from model.yolox.settings import HeadSettings, LossSettings
 
 
 def test_every_config_assigner_has_one_registry_entry_and_no_other() -> None:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from model.box_losses import IOU_KINDS
+from model.yolox.head_settings import HeadSettings
 from model.yolox.loss import LOSS_KEYS, yolox_loss
-from model.yolox.settings import HeadSettings
 from tests.loss_settings import loss_settings
 from tests.paths import FIXTURES
 

@@ -15,7 +15,7 @@ import torch
 from model.assign import AssignSettings
 from model.config import TrialConfig
 from model.yolox import SIZES, YOLOX, build_yolox, build_yolox_from_config
-from model.yolox.settings import HeadSettings, LossSettings
+from model.yolox.head_settings import HeadSettings, LossSettings
 from tests.paths import FIXTURES
 
 MANIFEST = json.loads((FIXTURES / "yolox_state_dict_manifest.json").read_text())
