@@ -1,4 +1,5 @@
-"""The YOLOX detector and its builders (explicit keyword arguments, no registry)."""
+"""The YOLOX detector and its builders: the network's shape as arguments, the head's and the
+loss's settings as one object (``HeadSettings``), no registry."""
 
 from __future__ import annotations
 

@@ -6,13 +6,13 @@ by the batch's foreground count (at least 1); ``iou_loss`` already carries ``reg
 objectness BCE runs over all anchors, the class BCE over foregrounds against one-hot targets scaled
 by the foreground's IoU; ``num_fg`` is foregrounds per object.
 
-Added (issue 17), each a name in a table or a field of the assignment, never a branch on a name
-here: the assigner (``model.assign.ASSIGNERS``, with HAMBox on top), the box loss
+Added (issues 17, 25), each a name in a table or a field of the assignment, never a branch on a
+name here: the assigner (``model.assign.ASSIGNERS``, with HAMBox on top), the box loss
 (``model.box_losses.BOX_LOSSES``), the class target (:data:`CLASS_TARGETS`: ``iou``,
 ``cleanliness``, ``qfl``), YOLOF's ignored anchors, HAMBox's weights, Dynamic R-CNN's SmoothL1
-beta on the L1 branch (``smooth_l1_beta``), and per-size-bucket assignment statistics
-(``model/assign/diagnostics.py``). With every setting at its default the computation is the official
-one, operation for operation.
+beta on the L1 branch (``smooth_l1_beta``), TOOD's soft class target (``cls_quality``), and
+per-size-bucket assignment statistics (``model/assign/diagnostics.py``). With every setting at
+its default the computation is the official one, operation for operation.
 """
 
 from __future__ import annotations
