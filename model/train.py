@@ -316,7 +316,6 @@ class _Trainer:
         self.loader = build_train_loader(
             self.dataset.train, cfg, device=self.device, progress=progress
         )
-        self._log(describe_placement(self.loader.placement, cfg.augment_on, self.device))
         self.iters = len(self.loader)
         self.schedule = YoloxWarmCos.from_config(cfg, self.iters)
         self.start_epoch = 0
@@ -389,6 +388,8 @@ class _Trainer:
 
     def run(self, report: ReportFn | None) -> None:
         cfg = self.cfg
+        # said once training starts (after the weights and the resume checks could fail)
+        self._log(describe_placement(self.loader.placement, cfg.augment_on, self.device))
         total = self.iters * cfg.epochs
         bar = tqdm(
             total=total, initial=self.start_epoch * self.iters, desc="train", unit="it",
