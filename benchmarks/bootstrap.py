@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # noqa: E402 (a script)
 
 from model.bootstrap import bootstrap_ci, paired_bootstrap, per_image_eval  # noqa: E402
-from model.evaluate import cocoeval  # noqa: E402
+from model.coco_eval import cocoeval  # noqa: E402
 
 
 def synthetic(n_images: int, dets_per_image: int, seed: int) -> tuple[dict, list[dict]]:

@@ -17,7 +17,7 @@ Usage::
 
     python benchmarks/dataloader.py                      # 1920x1080 JPEGs, workers 0,1,2
     python benchmarks/dataloader.py --resolution 640x360 --cache
-    python benchmarks/dataloader.py --data PATH          # any layout model.data.coco reads
+    python benchmarks/dataloader.py --data PATH          # any layout model.data.dataset reads
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from torch.utils.data.dataloader import default_collate
 from tqdm import tqdm
 
 from model.config import TrialConfig
-from model.data.coco import DetectionSplit
+from model.data.dataset import DetectionSplit
 from model.data.loader import SplitImages, build_train_loader, read_image
 from model.data.mosaic import mosaic_placement
 from model.data.transforms import affine_matrix, box_candidates, hflip
@@ -249,7 +249,7 @@ def main() -> None:
     cv2.setNumThreads(0)
     with tempfile.TemporaryDirectory() as tmp:
         if args.data is not None:
-            from model.data.coco import load_dataset
+            from model.data.dataset import load_dataset
 
             split = load_dataset(args.data).train
             what = f"{args.data} ({len(split.images)} training images)"

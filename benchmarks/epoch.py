@@ -2,7 +2,7 @@
 
     python benchmarks/epoch.py [--size nano] [--img-size 320] [--batch 8] [--data PATH]
 
-Runs the same steps as ``model.train`` (multi-scale off so every phase sees one input size) with
+Runs the same steps as ``model.trainer`` (multi-scale off so every phase sees one input size) with
 simple timers: data loading (waiting for the next batch), forward + loss, of which SimOTA
 assignment, backward + optimiser step + EMA; then one evaluation split into loading, forward,
 NMS and COCOeval. Prints figures only; nothing is asserted.
@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
+from model.coco_eval import evaluate_coco
 from model.config import TrialConfig
 from model.data.loader import build_train_loader
-from model.evaluate import evaluate_coco
 from model.optim import ModelEMA, YoloxWarmCos, build_optimizer, set_lr
-from model.train import load_trial_data, resolve_device, seed_everything
+from model.trainer import load_trial_data, resolve_device, seed_everything
 from model.yolox import build_yolox_from_config
 
 

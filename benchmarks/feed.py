@@ -18,7 +18,7 @@ SimOTA, channels_last; AMP on CUDA) and the share of step time spent waiting for
 CPU with the loader in the training process (``workers: 0``, the CPU quick profile); on CUDA
 with 4 loader cores working in parallel, ``max(0, 1 - 4 * loader / step)`` (the step's
 samples/s including the device's render), and the cores a trial needs to keep the wait under
-10 % (``study.feed.cores_needed``, which the study's CPU request line uses).
+10 % (``study.running.feed.cores_needed``, which the study's CPU request line uses).
 
     python benchmarks/feed.py                       # nano, tiny, s at 640; CPU or CUDA
     python benchmarks/feed.py --sizes nano --frames 24 --device cuda
@@ -43,12 +43,12 @@ import torch
 
 from model.config import TrialConfig
 from model.data.augment import AugmentParams, sample_rng, train_sample
-from model.data.coco import load_dataset
+from model.data.dataset import load_dataset
 from model.data.device_augment import collate_planned, plan_sample, render_batch
 from model.data.loader import split_labels, training_source
 from model.data.synth import generate_flow_like
 from model.data.transforms import read_image
-from study.feed import cores_needed
+from study.running.feed import cores_needed
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_step import time_steps  # noqa: E402  (benchmarks/ is not a package)

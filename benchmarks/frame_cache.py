@@ -28,7 +28,7 @@ import psutil
 
 from model.config import TrialConfig
 from model.data.augment import AugmentParams, sample_rng, train_sample
-from model.data.coco import load_dataset
+from model.data.dataset import load_dataset
 from model.data.frame_cache import gib, open_frame_cache
 from model.data.loader import training_source
 from model.data.synth import generate_flow_like

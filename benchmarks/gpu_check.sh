@@ -3,7 +3,7 @@
 #
 #   1. benchmarks/feed.py on CUDA: loader samples/s per core (official, ours) against the step's
 #      samples/s of nano and s at batch 64 with AMP, and the data wait with 4 loader cores;
-#   2. two epochs of study/train.py on the embedded data, AMP + channels_last, augmentation on
+#   2. two epochs of study/cli/train.py on the embedded data, AMP + channels_last, augmentation on
 #      the device (augment_on: auto), frame cache on;
 #   3. two nano trials sharing the GPU (two processes at once: what a fractional GPU is) against
 #      the one alone of step 2;
@@ -51,14 +51,14 @@ TRAIN=(--config configs/nano_embedded.yaml --device cuda --set pretrain=none --s
   --set no_aug_epochs=1 --set warmup_epochs=1 --set eval_interval=1 --set amp=true
   --set channels_last=true --set workers=4 --set cache_images=false --set frame_cache=true
   --set augment_on=auto)
-step train_alone 120 $PY study/train.py "${TRAIN[@]}" --out "$OUT/alone"
+step train_alone 120 $PY study/cli/train.py "${TRAIN[@]}" --out "$OUT/alone"
 ALONE=$(ips "$OUT/alone")
 ROWS[-1]="${ROWS[-1]}; $ALONE img/s alone"
 
 t0=$SECONDS
-timeout 150 $PY study/train.py "${TRAIN[@]}" --out "$OUT/shared_a" >"$OUT/shared_a.log" 2>&1 &
+timeout 150 $PY study/cli/train.py "${TRAIN[@]}" --out "$OUT/shared_a" >"$OUT/shared_a.log" 2>&1 &
 A=$!
-timeout 150 $PY study/train.py "${TRAIN[@]}" --out "$OUT/shared_b" >"$OUT/shared_b.log" 2>&1 &
+timeout 150 $PY study/cli/train.py "${TRAIN[@]}" --out "$OUT/shared_b" >"$OUT/shared_b.log" 2>&1 &
 B=$!
 wait $A; RA=$?
 wait $B; RB=$?

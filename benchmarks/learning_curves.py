@@ -61,7 +61,7 @@ def main() -> None:
         rate = f", {speed:.1f} img/s" if speed else ""
         print(f"{label}: {points}\n  {when}{rate}")
     if args.plot:
-        from study.plots import plot_learning_curves
+        from study.outputs.plots import plot_learning_curves
 
         written = plot_learning_curves(histories, args.metric, args.plot, x=args.x)
         print(f"plot: {written}" if written else f"plot: no {args.metric} values to draw")

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from model.config import TrialConfig, add_override_argument, config_from_dict, parse_override
-from model.pretrain import run_pretraining
-from model.pretrain.sources import data_dir
+from model.pretraining import run_pretraining
+from model.pretraining.sources import data_dir
 
 VARIANTS: dict[str, dict[str, object]] = {
     "center_loss": {"pretrain": "center_loss"},

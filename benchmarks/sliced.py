@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from model.checkpoint import load_trained_detector
+from model.coco_eval import predict_images, slice_settings
 from model.config import TrialConfig
-from model.data.coco import load_dataset
+from model.data.dataset import load_dataset
 from model.data.embedded import embedded_dataset_dir
-from model.evaluate import predict_images, slice_settings
 from model.sliced import frame_tiles, sliced_detect
-from model.train import resolve_device
+from model.trainer import resolve_device
 from model.yolox import build_yolox_from_config
 
 

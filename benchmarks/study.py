@@ -1,6 +1,6 @@
 """Driver overhead and packing of a study: how much of the machine goes to the trials.
 
-Runs a grid study through ``study.driver.run_study`` on a local Ray with a stand-in training
+Runs a grid study through ``study.running.driver.run_study`` on a local Ray with a stand-in training
 function that keeps one CPU busy for a fixed time and reports like ``train_detector`` (an
 evaluation + checkpoint per epoch), or with ``--real`` the real training function on the smoke
 space. Prints, for the Tune phase (Ray already up) and end to end:
@@ -31,8 +31,8 @@ from typing import Any
 # This file is benchmarks/study.py: its folder must not shadow the `study` package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+from model.coco_eval import TEST_METRICS, VAL_METRICS  # noqa: E402
 from model.config import TrialConfig  # noqa: E402
-from model.evaluate import TEST_METRICS, VAL_METRICS  # noqa: E402
 
 
 def busy_train(
@@ -93,7 +93,7 @@ def main() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
 
-    from study.driver import StudyArgs, run_study
+    from study.running.driver import StudyArgs, run_study
 
     t0 = time.time()
     ray.init(num_cpus=args.slots, include_dashboard=False, logging_level=logging.WARNING)

@@ -10,7 +10,7 @@ Scoring a resample must not re-run COCOeval: pycocotools' ``evaluate()`` already
 detection of every image (``evalImgs``: per category, area range and image, the detections'
 scores, which ground truth each matched at each IoU threshold and which are ignored), and only
 its ``accumulate()`` step depends on which images are in the set. :class:`PerImageEval` keeps
-what ``accumulate`` reads (area "all", the largest maxDets, as model/evaluate.py reports every AP
+what ``accumulate`` reads (area "all", the largest maxDets, as model/coco_eval.py reports every AP
 number), and :func:`weighted_ap` redoes ``accumulate`` for image *multiplicities* — how many
 times each image is in a resampled set — for many sets at once. The rule, as pycocotools'
 ``COCOeval.accumulate``:

@@ -1,8 +1,9 @@
 """Training checkpoints: atomic writes, ``weights_only`` loading, RNG states as tensors.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts so that
-``torch.load(path, weights_only=True)`` reads it without unpickling code. The training loop decides
-what goes in (see ``model/train.py``); this module only makes writing safe and RNG states portable.
+``torch.load(path, weights_only=True)`` reads it without unpickling code. The training loop
+decides what goes in (see ``model/trainer.py``); this module only makes writing safe and RNG
+states portable.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except (NotWeightsOnlyError, OSError) as e:
         raise CheckpointError(
             f"cannot read checkpoint {path}: not a weights-only checkpoint ({e}); it must be a "
-            "file written by model.train (tensors and plain containers only)"
+            "file written by model.trainer (tensors and plain containers only)"
         ) from e
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
@@ -184,7 +185,7 @@ def load_trained_detector(
     if "config" not in state or "model" not in state:
         raise CheckpointError(
             f"checkpoint {path} has no 'config'/'model' entries (keys: {sorted(state)}); pass a "
-            "last.pt or best.pt written by model.train"
+            "last.pt or best.pt written by model.trainer"
         )
     cfg = config_from_dict(state["config"], source=f"{path} (config)")
     net = build_yolox_from_config(cfg)

@@ -20,7 +20,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 Size = Literal["nano", "tiny", "s", "m", "l", "x"]
-PretrainMethod = Literal["center_loss", "ssl"]  # computed by model/pretrain/ (an artifact)
+PretrainMethod = Literal["center_loss", "ssl"]  # computed by model/pretraining/ (an artifact)
 Pretrain = Literal["none", "coco", PretrainMethod]  # (a nested Literal is flattened)
 RegLoss = Literal["iou", "giou", "diou", "ciou", "nwd"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -242,7 +242,7 @@ class TrialConfig:
     # (added, issue 9) clip predicted boxes to the image before COCO scoring. Official YOLOX does
     # not, and false keeps our numbers comparable with published ones; clipping raises early-
     # training scores a lot (0.056 -> 0.100 mAP on held-out VOC, nano after 40 epochs) because
-    # boxes that run past the frame edge get a better IoU. See model/evaluate.py
+    # boxes that run past the frame edge get a better IoU. See model/coco_eval.py
     eval_clip_boxes: bool = False
 
     # --- pretraining (used when pretrain is coco, center_loss or ssl) ---

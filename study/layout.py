@@ -8,8 +8,8 @@ so a name is spelled once and no module needs another just for a path.
       plan.json          the plan (every trial's config, the pretraining jobs, skips) — --resume
       pretraining.json   what the pretraining jobs produced: artifact paths, failures
       space.yaml         the search space as the user wrote it
-      study.json         who created the study (study/trust.py), checked before a resume
-      driver.json        the running driver (study/session.py)
+      study.json         who created the study (study/running/trust.py), checked before a resume
+      driver.json        the running driver (study/running/session.py)
       status.json        how Tune ended each trial (the driver's callback)
       results.csv  report.md  best_config.yaml  *.png      the study's outputs, rebuilt any time
       data_report.txt  data_report.json                      the data check of every dataset
@@ -36,7 +36,7 @@ class StudyError(RuntimeError):
 
 # --- study files ------------------------------------------------------------------------------
 PLAN = "plan.json"
-PRETRAINING = "pretraining.json"  # job key -> artifact path or failure (study/pretraining.py)
+PRETRAINING = "pretraining.json"  # job key -> artifact path or failure (study/artifacts/jobs.py)
 SPACE = "space.yaml"
 MANIFEST = "study.json"
 DRIVER = "driver.json"
@@ -59,7 +59,7 @@ CRASHES = "crashes.jsonl"  # every crash Tune saw (written by the driver's callb
 TEST_EVAL = "test_eval.npz"  # the test split's per-image evaluation (model/bootstrap.py)
 DATA_REPORT_TXT = "data_report.txt"  # also in the study folder and a single run's folder
 DATA_REPORT_JSON = "data_report.json"
-RACE = "race.json"  # --seeds auto: the rounds of seeds it added, and why (study/racing.py)
+RACE = "race.json"  # --seeds auto: the rounds of seeds it added, and why (study/space/racing.py)
 SPLIT = "split.json"  # the study's validation hold-out: every trial validates on these images
 
 # --- trial ids --------------------------------------------------------------------------------

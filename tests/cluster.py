@@ -68,7 +68,7 @@ _QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1"}
 # `ray start --node-ip-address=127.0.0.1` / `--address=127.0.0.1:…` are turned into the
 # machine's network address (services.resolve_ip_for_localhost) unless Ray's "no clusters"
 # switch is off, which only a head accepts (a joining node aborts: "Multi-node Ray clusters are
-# not supported"). So: the head with that switch (as study/pipeline.py's _loopback_only does
+# not supported"). So: the head with that switch (as study/running/pipeline.py's _loopback_only does
 # in-process), the worker node through a `ray start` that keeps the addresses it is given
 # (_RAY_KEEP_ADDRESSES). Both nodes then have the address 127.0.0.1: tell them apart by their
 # custom resources (node_head / node_worker) or node ids; a driver joins the head (Ray prefers

@@ -1,5 +1,5 @@
 """A fake training function for the study tests and benchmarks (same signature as
-``model.train.train_detector``).
+``model.trainer.train_detector``).
 
 Its "dataset" (``cfg.data``) is a control folder (:func:`control_folder`: a tiny real FloW-layout
 dataset, which the trials check, plus ``fake.json``): ``fake.json`` sets the behaviour, and every
@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from model.coco_eval import COCO_METRICS
 from model.config import TrialConfig
-from model.evaluate import COCO_METRICS
 
 SIZE = {"nano": 0.20, "tiny": 0.25, "s": 0.23}
 PRETRAIN = {"none": -0.01, "coco": 0.0, "center_loss": 0.02, "ssl": 0.03}
@@ -139,7 +139,7 @@ def fake_train(
         if tid in ctl.get("fail_once", []) and n == 0 and done == int(ctl.get("fail_at", 1)):
             raise RuntimeError(f"fake crash of {tid} after epoch {done}")
         if tid in ctl.get("diverge", []) and done == int(ctl.get("diverge_at", 1)):
-            from model.train import TrainingError
+            from model.trainer import TrainingError
 
             kept = f"the last good checkpoint {ckpt / 'last.pt'} (after epoch {done})"
             raise TrainingError(f"non-finite loss in epoch {done + 1}: total_loss=nan; {kept}")
@@ -169,7 +169,7 @@ def flaky_train(
     # keyed by the config and the Ray node (new for every Ray session, so test runs never share)
     import ray
 
-    from model.train import train_detector
+    from model.trainer import train_detector
 
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "-"
     key = hashlib.sha1(f"{sorted(cfg.to_dict().items())}{node}".encode()).hexdigest()[:16]
@@ -199,7 +199,7 @@ def killable_train(
     """The real ``train_detector``, except that its first attempt stops in the middle of epoch 2
     (after that epoch's first step) and waits to be killed, its pid in ``<data>/../kill_me.json``
     (which also marks later attempts as retries that train normally)."""
-    import model.train as mt
+    import model.trainer as mt
 
     marker = Path(cfg.data).parent / "kill_me.json"
     if marker.exists() or not checkpoint_dir:

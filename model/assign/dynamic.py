@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 @dataclass
 class DynamicState:
     """Dynamic R-CNN's training state: the IoU threshold and SmoothL1 beta with the statistics
-    collected since their last update. Plain numbers, saved in checkpoints by ``model/train.py``.
+    collected since their last update. Plain numbers, saved in checkpoints by ``model/trainer.py``.
 
     Constants as the reference (mmdetection ``dynamic_rcnn``): initial IoU 0.4 (the threshold
     never drops below it), initial beta 1.0 (never rises above it), K_I = 75, K_beta = 10,

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from model.data.coco import DetectionDataset, DetectionSplit, load_dataset
+from model.data.dataset import DetectionDataset, DetectionSplit, load_dataset
 from model.data.raw import DataError
 from model.data.validate import DataReport
 

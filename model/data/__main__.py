@@ -24,7 +24,7 @@ from model.config import (
     load_config,
     parse_override,
 )
-from model.data.coco import DetectionDataset, DetectionSplit, load_dataset
+from model.data.dataset import DetectionDataset, DetectionSplit, load_dataset
 from model.data.raw import DataError, plural
 
 if TYPE_CHECKING:

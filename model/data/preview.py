@@ -91,7 +91,7 @@ def render_preview(
     640 px); ``img_size``, when given, sets the tile size over ``cfg.img_size``. Returns the
     path written.
     """
-    from model.data.coco import load_dataset  # the reader pulls in every layout; load lazily
+    from model.data.dataset import load_dataset  # the reader pulls in every layout; load lazily
 
     base = cfg if cfg is not None else TrialConfig()
     cfg = replace(base, img_size=img_size or base.img_size, seed=seed)

@@ -218,7 +218,7 @@ def carve_validation(raw: RawDataset, val_fraction: float, seed: int) -> None:
 
     The images move with their read counts and their reader-level issues. Nothing happens with
     ``val_fraction`` 0 or fewer than two training images: the dataset then has no val split,
-    which :attr:`model.data.coco.DetectionDataset.val_split` reports as an error.
+    which :attr:`model.data.dataset.DetectionDataset.val_split` reports as an error.
     """
     train = raw.splits.get("train")
     if "val" in raw.splits or not train:

@@ -48,7 +48,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)  # in the module, absent from the checkpoint
     source: str = ""
     why: dict[str, str] = field(default_factory=dict)  # skipped key -> reason
-    entry: str = ""  # which weights of the file: "model", "ema" (a model.train checkpoint), ""
+    entry: str = ""  # which weights of the file: "model", "ema" (a model.trainer checkpoint), ""
 
     def summary(self) -> str:
         total = len(self.loaded) + len(self.missing) + len(self.skipped)
@@ -139,7 +139,8 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], str]:
     except (NotWeightsOnlyError, OSError) as e:
         raise WeightsError(
             f"{path} is not a weights-only checkpoint ({e}); pass an official yolox_<size>.pth "
-            "or a last.pt/best.pt written by model.train (pickled Python objects are never loaded)"
+            "or a last.pt/best.pt written by model.trainer (pickled Python objects are never "
+            "loaded)"
         ) from e
     state: object = None
     entry = ""

@@ -15,7 +15,7 @@ from model.bootstrap import (
     paired_bootstrap,
     weighted_ap,
 )
-from model.evaluate import coco_metrics, coco_metrics_per_image
+from model.coco_eval import coco_metrics, coco_metrics_per_image
 
 
 def random_case(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.evaluate import COCO_METRICS, coco_metrics, to_coco_results
+from model.coco_eval import COCO_METRICS, coco_metrics, to_coco_results
 
 # One 1000x1000 image with two objects of each COCO size (small < 32², medium < 96², large).
 BOXES = [
@@ -141,7 +141,7 @@ class _OracleNet(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def flow_split(tmp_path_factory):
-    from model.data.coco import load_dataset
+    from model.data.dataset import load_dataset
     from model.data.synth import generate_flow_like
 
     root = generate_flow_like(tmp_path_factory.mktemp("flow"), n_train=2, n_test=5, width=160,
@@ -156,7 +156,7 @@ def _cfg():
 
 
 def test_evaluate_coco_maps_oracle_boxes_back_to_a_perfect_score(flow_split) -> None:
-    from model.evaluate import evaluate_coco
+    from model.coco_eval import evaluate_coco
 
     net = _OracleNet(flow_split, 64)
     net.train()
@@ -170,7 +170,7 @@ def test_evaluate_coco_maps_oracle_boxes_back_to_a_perfect_score(flow_split) -> 
 
 
 def test_evaluate_coco_without_detections_is_zero(flow_split) -> None:
-    from model.evaluate import evaluate_coco
+    from model.coco_eval import evaluate_coco
 
     net = _OracleNet(flow_split, 64, keep_every=0)  # keeps nothing: every score is 0
     result = evaluate_coco(net, flow_split, _cfg())
@@ -183,7 +183,7 @@ def test_evaluate_coco_per_image_feeds_the_bootstrap(flow_split, keep_every: int
     """``per_image=True`` hands the bootstrap the scoring it resamples: its full-set value is
     evaluate_coco's own number (half the objects found, or none at all)."""
     from model.bootstrap import PerImageEval, bootstrap_ci
-    from model.evaluate import evaluate_coco
+    from model.coco_eval import evaluate_coco
 
     net = _OracleNet(flow_split, 64, keep_every=keep_every)  # every 2nd object, or none
     result = evaluate_coco(net, flow_split, _cfg(), per_image=True)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from model.coco_eval import coco_metrics, evaluate_coco, predict_images, to_coco_results
 from model.config import TrialConfig
-from model.data.coco import load_dataset
+from model.data.dataset import load_dataset
 from model.data.synth import generate_flow_like
-from model.evaluate import coco_metrics, evaluate_coco, predict_images, to_coco_results
 from model.sliced import (
     FULL_FRAME_SOURCE,
     SliceSettings,
@@ -174,7 +174,7 @@ def test_tiles_evaluate_full_frames_against_their_original_boxes(one_tile_split,
     img = scene(256, 96, [(x, y, x + w, y + h) for x, y, w, h in ann])
     path = tmp_path / "f.png"
     cv2.imwrite(str(path), img)
-    from model.data.coco import DetectionSplit
+    from model.data.dataset import DetectionSplit
 
     split = DetectionSplit(
         "test",

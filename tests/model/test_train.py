@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import model.train as train_mod
+import model.trainer as train_mod
 from model.assign import hambox as hambox_module
 from model.assign.diagnostics import ASSIGN_DIAGNOSTICS
 from model.checkpoint import load_checkpoint, load_trained_detector
+from model.coco_eval import TEST_METRICS, VAL_METRICS
 from model.config import ConfigError, TrialConfig
 from model.data.synth import generate_flow_like
-from model.evaluate import TEST_METRICS, VAL_METRICS
-from model.train import TrainingError, is_eval_epoch, multiscale_size, train_detector
+from model.trainer import TrainingError, is_eval_epoch, multiscale_size, train_detector
 from model.yolox import build_yolox_from_config
 from model.yolox.loss import LOSS_KEYS
 
@@ -203,12 +203,13 @@ def test_num_classes_mismatch_names_both_values(data_dir) -> None:
 
 
 def test_ssl_without_artifact_points_to_the_cli(data_dir) -> None:
-    with pytest.raises(ConfigError, match="pretrain_artifact.*study/train.py.*study/pretrain.py"):
+    with pytest.raises(ConfigError,
+                       match="pretrain_artifact.*study/cli/train.py.*study/cli/pretrain.py"):
         train_detector(tiny(data_dir, pretrain="ssl"), progress=False)
 
 
 def test_backbone_artifact_is_loaded_and_counted(data_dir, tmp_path) -> None:
-    from model.pretrain.artifact import FORMAT_VERSION, ArtifactError
+    from model.pretraining.artifact import FORMAT_VERSION, ArtifactError
     from model.yolox import build_yolox_from_config
 
     cfg = tiny(data_dir, pretrain="center_loss", epochs=1, no_aug_epochs=0, warmup_epochs=0)
@@ -294,7 +295,7 @@ def test_a_checkpoint_from_before_the_tile_keys_still_resumes(data_dir, tmp_path
 
 
 def test_an_extra_class_is_named_with_both_fixes_and_classes_keeps_one(tmp_path, caplog) -> None:
-    from model.train import load_trial_data
+    from model.trainer import load_trial_data
     from tests.data_builders import make_flow
 
     make_flow(tmp_path, train={"a": [("bottle", 2, 2, 6, 6), ("can", 9, 9, 19, 19)],

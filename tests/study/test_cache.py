@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from model.config import TrialConfig
-from model.pretrain import data_fingerprint, pretrain_settings
-from study.cache import ArtifactCache, default_cache_root
+from model.pretraining import data_fingerprint, pretrain_settings
+from study.artifacts.cache import ArtifactCache, default_cache_root
 
 
 def _stub_compute(

@@ -1,4 +1,4 @@
-"""study/run.py's parser is made from StudyArgs (study/args.py): every flag is a field, with its
+"""study/run.py's parser is made from StudyArgs (study/cli/args.py): every flag is a field, with its
 default, type and help; --max-failures is checked as the space's max_failures; --train-fn."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from study.args import StudyArgs, flag_name, study_defaults
-from study.driver import import_train_fn, run_study
+from study.cli.args import StudyArgs, flag_name, study_defaults
 from study.layout import StudyError
 from study.run import build_parser
-from study.spaces import SpaceError
+from study.running.driver import import_train_fn, run_study
+from study.space.definition import SpaceError
 from tests.paths import FAKE_TRAIN_FN
 
 

@@ -1,4 +1,4 @@
-"""Bad input to study/train.py and study/run.py: one line on stderr, exit 2, nothing lost.
+"""Bad input to study/cli/train.py and study/run.py: one line on stderr, exit 2, nothing lost.
 
 Data problems reach every run (the console line, data_report.txt, metrics.json) and ``--strict``
 stops before training; a split without a usable image is an error naming its folder; an
@@ -20,10 +20,10 @@ import torch
 
 from model.config import load_config
 from study import run as run_cli
-from study import session, trust
-from study import train as train_cli
-from study.plan import build_plan
-from study.spaces import load_space
+from study.cli import train as train_cli
+from study.running import session, trust
+from study.space.definition import load_space
+from study.space.plan import build_plan
 from tests.data_builders import make_flow, truncate
 
 TINY = (
@@ -85,7 +85,7 @@ def tiny_config(tmp_path: Path) -> Path:
     return cfg
 
 
-# --- study/train.py -----------------------------------------------------------------------
+# --- study/cli/train.py -----------------------------------------------------------------------
 
 
 REASONS = "corrupt_image: 1 image (1 box), empty_annotation: 1 image, zero_area: 1 box"
@@ -355,7 +355,7 @@ def test_stale_session_processes_are_stopped_and_reused_pids_spared(tmp_path: Pa
 
 
 def test_attempts_count_only_starts_that_trained(tmp_path: Path) -> None:
-    from study.results import count_attempts
+    from study.outputs.results import count_attempts
 
     path = tmp_path / "attempts.jsonl"
     path.write_text(
@@ -376,7 +376,7 @@ def test_attempts_count_only_starts_that_trained(tmp_path: Path) -> None:
 def test_progress_counts_trials_that_ended_before_a_resume(tmp_path: Path) -> None:
     import pickle
 
-    from study.progress import StudyCallback
+    from study.running.progress import StudyCallback
 
     plan = build_plan(load_space(_space(tmp_path)), data=str(tmp_path))
     plan.save(tmp_path / "plan.json")

@@ -1,4 +1,5 @@
-"""study/pretrain.py: writes the artifact, prints figures and a summary, reuses, fails clearly."""
+"""study/cli/pretrain.py: writes the artifact, prints figures and a summary, reuses, fails
+clearly."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from model.data.synth import generate_flow_like
-from study import pretrain as cli
+from study.cli import pretrain as cli
 from tests.paths import REPO
 
 ROOT = REPO
@@ -53,7 +54,7 @@ def test_ssl_cli_with_extra_frames_and_default_embedded_data(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     # No --data means the embedded set; here it is stood in for by the tiny one.
-    monkeypatch.setattr("model.pretrain.sources.embedded_dataset_dir", lambda: tiny_data)
+    monkeypatch.setattr("model.pretraining.sources.embedded_dataset_dir", lambda: tiny_data)
     extra = tiny_data / "video"
     code = cli.main(["--method", "ssl", *TINY, "--set", "ssl_patch_size=32",
                      "--unlabeled", str(extra), "--out", str(tmp_path), "--quiet"])

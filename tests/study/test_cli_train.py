@@ -14,14 +14,13 @@ import torch
 
 from model.assign.diagnostics import ASSIGN_DIAGNOSTICS
 from model.checkpoint import load_checkpoint, load_trained_detector
+from model.coco_eval import COCO_METRICS, evaluate_coco
 from model.config import ConfigError
 from model.data.synth import generate_flow_like
-from model.evaluate import COCO_METRICS, evaluate_coco
-from model.train import load_trial_data
-from study import detect as detect_cli
-from study import evaluate as evaluate_cli
-from study import train as train_cli
-from tests.paths import REPO
+from model.trainer import load_trial_data
+from study.cli import detect as detect_cli
+from study.cli import evaluate as evaluate_cli
+from study.cli import train as train_cli
 
 TINY = (
     "size: nano\nimg_size: 64\nbatch_size: 4\nepochs: 1\nno_aug_epochs: 0\nwarmup_epochs: 0\n"
@@ -174,13 +173,13 @@ def test_detect_cli_rejects_a_missing_source(trained: Path, tmp_path, capsys) ->
     assert "nope does not exist; pass an image, a video or a folder" in capsys.readouterr().err
 
 
-def test_bad_config_key_names_key_and_file_when_run_as_a_script(tmp_path) -> None:
+def test_bad_config_key_names_key_and_file_when_run_as_a_module(tmp_path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("size: nano\nlearning_rate: 0.1\n")
     proc = subprocess.run(
-        [sys.executable, str(REPO / "study" / "train.py"), "--config", str(cfg), "--out",
+        [sys.executable, "-m", "study.cli.train", "--config", str(cfg), "--out",
          str(tmp_path / "o")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )
     assert proc.returncode == 2
     assert f"train: error: {cfg}: unknown key 'learning_rate'" in proc.stderr

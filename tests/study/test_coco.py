@@ -1,5 +1,6 @@
-"""COCO weights (study/coco.py): which runs need them, availability without network, and the
-single-run check's message. The study's stop-or-skip check: tests/study/test_study_run.py."""
+"""COCO weights (study/artifacts/coco_weights.py): which runs need them, availability without
+network, and the single-run check's message. The study's stop-or-skip check:
+tests/study/test_study_run.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 
 from model.config import TrialConfig
 from model.yolox.weights import WeightsUnavailableError
-from study.coco import coco_weights_needed, needs_download, prepare_coco_weights
+from study.artifacts.coco_weights import coco_weights_needed, needs_download, prepare_coco_weights
 from tests.study import test_cache
 
 # the cache tests' stand-in dataset and config, and their cache with a stub computation

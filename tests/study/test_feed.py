@@ -1,4 +1,5 @@
-"""study/feed.py: the study's frame cache, built once before the trials, and the CPU request."""
+"""study/running/feed.py: the study's frame cache, built once before the trials, and the CPU
+request."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from model.config import TrialConfig
-from model.data.coco import load_dataset
+from model.data.dataset import load_dataset
 from model.data.loader import open_frames
 from model.data.synth import generate_flow_like
-from study.feed import (
+from study.running.feed import (
     LOADER_PER_CORE,
     STEP_CPU,
     STEP_CUDA_ESTIMATE,

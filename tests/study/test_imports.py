@@ -117,11 +117,34 @@ def test_outputs_and_preparation_never_import_upwards():
     """The end of a study does not need the Ray trainable, nor the pipeline the preparation."""
     edges = graph()
     for low, high in [
-        ("study.results", "study.trial"),
-        ("study.outputs", "study.trial"),
-        ("study.pipeline", "study.prepare"),
-        ("study.progress", "study.pipeline"),
-        ("study.session", "study.prepare"),
-        ("study.trust", "study.prepare"),
+        ("study.outputs.results", "study.running.trial"),
+        ("study.outputs", "study.running.trial"),
+        ("study.running.pipeline", "study.running.prepare"),
+        ("study.running.progress", "study.running.pipeline"),
+        ("study.running.session", "study.running.prepare"),
+        ("study.running.trust", "study.running.prepare"),
     ]:
         assert high not in edges[low], f"{low} imports {high}"
+
+
+def test_no_two_modules_share_a_file_name():
+    """A reader tells modules apart by name: model/ and study/ never reuse one (a package's
+    __init__ and a __main__ are faces, not names), nor a module a package's name."""
+    seen: dict[str, list[str]] = {}
+    for name, path in all_modules().items():
+        stem = path.parent.name if path.name == "__init__.py" else path.stem
+        if path.name == "__main__.py" or name in PACKAGES:
+            continue
+        seen.setdefault(stem, []).append(name)
+    shared = {stem: names for stem, names in seen.items() if len(names) > 1}
+    assert not shared, f"modules sharing a name: {shared}"
+
+
+def test_no_private_name_is_imported_across_modules():
+    """``from a import _b`` couples two modules through a name that says "not for you"."""
+    found = []
+    for name, path in all_modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PACKAGES:
+                found += [f"{name}: {a.name}" for a in node.names if a.name.startswith("_")]
+    assert not found, found

@@ -1,4 +1,4 @@
-"""A study's pretraining jobs (study/pretraining.py): the skip rule, skips and artifacts applied
+"""A study's pretraining jobs (study/artifacts/jobs.py): the skip rule, skips and artifacts applied
 to a plan, plan.json read with pretraining.json (and without it, as written before), and the
 artifact line."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from study.artifacts.jobs import _learned, applied, job_skip, load_study_plan, with_skips
 from study.layout import PRETRAINING
-from study.plan import Plan, PretrainJob, build_plan
-from study.pretraining import _learned, applied, job_skip, load_study_plan, with_skips
-from study.spaces import load_space
+from study.space.definition import load_space
+from study.space.plan import Plan, PretrainJob, build_plan
 
 SPACE = """
 fixed: {epochs: 2, no_aug_epochs: 1, warmup_epochs: 1}

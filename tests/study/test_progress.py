@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-import study.progress as progress
-from study.pipeline import PLAN_ID
+import study.running.progress as progress
+from study.running.pipeline import PLAN_ID
 
 
 def fake_trial(tid: str, status: str = "RUNNING") -> Any:

@@ -1,4 +1,4 @@
-"""``--seeds auto``'s rule (study/racing.py) on hand-made results rows, without Ray; the study
+"""``--seeds auto``'s rule (study/space/racing.py) on hand-made results rows, without Ray; the study
 end to end with a fake trainable whose arm effects are known is in test_study_race.py."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 
 from study.layout import StudyError
-from study.racing import Race, affordable_trials, next_round, parse_budget, parse_seeds
+from study.space.racing import Race, affordable_trials, next_round, parse_budget, parse_seeds
 
 AXES = ["reg_loss"]
 BASE = {"reg_loss": "iou"}

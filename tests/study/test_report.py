@@ -8,14 +8,13 @@ from typing import Any
 
 import pytest
 
+from model.coco_eval import COCO_METRICS
 from model.config import TrialConfig, config_from_dict, load_config
-from model.evaluate import COCO_METRICS
-from study.export import choose_best, export_best
-from study.plots import plot_by_axis, plot_learning_curves
-from study.report import ReportInput, render_report
-from study.results import read_csv, read_history, write_csv
-from study.stats import summarize, t_quantile, welch
-from tests.paths import REPO
+from study.outputs.export import choose_best, export_best
+from study.outputs.plots import plot_by_axis, plot_learning_curves
+from study.outputs.report import ReportInput, render_report
+from study.outputs.results import read_csv, read_history, write_csv
+from study.outputs.stats import summarize, t_quantile, welch
 
 AXES = ["pretrain", "reg_loss"]
 
@@ -382,8 +381,7 @@ def test_best_config_round_trip(tmp_path: Path) -> None:
     )
     assert "# test: mAP 0.3830, AP50 0.5000" in text
     assert "# test mAP 95% interval over the test images: [0.3500, 0.4100]" in text
-    train = REPO / "study" / "train.py"
-    assert f"python {train} --config {path.resolve()}" in text
+    assert f"python -m study.cli.train --config {path.resolve()}" in text
     assert "reproduces these numbers exactly" not in text  # no threads known: no promise
     assert "over 2 seeds: test mAP 0.3820" in text
     assert f"ssl backbone {tmp_path / 'a.pt'}" in text and "#   pretrain_epochs: 30" in text
@@ -401,7 +399,7 @@ def test_plots_are_written(tmp_path: Path) -> None:
 
 
 def test_plots_run_along_the_size_only_where_it_varies() -> None:
-    from study.plots import plot_x_axis
+    from study.outputs.plots import plot_x_axis
 
     rows = [{**r, "size": "nano"} for r in seeded_rows()]
     assert plot_x_axis(rows, ["size", *AXES]) == "pretrain"  # pinned to nano: not the x axis
@@ -412,7 +410,7 @@ def test_plots_run_along_the_size_only_where_it_varies() -> None:
 
 def test_the_report_shows_the_assignment_diagnostics_of_each_point() -> None:
     from model.assign.diagnostics import ASSIGN_DIAGNOSTICS
-    from study.report import ASSIGN_HEADERS, assignment_section
+    from study.outputs.report import ASSIGN_HEADERS, assignment_section
 
     assert list(ASSIGN_HEADERS) == list(ASSIGN_DIAGNOSTICS)  # one column per diagnostic
     diag = dict.fromkeys(ASSIGN_DIAGNOSTICS, 1.0)

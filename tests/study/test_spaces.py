@@ -1,4 +1,4 @@
-"""Search spaces (study/spaces.py) and the plan built from them (study/plan.py)."""
+"""Search spaces (study/space/definition.py) and the plan built from them (study/space/plan.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from model.config import ConfigError
-from study.plan import build_plan, load_plan, trial_id
-from study.spaces import SpaceError, load_space, shipped_spaces
+from study.space.definition import SpaceError, load_space, shipped_spaces
+from study.space.plan import build_plan, load_plan, trial_id
 
 SHIPPED = {p.stem: p for p in shipped_spaces()}
 
@@ -75,7 +75,7 @@ def test_ablation_space_is_the_flow_study() -> None:
 
 
 def test_results_csv_names_the_stand_in_baseline(tmp_path: Path) -> None:
-    from study.results import read_csv, write_results
+    from study.outputs.results import read_csv, write_results
 
     plan = build_plan(load_space("ablation"))
     write_results(plan, tmp_path)
@@ -93,7 +93,7 @@ def test_results_csv_names_the_stand_in_baseline(tmp_path: Path) -> None:
 
 
 def test_quick_profile_for_cuda_is_chosen_by_flag_and_says_so() -> None:
-    from study.plan import describe_profile
+    from study.space.plan import describe_profile
 
     space = load_space("ablation")
     cpu, gpu = build_plan(space), build_plan(space, cuda=True)
@@ -110,8 +110,8 @@ def test_quick_profile_for_cuda_is_chosen_by_flag_and_says_so() -> None:
 def test_driver_picks_the_quick_profile_by_device(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from study.driver import StudyArgs, make_plan, quick_on_cuda
     from study.layout import StudyError
+    from study.running.driver import StudyArgs, make_plan, quick_on_cuda
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert quick_on_cuda("auto") and quick_on_cuda("cuda") and not quick_on_cuda("cpu")

@@ -1,5 +1,5 @@
 """Paired and unpaired intervals, Holm's correction and the seeds a difference needs — each
-against a value worked by hand from its rule (study/stats.py cites them)."""
+against a value worked by hand from its rule (study/outputs/stats.py cites them)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from study.stats import compare, holm, paired, seeds_to_separate, t_quantile, welch
+from study.outputs.stats import compare, holm, paired, seeds_to_separate, t_quantile, welch
 
 # Three seeds of two arms; seed k of each arm shares its start and data order.
 A = [0.35, 0.36, 0.37]

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import ray  # a dependency: its absence fails, never skips
 
-from study.driver import StudyArgs, run_study
-from study.results import read_csv, read_history
-from study.session import _psutil
+from study.outputs.results import read_csv, read_history
+from study.running.driver import StudyArgs, run_study
+from study.running.session import _psutil
 from tests.data_builders import truncate
 from tests.paths import FAKE_TRAIN_FN, REPO
 from tests.study_fakes import control_folder
@@ -237,10 +237,10 @@ def test_worker_killed_mid_epoch_resumes_to_the_uninterrupted_metrics(
 
     import torch
 
+    from model.coco_eval import TEST_METRICS, VAL_METRICS
     from model.config import load_config
     from model.data.synth import generate_flow_like
-    from model.evaluate import TEST_METRICS, VAL_METRICS
-    from model.train import train_detector
+    from model.trainer import train_detector
     from tests.study_fakes import killable_train
 
     data = generate_flow_like(

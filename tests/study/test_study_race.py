@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import ray
 
-from study.driver import StudyArgs, run_study
-from study.racing import read_rounds
-from study.results import read_csv
+from study.outputs.results import read_csv
+from study.running.driver import StudyArgs, run_study
+from study.space.racing import read_rounds
 from tests.paths import FAKE_TRAIN_FN, REPO
 from tests.study_fakes import control_folder, fake_train
 

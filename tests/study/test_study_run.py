@@ -1,4 +1,5 @@
-"""The study driver (study/run.py, study/driver.py): dry run, COCO weights, and Ray end to end.
+"""The study driver (study/run.py, study/running/driver.py): dry run, COCO weights, and Ray end
+to end.
 
 One local Ray session for the module (2 CPUs, no dashboard). End-to-end runs: the smoke space
 with the real training function (one trial crashes once and must continue from Tune's
@@ -22,12 +23,14 @@ import pytest
 
 from model.config import config_keys, load_config
 from model.yolox.weights import WeightsUnavailableError
-from study import coco, pipeline, pretraining
-from study.driver import StudyArgs, run_study
+from study.artifacts import coco_weights as coco
+from study.artifacts import jobs as pretraining
 from study.layout import StudyError
-from study.plan import build_plan
-from study.results import read_csv, read_history
-from study.spaces import load_space
+from study.outputs.results import read_csv, read_history
+from study.running import pipeline
+from study.running.driver import StudyArgs, run_study
+from study.space.definition import load_space
+from study.space.plan import build_plan
 from tests.paths import FAKE_TRAIN_FN, REPO
 from tests.study_fakes import control_folder
 
@@ -40,7 +43,7 @@ AUTH_ENV = {**ENV, "RAY_AUTH_MODE": "token"}
 
 @pytest.fixture(autouse=True)
 def own_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The registry of the studies this user created (study/trust.py) lives under tmp_path."""
+    """The registry of the studies this user created (running/trust.py) lives under tmp_path."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
 
@@ -113,13 +116,14 @@ def test_dry_run_shows_each_trials_input_mode(capsys: pytest.CaptureFixture) -> 
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """No COCO checkpoint on disk and no network."""
-    import study.coco
+    import study.artifacts.coco_weights
 
     def refuse(size: str, *args: object, **kwargs: object) -> Path:
         raise WeightsUnavailableError(f"no network for yolox_{size}.pth")
 
-    monkeypatch.setattr(study.coco, "coco_weights_available", lambda *a, **k: False)
-    monkeypatch.setattr(study.coco, "resolve_coco_checkpoint", refuse)
+    weights = study.artifacts.coco_weights
+    monkeypatch.setattr(weights, "coco_weights_available", lambda *a, **k: False)
+    monkeypatch.setattr(weights, "resolve_coco_checkpoint", refuse)
 
 
 COCO_SPACE = """
@@ -237,7 +241,7 @@ def test_smoke_study_end_to_end_with_a_crash_and_retry(ray_address: str, tmp_pat
     assert best_cfg.threads == 1  # the trial's CPU share (resources: cpus 1)
     (line,) = [ln for ln in text.splitlines() if ln.startswith("# Rerun: ")]
     argv = shlex.split(line.removeprefix("# Rerun: "))
-    assert argv[0] == "python" and Path(argv[1]).is_absolute()
+    assert argv[:3] == ["python", "-m", "study.cli.train"] and Path(argv[4]).is_absolute()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
@@ -344,7 +348,7 @@ def test_resources_follow_the_cluster() -> None:
 def test_trial_metrics_are_flat_scalars() -> None:
     import torch
 
-    from study.trial import scalar_metrics
+    from study.running.trial import scalar_metrics
 
     flat = scalar_metrics(
         {

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from model.checkpoint import CheckpointError, load_checkpoint
-from model.pretrain.artifact import ArtifactError, load_artifact
+from model.pretraining.artifact import ArtifactError, load_artifact
 from model.yolox import WeightsError, build_yolox, load_coco_weights
-from study import train as train_cli
+from study.cli import train as train_cli
 from tests.data_builders import make_flow
 
 
@@ -70,7 +70,7 @@ def test_coco_weights_path(bad_file: tuple[str, Path]) -> None:
     text = _one_line(e)
     assert text.startswith(f"{path} is not a weights-only checkpoint ({REASONS[kind]}")
     assert text.endswith(
-        "); pass an official yolox_<size>.pth or a last.pt/best.pt written by model.train "
+        "); pass an official yolox_<size>.pth or a last.pt/best.pt written by model.trainer "
         "(pickled Python objects are never loaded)"
     )
 
@@ -84,7 +84,7 @@ def test_pretrain_artifact(bad_file: tuple[str, Path]) -> None:
         f"pretraining artifact {path} is not a weights-only checkpoint ({REASONS[kind]}"
     )
     assert text.endswith(
-        "); pass a .pt written by study/pretrain.py, or clear pretrain_artifact to have the "
+        "); pass a .pt written by study/cli/pretrain.py, or clear pretrain_artifact to have the "
         "study compute it"
     )
 

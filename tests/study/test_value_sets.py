@@ -29,7 +29,7 @@ def test_the_sets_are_the_literals():
 
 def test_the_network_sizes_and_the_loss_kinds_are_those_sets():
     from model.box_losses import IOU_KINDS, REG_LOSSES
-    from model.pretrain.artifact import METHODS
+    from model.pretraining.artifact import METHODS
     from model.yolox.build import SIZES
 
     assert tuple(SIZES) == C.SIZE_NAMES
@@ -39,7 +39,9 @@ def test_the_network_sizes_and_the_loss_kinds_are_those_sets():
 
 
 @pytest.mark.parametrize(
-    "module", ["study.train", "study.evaluate", "study.detect", "study.pretrain", "study.run"]
+    "module",
+    ["study.cli.train", "study.cli.evaluate", "study.cli.detect", "study.cli.pretrain",
+     "study.run"],
 )
 def test_the_clis_device_choices(module):
     parser = importlib.import_module(module).build_parser()
@@ -47,7 +49,7 @@ def test_the_clis_device_choices(module):
 
 
 def test_the_pretrain_cli_choices():
-    from study.pretrain import build_parser
+    from study.cli.pretrain import build_parser
 
     parser = build_parser()
     assert _choices(parser, "--method") == C.PRETRAIN_METHODS

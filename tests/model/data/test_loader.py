@@ -25,8 +25,8 @@ from model.data.loader import (
     subset_indices,
 )
 
-try:  # the real representation once model/data/coco.py lands
-    from model.data.coco import DetectionSplit
+try:  # the real representation once model/data/dataset.py lands
+    from model.data.dataset import DetectionSplit
 except ImportError:  # pragma: no cover - stand-in with the same fields
 
     @dataclass

@@ -78,9 +78,9 @@ def test_render_preview_writes_a_png(split, tmp_path, monkeypatch):
         train = split
 
     # render_preview imports load_dataset when called: a stand-in module serves it here.
-    fake = types.ModuleType("model.data.coco")
+    fake = types.ModuleType("model.data.dataset")
     fake.load_dataset = lambda src: FakeDataset()  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "model.data.coco", fake)
+    monkeypatch.setitem(sys.modules, "model.data.dataset", fake)
     out = render_preview(
         "ignored",
         tmp_path / "sub" / "p.png",

@@ -11,7 +11,7 @@ import torch
 
 from model.config import ConfigError, TrialConfig, config_from_dict
 from model.data.augment import AugmentParams, sample_rng, train_sample
-from model.data.coco import load_dataset
+from model.data.dataset import load_dataset
 from model.data.loader import build_train_loader, training_source
 from model.data.synth import generate_flow_like
 from model.data.tiles import TileImages, crop_tile, place_tile

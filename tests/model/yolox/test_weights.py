@@ -218,7 +218,7 @@ def _random_state(num_classes: int, seed: int) -> dict[str, torch.Tensor]:
 
 
 def _training_checkpoint(path: Path, model: dict, ema: dict | None) -> Path:
-    """A file in the model/checkpoint.py layout (what model.train writes), made by hand."""
+    """A file in the model/checkpoint.py layout (what model.trainer writes), made by hand."""
     torch.save(
         {"format": 1, "epoch": 3, "model": model,
          "ema": {"module": ema, "updates": 12} if ema is not None else None,

@@ -1,0 +1,300 @@
+"""Ray and Tune: start or join the cluster, size the trials, build (or restore) the Tuner.
+
+Ray and Optuna are imported inside the functions, so planning and ``--dry-run`` never load them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from model.config import TrialConfig
+from study.layout import PLAN_ID, TUNE, StudyError, trial_dirname
+from study.running.trial import TrainFn, run_trial
+from study.space.definition import Resources
+from study.space.plan import Plan
+
+Log = Callable[[str], None]
+_OWNED_RAY = False  # whether this process started the Ray session (then it also stops it)
+
+
+# --- Ray --------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """While ``ray.init`` starts a local session, make Ray take 127.0.0.1 as this node's address.
+
+    Ray binds the GCS, raylet, object manager, agents and workers to the node address it detects:
+    on Linux the machine's network address, where anyone on the network can reach them. Ray's
+    ``_node_ip_address="127.0.0.1"`` is turned back into that address; what makes a local
+    session use 127.0.0.1 throughout is the switch behind ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``
+    (off on macOS/Windows), read from Ray's constants when the address is detected. Checked
+    after start-up by :func:`start_ray` (the address Ray reports) and by the tests (the
+    listening sockets of the session's processes)."""
+    from ray._private import ray_constants
+
+    before = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if before is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def start_ray(address: str | None, dashboard_host: str, log: Log) -> dict[str, float]:
+    """Connect to ``address`` or start a local Ray (dashboard on ``dashboard_host``, every other
+    port on 127.0.0.1); returns the cluster's resources. A session already running in this
+    process is reused (tests)."""
+    global _OWNED_RAY
+    import ray
+
+    if ray.is_initialized():
+        log("using the Ray session already running in this process")
+        return dict(ray.cluster_resources())
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        try:
+            ctx = ray.init(address=address, **quiet)
+        except ConnectionError as e:
+            auth = os.environ.get("RAY_AUTH_MODE", "unset")
+            raise StudyError(
+                f"cannot connect to the Ray cluster at {address} ({e}). Ray turns token "
+                "authentication on for clusters it starts, but never for an explicit address: "
+                f"run with RAY_AUTH_MODE=token (now {auth}) and the cluster's token in "
+                "~/.ray/auth_token or RAY_AUTH_TOKEN"
+            ) from e
+        log(f"connected to the Ray cluster at {address}")
+    else:
+        if dashboard_host not in ("127.0.0.1", "localhost"):
+            auth = os.environ.get("RAY_AUTH_MODE", "token (Ray's default for local sessions)")
+            log(
+                f"warning: the Ray dashboard listens on {dashboard_host}: anyone who can reach "
+                f"that port can try it; Ray's authentication mode is {auth} — with 'disabled' "
+                "they can run code on this machine"
+            )
+        with _loopback_only():
+            try:
+                ctx = ray.init(include_dashboard=True, dashboard_host=dashboard_host, **quiet)
+            except (RuntimeError, ValueError, OSError) as e:  # the dashboard's port or packages
+                log(f"Ray dashboard could not start ({e}); carrying on without it")
+                ctx = ray.init(include_dashboard=False, **quiet)
+        node_ip = ray.get_runtime_context().gcs_address.rsplit(":", 1)[0]
+        if node_ip not in ("127.0.0.1", "localhost", "::1"):
+            log(f"warning: this Ray version listens on {node_ip}, not only on 127.0.0.1")
+    _OWNED_RAY = not address
+    url = getattr(ctx, "dashboard_url", None)
+    token = (
+        "; it asks for the token that `ray get-auth-token` prints"
+        if os.environ.get("RAY_AUTH_MODE", "token") == "token"
+        else ""
+    )
+    log(
+        f"Ray dashboard: http://{url}{token}"
+        if url
+        else "Ray dashboard: not available (carrying on)"
+    )
+    return dict(ray.cluster_resources())
+
+
+def owns_ray() -> bool:
+    """Whether this process started the Ray session it uses (then it also stops it)."""
+    return _OWNED_RAY
+
+
+def stop_ray() -> None:
+    global _OWNED_RAY
+    if _OWNED_RAY:
+        import ray
+
+        ray.shutdown()
+        _OWNED_RAY = False
+
+
+# --- trials -----------------------------------------------------------------------------------
+
+
+def effective_resources(
+    plan: Plan,
+    cpus_flag: float | None,
+    gpus_flag: float | None,
+    cluster: dict[str, float],
+    log: Log,
+) -> Resources:
+    """Per-trial CPUs/GPUs: the flags, else the space (its quick block without --data), checked
+    against the cluster so that no trial waits forever for a GPU that does not exist."""
+    cpus = cpus_flag if cpus_flag is not None else plan.resources.cpus
+    gpus = gpus_flag if gpus_flag is not None else plan.resources.gpus
+    have_cpu, have_gpu = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+    if gpus > 0 and have_gpu == 0:
+        if gpus_flag is not None:
+            raise StudyError(f"--gpus-per-trial {gpus:g}: the Ray cluster has no GPU")
+        log(f"no GPU in the Ray cluster: trials run on CPU (the space asks for {gpus:g} GPU each)")
+        gpus = 0.0
+    if gpus > have_gpu > 0:
+        raise StudyError(f"{gpus:g} GPUs per trial but the cluster has {have_gpu:g}")
+    if cpus > have_cpu:
+        if cpus_flag is not None:
+            raise StudyError(f"--cpus-per-trial {cpus:g}: the Ray cluster has {have_cpu:g} CPUs")
+        log(f"{cpus:g} CPUs per trial asked, the cluster has {have_cpu:g}: using {have_cpu:g}")
+        cpus = have_cpu
+    return Resources(cpus=cpus, gpus=gpus)
+
+
+def run_trials(
+    plan: Plan,
+    study_dir: Path,
+    cache_root: Path,
+    res: Resources,
+    train_fn: TrainFn,
+    *,
+    resume: bool,
+    max_concurrent: int | None,
+    max_failures: int | None,
+    searcher_seed: int,
+    log: Log,
+    trial_ids: list[str] | None = None,
+    experiment: str = TUNE,
+) -> None:
+    """Run the trials with Ray Tune (or restore the interrupted run); returns when all ended.
+
+    ``trial_ids``: only these planned trials (a round of ``--seeds auto``; default every
+    runnable one), as the Tune experiment ``<study>/<experiment>``."""
+    from ray import tune
+
+    from study.running.progress import StudyCallback
+
+    # Tune's legacy reporter is silent at verbose=0 (the new one still prints each trial
+    # error's result table); our callback prints one line per trial instead, and one per crash
+    # (Ray's traceback of it goes to the trial's log, not the console)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    study_dir = study_dir.resolve()
+    trainable = tune.with_parameters(
+        run_trial,
+        train_fn=train_fn,
+        study_dir=str(study_dir),
+        plan_configs={t.id: t.config.to_dict() for t in plan.trials},
+        base=plan.base.to_dict(),
+        cache_root=str(cache_root.resolve()),
+        threads=max(1, int(res.cpus)),
+    )
+    trainable = tune.with_resources(trainable, {"cpu": res.cpus, "gpu": res.gpus})
+    tune_dir = study_dir / experiment
+    runnable = [t for t in plan.runnable() if trial_ids is None or t.id in set(trial_ids)]
+    total = len(runnable) if not plan.space.sampled else plan.num_samples * plan.seeds
+    if resume and tune.Tuner.can_restore(str(tune_dir)):
+        log(
+            f"restoring the Tune run in {tune_dir}: finished trials stay, the others continue "
+            "from their last checkpoint"
+        )
+        tuner = tune.Tuner.restore(
+            str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        if not total:
+            raise StudyError("nothing to run: every planned trial is skipped (see above)")
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_param_space(plan, runnable),
+            tune_config=_tune_config(plan, study_dir, max_concurrent, searcher_seed),
+            run_config=tune.RunConfig(
+                name=experiment,
+                storage_path=str(study_dir),
+                failure_config=tune.FailureConfig(
+                    max_failures=plan.space.max_failures if max_failures is None else max_failures
+                ),
+                # last.pt per evaluation; keep 2 so one is always complete while the next copies
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                # the trial's working folder holds the training function's own last.pt/best.pt:
+                # Tune's checkpoints already keep last.pt, do not copy that folder to storage too
+                sync_config=tune.SyncConfig(
+                    sync_artifacts=False, sync_artifacts_on_checkpoint=False
+                ),
+                callbacks=[StudyCallback(str(study_dir), total, trial_ids)],
+                verbose=0,
+            ),
+        )
+    slots = f"{res.cpus:g} CPU" + (f" + {res.gpus:g} GPU" if res.gpus else "")
+    log(f"running {total} trials ({slots} each); progress below, Ctrl-C stops and keeps state")
+    t0 = time.time()
+    tuner.fit()
+    log(f"Tune phase ended after {time.time() - t0:.1f} s")
+
+
+def _param_space(plan: Plan, runnable: list[Any]) -> dict[str, Any]:
+    from ray import tune
+
+    if plan.space.sampled:
+        return {}  # the searcher proposes the sampled keys; the trainable merges the base config
+    # longest first: the short trials then fill the gaps at the end, instead of one long trial
+    # running alone while the other slots idle (Tune starts grid points in list order)
+    order = sorted(runnable, key=lambda t: cost_estimate(t.config), reverse=True)
+    return {PLAN_ID: tune.grid_search([t.id for t in order])}
+
+
+def cost_estimate(cfg: TrialConfig) -> float:
+    """Relative training cost: model FLOPs ~ depth × width² per pixel, × pixels × epochs."""
+    from model.yolox.build import SIZES
+
+    depth, width, _ = SIZES[cfg.size]
+    return depth * width**2 * cfg.img_size**2 * cfg.epochs
+
+
+def _tune_config(
+    plan: Plan, study_dir: Path, max_concurrent: int | None, searcher_seed: int
+) -> Any:
+    from ray import tune
+
+    sp = plan.space
+    search_alg, num_samples = None, 1
+    if sp.sampled:
+        import optuna
+        from ray.tune.search import Repeater
+        from ray.tune.search.optuna import OptunaSearch
+
+        space = {k: d.to_optuna() for k, d in sp.sample.items() if k not in plan.pinned}
+        search_alg = OptunaSearch(
+            space=space,
+            metric=f"val_{sp.metric}",  # choices on validation: never on test
+            mode=sp.mode,
+            sampler=optuna.samplers.TPESampler(seed=searcher_seed),
+            storage=optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.sqlite'}"),
+            study_name=study_dir.name,
+        )
+        if plan.seeds > 1:  # the same proposal with seeds 0..N-1; Optuna sees their mean
+            search_alg = Repeater(search_alg, repeat=plan.seeds)
+        num_samples = plan.num_samples * plan.seeds
+    scheduler = None
+    if sp.scheduler.kind == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        asked = sp.scheduler.max_t or plan.base.epochs
+        max_t = min(asked, plan.base.epochs)
+        # the quick profile trains a few epochs: shrink the rungs with it, keeping their shape
+        grace = max(1, round(sp.scheduler.grace_period * max_t / asked))
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            max_t=max_t,
+            grace_period=min(grace, max_t),
+            reduction_factor=sp.scheduler.reduction_factor,
+            # a trial that reaches max_t ends by itself (and records done.json), not by a stop
+            stop_last_trials=False,
+        )
+    return tune.TuneConfig(
+        metric=f"val_{sp.metric}",  # ASHA's rungs and Tune's ranking: validation
+        mode=sp.mode,
+        search_alg=search_alg,
+        scheduler=scheduler,
+        num_samples=num_samples,
+        max_concurrent_trials=max_concurrent,
+        reuse_actors=True,  # a new actor per trial re-imports torch: seconds per trial on CPU
+        trial_name_creator=trial_dirname,
+        trial_dirname_creator=trial_dirname,
+    )

@@ -1,0 +1,197 @@
+"""Driver-side Tune callback: progress lines, ``status.json`` and a fresh ``results.csv``.
+
+A crash (a trial raising, its worker killed) is one console line naming the cause Ray gave
+(``ActorDiedError: …``, or the trial's own exception); Ray's traceback goes to the trial's log
+(``trials/<id>/trial.log``) and the crash to ``trials/<id>/crashes.jsonl`` (for report.md).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import pickle
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from study.artifacts.jobs import load_study_plan
+from study.files import atomic_write_json, format_duration
+from study.layout import (
+    CRASHES,
+    FINISHED,
+    LOG,
+    PLAN,
+    STATUS,
+    scratch_dir,
+    trial_dir,
+    trial_dirname,
+)
+from study.outputs.results import collect_rows, write_results
+from study.running.trial import log_line
+
+
+class StudyCallback(Callback):
+    """Progress lines, Tune's verdict per trial (``status.json``) and a fresh results.csv each
+    time a trial ends, so a long study can be read (or killed and resumed) at any point."""
+
+    def __init__(self, study_dir: str, total: int, ids: list[str] | None = None) -> None:
+        self.study_dir = study_dir
+        self.total = total
+        self.ids = set(ids) if ids is not None else None  # this experiment's trials (a round)
+        self.started: dict[str, float] = {}
+        self.durations: list[float] = []
+        # Trials that ended before this driver began (a resumed study): they count as ended.
+        # Counted from the callbacks, not the trial files, which a trial ending at the same
+        # moment may already have written before its callback runs.
+        self.ended: set[str] = self._ended_before()
+        self.slots = 1  # the most trials seen running at once: the ETA divides by it
+
+    def setup(self, **info: Any) -> None:
+        """Called by every ``fit``: a resumed study restores this object from Tune's state
+        (``tuner.pkl``) as it was when the study began, so count the trials ended since."""
+        self.started.clear()
+        self.ended = self._ended_before()
+
+    def _ended_before(self) -> set[str]:
+        plan_path = Path(self.study_dir) / PLAN
+        if not plan_path.is_file():
+            return set()
+        rows = collect_rows(load_study_plan(self.study_dir), Path(self.study_dir))
+        return {
+            r["id"] for r in rows
+            if r["status"] in FINISHED and r["status"] != "skipped"
+            and (self.ids is None or r["id"] in self.ids)
+        }
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.started[trial_dirname(trial)] = time.time()
+        self.slots = max(self.slots, sum(1 for t in trials if t.status == "RUNNING"), 1)
+        print(f"  start {trial_dirname(trial)}", flush=True)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        cause = self._crashed(trial, retried=True)
+        tid = trial_dirname(trial)
+        print(
+            f"  {tid} crashed: {cause}; retrying from its last checkpoint (failure "
+            f"{trial.num_failures}; traceback in {trial_dir(self.study_dir, tid) / LOG})",
+            flush=True,
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended(trials, trial, "TERMINATED", "")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended(trials, trial, "ERROR", self._crashed(trial, retried=False))
+
+    def _crashed(self, trial: Any, retried: bool) -> str:
+        """Record a crash: Ray's full error in the trial's log, one line in crashes.jsonl."""
+        cause, text = crash_cause(trial)
+        out = trial_dir(self.study_dir, trial_dirname(trial))
+        out.mkdir(parents=True, exist_ok=True)
+        what = "retried from its last checkpoint" if retried else "not retried (no retries left)"
+        log_line(out, f"crashed, {what}: {cause}\n{text}")
+        record = {
+            "time": time.time(),
+            "cause": cause,
+            "failure": trial.num_failures,
+            "retried": retried,
+        }
+        with open(out / CRASHES, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        return cause
+
+    def _ended(self, trials: list, trial: Any, status: str, error: str) -> None:
+        tid = trial_dirname(trial)
+        path = Path(self.study_dir) / STATUS
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        record[tid] = {"status": status, "error": error}
+        atomic_write_json(path, record)
+        # a trial stopped by ASHA (or failed for good) never cleans its scratch folder itself;
+        # Tune keeps its checkpoints. (Only reachable here when it ran on this node.)
+        shutil.rmtree(scratch_dir(self.study_dir, tid), ignore_errors=True)
+        rows = write_results(load_study_plan(self.study_dir), Path(self.study_dir))
+        row = next((r for r in rows if r["id"] == tid), {})
+        if tid in self.started:
+            self.durations.append(time.time() - self.started.pop(tid))
+        self.ended.add(tid)
+        ended = len(self.ended)
+        running = sum(1 for t in trials if t.status == "RUNNING" and t is not trial)
+        self.slots = max(self.slots, running + 1)
+        left = max(self.total - ended, 0)
+        eta = ""
+        if self.durations and left:
+            mean = sum(self.durations) / len(self.durations)
+            now = time.time()
+            elapsed = [now - t0 for t0 in self.started.values()]  # the trials still running
+            secs = time_left(mean, elapsed, max(left - len(elapsed), 0), self.slots)
+            eta = f", ~{format_duration(secs, approx=True)} left"
+        m = row.get("val_mAP")
+        if row.get("status") == "error":  # crashed for good, or failed (never retried)
+            log = trial_dir(self.study_dir, tid) / LOG
+            what = f"{_clip(row.get('reason') or error)} (traceback in {log})"
+        elif isinstance(m, (int, float)):
+            what = f"val mAP {m:.4f} (epoch {row.get('epoch')})"
+            if isinstance(row.get("test_mAP"), (int, float)):
+                what += f", test mAP {row['test_mAP']:.4f}"
+        else:
+            what = error
+        print(
+            f"[{ended}/{self.total}] {row.get('status', status.lower())} {tid}: {what}; "
+            f"{running} running{eta}",
+            flush=True,
+        )
+
+
+def time_left(mean: float, elapsed: list[float], pending: int, slots: int) -> float:
+    """Seconds until the last trial ends, if every trial takes ``mean`` seconds: each running
+    trial ends ``mean - elapsed`` from now (0 when past the mean), and the pending trials start,
+    in turn, on whichever of the ``slots`` frees first."""
+    free = [max(mean - e, 0.0) for e in elapsed]
+    free += [0.0] * max(slots - len(free), 0)
+    heapq.heapify(free)
+    end = max(free, default=0.0)
+    for _ in range(pending):
+        start = heapq.heappop(free)
+        heapq.heappush(free, start + mean)
+        end = max(end, start + mean)
+    return end
+
+
+def crash_cause(trial: Any) -> tuple[str, str]:
+    """(one line: the exception Ray named and its first line, Ray's full error text).
+
+    Read from the error files Tune writes into the trial's local folder before it calls the
+    callbacks (``trial.get_error()`` reads the storage copy, which may not be synced yet)."""
+    exc = _pickled_error(trial.pickled_error_file)
+    text = ""
+    if trial.error_file and Path(trial.error_file).is_file():
+        blocks = Path(trial.error_file).read_text().split("Failure # ")
+        text = ("Failure # " + blocks[-1]).strip() if len(blocks) > 1 else blocks[-1].strip()
+    if exc is None:
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        return (lines[-1][:300] if lines else "no error recorded by Ray"), text
+    from ray.exceptions import RayTaskError
+
+    if isinstance(exc, RayTaskError) and exc.cause is not None:
+        exc = exc.cause  # the trial's own exception, raised in its worker
+    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    return f"{type(exc).__name__}: {first}"[:300], text or str(exc)
+
+
+def _pickled_error(path: str | None) -> BaseException | None:
+    if not path or not Path(path).is_file():
+        return None
+    from ray import cloudpickle
+
+    try:  # Tune wrote it in this session (the study folder passed the --resume checks)
+        exc = cloudpickle.loads(Path(path).read_bytes())
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError):
+        return None
+    return exc if isinstance(exc, BaseException) else None
+
+
+def _clip(text: str, n: int = 240) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"

@@ -1,0 +1,324 @@
+"""The Ray Tune trainable: one trial = one call of the training function.
+
+Per trial, under ``<study>/trials/<id>/`` (the study folder must be on a filesystem every node
+sees, as for Ray's own local ``storage_path``):
+
+* ``trial.json`` — the full config the trial ran with;
+* ``history.jsonl`` — every reported evaluation (epoch, losses, the 12 COCO numbers, …);
+* ``attempts.jsonl`` — one line per start (a retry after a crash, a resume) and where it resumed;
+* ``done.json`` — written when the training function returned: its summary and the final metrics.
+  A trial that finds ``done.json`` reports it again instead of training: Tune's experiment state
+  is snapshotted every few seconds, so a study killed right after a trial finished may not know it
+  finished — this file makes sure a resume never reruns it. A trial whose last evaluation is in
+  ``history.jsonl`` but that has no checkpoint of it (interrupted while Tune held its final
+  report) writes ``done.json`` from that record instead of training again;
+* ``failed.json`` — a deterministic failure (non-finite loss, config or data error: see
+  :func:`deterministic_errors`): the reason, with the checkpoints it names copied here. The
+  trainable returns instead of raising, so Tune does not retry what would fail the same way;
+* ``trial.log`` — the data line, and every traceback (this trial's, and Ray's for a crash);
+* ``data_report.txt`` / ``data_report.json`` — the data check of the data this trial trained on;
+* ``test_eval.npz`` — the test split's per-image evaluation of the chosen checkpoint
+  (model/bootstrap.py): the report's paired bootstrap resamples the same images for every trial.
+
+Tune checkpoints: after each evaluation the training function's ``last.pt`` (written to a
+node-local scratch folder) is handed to ``tune.report`` (Tune copies it to the trial's storage
+folder); on a retry or a resume the latest one is copied back into the scratch folder and the
+training function resumes from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from model.config import TrialConfig, config_from_dict, config_keys
+from study.files import append_jsonl, atomic_write_json
+from study.layout import (
+    ATTEMPTS,
+    CRASHES,  # noqa: F401  (re-exported: older imports of study.running.trial)
+    DONE,
+    FAILED,
+    HISTORY,
+    LOG,
+    PLAN_ID,
+    TEST_EVAL,
+    TRIAL,
+    TRIAL_INDEX,
+    scratch_dir,
+    trial_dir,
+)
+
+TrainFn = Callable[..., dict[str, Any]]
+
+
+def scalar_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts (``losses/iou_loss``) and keep numbers, bools and short strings:
+    Tune and the CSV take scalars only."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(scalar_metrics(v, f"{name}/"))
+        elif isinstance(v, bool) or isinstance(v, int):
+            out[name] = v
+        elif isinstance(v, float):
+            out[name] = v if math.isfinite(v) else None
+        elif hasattr(v, "item") and getattr(v, "ndim", 1) == 0:  # a 0-d tensor or numpy scalar
+            out[name] = v.item()
+        elif isinstance(v, str) and len(v) <= 200 and "\n" not in v:
+            out[name] = v
+    return out
+
+
+def trial_config(
+    config: dict[str, Any],
+    plan_configs: dict[str, dict[str, Any]],
+    base: dict[str, Any],
+    fallback_id: str,
+) -> tuple[str, TrialConfig]:
+    """(trial id, config) from Tune's ``config``: a planned grid trial, or base + sampled values."""
+    if PLAN_ID in config:
+        tid = config[PLAN_ID]
+        return tid, config_from_dict(plan_configs[tid], source=f"planned trial {tid}")
+    keys = set(config_keys())
+    values = {**base, **{k: v for k, v in config.items() if k in keys}}
+    if TRIAL_INDEX in config:  # --seeds with a sampled space: repeat i of the same proposal
+        values["seed"] = int(config[TRIAL_INDEX])
+    return fallback_id, config_from_dict(values, source=f"sampled trial {fallback_id}")
+
+
+def deterministic_errors() -> tuple[type[BaseException], ...]:
+    """Failures that a retry from the checkpoint would only repeat: a non-finite loss, a config
+    or data problem, an unreadable checkpoint or artifact. Imported here: the driver never
+    needs torch for them."""
+    from model.checkpoint import CheckpointError
+    from model.config import ConfigError
+    from model.data.raw import DataError
+    from model.pretraining.artifact import ArtifactError
+    from model.trainer import TrainingError
+
+    return (TrainingError, ConfigError, DataError, CheckpointError, ArtifactError)
+
+
+def log_line(out: Path, text: str) -> None:
+    """Append to the trial's own log, ``trials/<id>/trial.log`` (tracebacks go here)."""
+    with open(out / LOG, "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text.rstrip()}\n")
+
+
+def run_trial(
+    config: dict[str, Any],
+    *,
+    train_fn: TrainFn,
+    study_dir: str,
+    plan_configs: dict[str, dict[str, Any]],
+    base: dict[str, Any],
+    cache_root: str,
+    threads: int = 1,
+) -> None:
+    """Tune function trainable (bind the keyword arguments with ``tune.with_parameters``).
+
+    A deterministic failure (:func:`deterministic_errors`) ends the trial without raising, so
+    that Tune does not retry it: ``failed.json`` holds the reason, ``trial.log`` the traceback.
+    """
+    from ray import tune
+
+    # Tune logs every persisted checkpoint and restore at INFO from each worker: noise in the
+    # driver output.
+    for name in ("ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    import torch
+
+    torch.set_num_threads(max(1, threads))  # the trial's CPU share, not the whole machine
+    ctx = tune.get_context()
+    fallback = f"trial-{ctx.get_trial_id()}"
+    tid = config.get(PLAN_ID) or fallback
+    out = trial_dir(study_dir, tid)
+    out.mkdir(parents=True, exist_ok=True)
+    if _ended_before(out):
+        return
+    scratch = scratch_dir(study_dir, tid)
+    try:
+        _attempt(config, tid, fallback, out, scratch, train_fn, plan_configs, base, cache_root)
+    except deterministic_errors() as e:
+        record_failure(out, scratch, e)
+
+
+def _ended_before(out: Path) -> bool:
+    """A trial that finished (``done.json``) or failed for good (``failed.json``) before an
+    interruption ends again at once: Tune's experiment state is snapshotted every few seconds,
+    so a resumed study may not know it ended."""
+    from ray import tune
+
+    done = out / DONE
+    if done.is_file():
+        record = json.loads(done.read_text())
+        append_jsonl(out / ATTEMPTS, {"time": time.time(), "reused_done": True})
+        tune.report(record["final"])
+        return True
+    if (out / FAILED).is_file():
+        append_jsonl(out / ATTEMPTS, {"time": time.time(), "reused_failure": True})
+        return True
+    return False
+
+
+def _attempt(
+    config: dict[str, Any],
+    tid: str,
+    fallback: str,
+    out: Path,
+    scratch: Path,
+    train_fn: TrainFn,
+    plan_configs: dict[str, dict[str, Any]],
+    base: dict[str, Any],
+    cache_root: str,
+) -> None:
+    """One start of the training function (a first run, a retry after a crash, a resume)."""
+    import torch
+    from ray import tune
+
+    from model.trainer import load_trial_data, preloaded_data
+    from study.artifacts.jobs import resolve_for_trial  # (a sampled search's artifacts: per trial)
+    from study.outputs.datacheck import ReportWriter, data_counts
+
+    _, cfg = trial_config(config, plan_configs, base, fallback)
+    cfg = resolve_for_trial(cfg, cache_root)
+    if cfg.threads == 0:  # the trial's CPU share becomes part of its config (and best_config)
+        cfg = dataclasses.replace(cfg, threads=torch.get_num_threads())
+    info = {
+        "id": tid,
+        "tune_trial_id": tune.get_context().get_trial_id(),
+        "torch_threads": torch.get_num_threads(),
+        "config": cfg.to_dict(),
+    }
+    atomic_write_json(out / TRIAL, info)
+    done = out / DONE
+    work = scratch / "work"  # what the training function writes
+    ckpt = tune.get_checkpoint()
+    if ckpt is None and not (out / ATTEMPTS).is_file():
+        # this study's first attempt: anything there is left from a deleted study of that path
+        shutil.rmtree(scratch, ignore_errors=True)
+    # else, without a Tune checkpoint, a scratch last.pt is this trial's own, newer than what
+    # Tune registered before an interruption: the training function resumes from it
+    work.mkdir(parents=True, exist_ok=True)
+    restored = None
+    if ckpt is not None:  # a retry or a resume: continue from Tune's latest checkpoint
+        with ckpt.as_directory() as d:
+            for f in Path(d).iterdir():
+                if f.is_file():
+                    shutil.copy2(f, work / f.name)
+        restored = ckpt.path
+    previous = _read_last(out / HISTORY)
+    finished = isinstance(previous.get("epoch"), int) and previous["epoch"] >= cfg.epochs
+    if finished and restored is None and not any(work.iterdir()):
+        # its last evaluation is on record but no checkpoint of it (a study interrupted while
+        # Tune held the final report): finish from the record instead of training again
+        append_jsonl(out / ATTEMPTS, {"time": time.time(), "finished_from_history": True})
+        tune.report(previous)
+        atomic_write_json(done, {"id": tid, "final": previous, "summary": {}})
+        shutil.rmtree(scratch, ignore_errors=True)
+        return
+    attempt: dict[str, Any] = {"time": time.time(), "restored_from": restored}
+    if finished:
+        attempt["finished_before"] = True  # resumes a finished run: not a restart
+    append_jsonl(out / ATTEMPTS, attempt)
+    writer = ReportWriter(out, lambda line: log_line(out, line))
+    dataset = load_trial_data(cfg, on_report=writer)
+    if writer.report is not None:  # (None only if someone preloaded the data: never here)
+        atomic_write_json(out / TRIAL, {**info, "data": data_counts(writer.report)})
+    stage = scratch / "stage"
+    last: dict[str, Any] = {}
+
+    def report(metrics: dict[str, Any], checkpoint_path: str | None = None) -> None:
+        flat = scalar_metrics(metrics)
+        last.clear()
+        last.update(flat)
+        # history first: if the process dies between the two, the line is kept and the next
+        # attempt (resuming from the previous checkpoint) rewrites that epoch; readers keep the
+        # last line per epoch.
+        append_jsonl(out / HISTORY, flat)
+        tune.report(flat, checkpoint=_stage(checkpoint_path, stage))
+
+    with preloaded_data(cfg, dataset):
+        result = train_fn(cfg, report, str(work), resume=True, progress=False)
+    summary = scalar_metrics(result or {})
+    test_eval = (result or {}).get("test_eval")
+    if isinstance(test_eval, str) and Path(test_eval).is_file():  # for the paired bootstrap
+        shutil.copy2(test_eval, out / TEST_EVAL)
+    final = dict(last)
+    if not final:  # nothing reported by this attempt (it resumed a finished run): the last
+        # evaluation an earlier attempt reported, completed by the returned summary
+        history = _read_last(out / HISTORY)
+        final = {**summary, **history}
+        tune.report(final)
+    atomic_write_json(done, {"id": tid, "final": final, "summary": summary})
+    shutil.rmtree(scratch, ignore_errors=True)  # Tune keeps the checkpoints
+
+
+def record_failure(out: Path, scratch: Path, error: BaseException) -> None:
+    """``failed.json`` and the traceback in ``trial.log``; the training function's checkpoints
+    move from the scratch folder (deleted when the trial ends) into the trial folder, and the
+    message names them there."""
+    work = scratch / "work"
+    kept = []
+    for name in ("last.pt", "best.pt"):
+        if (work / name).is_file():
+            shutil.copy2(work / name, out / name)
+            kept.append(str(out / name))
+
+    def here(text: str) -> str:
+        return text.replace(str(work), str(out))
+
+    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    log_line(out, "failed, not retried (a retry would fail the same way):\n" + here(trace))
+    reason = here(f"{type(error).__name__}: {error}").replace("\n", " ")
+    atomic_write_json(
+        out / FAILED,
+        {
+            "error": reason,
+            "type": type(error).__name__,
+            "time": time.time(),
+            "kept": kept,
+            "log": str(out / LOG),
+        },
+    )
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _read_last(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    for line in reversed(path.read_text().splitlines()):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a crash
+            continue
+    return {}
+
+
+def _stage(checkpoint_path: str | None, stage: Path) -> Any:
+    """A Tune checkpoint holding just the reported file (or the reported folder)."""
+    from ray import tune
+
+    if not checkpoint_path:
+        return None
+    src = Path(checkpoint_path)
+    if src.is_dir():
+        return tune.Checkpoint.from_directory(str(src))
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    try:
+        os.link(src, stage / src.name)  # Tune copies the folder during report: a link is enough
+    except OSError:
+        shutil.copy2(src, stage / src.name)
+    return tune.Checkpoint.from_directory(str(stage))
