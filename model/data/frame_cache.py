@@ -49,6 +49,7 @@ import numpy as np
 from tqdm import tqdm
 
 from model.data.embedded import cache_root
+from model.data.raw import DataError
 from model.data.transforms import fit_ratio, read_image, resize_to_fit
 
 FORMAT_VERSION = 1
@@ -57,7 +58,7 @@ SPACE_MARGIN = 512 * 2**20  # bytes left free on the disk after a build
 FULL = 0  # fit of a native-resolution cache
 
 
-class FrameCacheError(RuntimeError):
+class FrameCacheError(DataError):
     """The frame cache cannot be built or read; the message says why and what to do."""
 
 

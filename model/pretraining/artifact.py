@@ -24,6 +24,7 @@ from model.checkpoint import NotWeightsOnlyError, load_weights_only
 from model.config import PRETRAIN_METHODS, TrialConfig
 from model.data.raw import SPLIT_RULE
 from model.pretraining.center_loss import pretrain_center_loss
+from model.pretraining.common import PretrainingError
 from model.pretraining.sources import cfg_fingerprint, train_split, unlabeled_frames
 from model.pretraining.ssl import pretrain_ssl
 from model.threads import torch_threads
@@ -36,7 +37,7 @@ ALGORITHM_VERSION = 1
 METHODS = PRETRAIN_METHODS
 
 
-class ArtifactError(ValueError):
+class ArtifactError(PretrainingError):
     """A file is not a usable pretraining artifact; the message names the file and the problem."""
 
 

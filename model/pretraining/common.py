@@ -20,7 +20,11 @@ from model.yolox import build_yolox, load_coco_weights
 PAD_VALUE = 114
 
 
-class PretrainDataError(ValueError):
+class PretrainingError(ValueError):
+    """The one error base of model/pretraining/: the message names the file or key and the fix."""
+
+
+class PretrainDataError(PretrainingError):
     """The data cannot feed a pretraining method; the message names the cause and the file."""
 
 

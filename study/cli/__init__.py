@@ -36,26 +36,12 @@ def resolve_config(
 
 
 def input_errors() -> tuple[type[BaseException], ...]:
-    """The errors that mean bad input (exit 2). Imported when one is raised: a command that
-    never meets one never loads torch for them."""
-    from model.checkpoint import CheckpointError
-    from model.config import ConfigError
-    from model.data.raw import DataError
-    from model.pretraining.artifact import ArtifactError
-    from model.pretraining.common import PretrainDataError
-    from model.yolox.weights import WeightsError, WeightsUnavailableError
+    """The errors that mean bad input (exit 2): model/'s (model/errors.py) and study/'s one
+    base, :class:`~study.layout.StudyError`."""
+    from model.errors import input_errors as model_input_errors
     from study.layout import StudyError
 
-    return (
-        ConfigError,
-        DataError,
-        CheckpointError,
-        ArtifactError,
-        PretrainDataError,
-        WeightsError,
-        WeightsUnavailableError,
-        StudyError,
-    )
+    return (*model_input_errors(), StudyError)
 
 
 def run_command(

@@ -34,13 +34,14 @@ from model.config import (
 from model.trainer import resolve_device
 from study import cli
 from study.files import atomic_write_json
+from study.layout import StudyError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".m4v"}
 BOX_COLOR = (0, 255, 0)  # BGR
 
 
-class SourceError(ValueError):
+class SourceError(StudyError, ValueError):
     """The detection source is not an image, a video or a folder holding some."""
 
 

@@ -12,12 +12,11 @@ accuracy) and a one-line summary. Use the artifact in a trial with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
 from pathlib import Path
-
-import torch
 
 from model.config import (
     DEVICES,
@@ -90,9 +89,9 @@ def figures(method: str, m: dict[str, float]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     cfg = resolve_config(args)
+    if args.threads > 0:  # in the config, which pretraining runs on (model/threads.py)
+        cfg = dataclasses.replace(cfg, threads=args.threads)
     cache = ArtifactCache(args.out)
     prepare_coco_weights([cfg], download=not args.no_download, cache=cache)
     start = time.perf_counter()

@@ -39,7 +39,6 @@ from study.layout import (
     ATTEMPTS,
     DONE,
     FAILED,
-    FINISHED,  # noqa: F401  (re-exported: older imports of study.outputs.results)
     HISTORY,
     RESULTS,
     STATUS,

@@ -5,6 +5,7 @@ Ray and Optuna are imported inside the functions, so planning and ``--dry-run`` 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -147,6 +148,16 @@ def effective_resources(
     return Resources(cpus=cpus, gpus=gpus)
 
 
+def with_threads(cfg: TrialConfig, res: Resources) -> TrialConfig:
+    """The config a trial trains with: ``threads`` 0 (as many as torch takes) becomes the trial's
+    CPU share, so that the trial uses no more than Ray gave it and its best_config.yaml reruns
+    with the same float sums. The config object itself travels to the trial (validated once,
+    when the plan was built), never a dict to validate again."""
+    if cfg.threads:
+        return cfg
+    return dataclasses.replace(cfg, threads=max(1, int(res.cpus)))
+
+
 def run_trials(
     plan: Plan,
     study_dir: Path,
@@ -180,10 +191,9 @@ def run_trials(
         run_trial,
         train_fn=train_fn,
         study_dir=str(study_dir),
-        plan_configs={t.id: t.config.to_dict() for t in plan.trials},
-        base=plan.base.to_dict(),
+        plan_configs={t.id: with_threads(t.config, res) for t in plan.trials},
+        base=with_threads(plan.base, res),
         cache_root=str(cache_root.resolve()),
-        threads=max(1, int(res.cpus)),
     )
     trainable = tune.with_resources(trainable, {"cpu": res.cpus, "gpu": res.gpus})
     tune_dir = study_dir / experiment

@@ -13,8 +13,9 @@ sees, as for Ray's own local ``storage_path``):
   ``history.jsonl`` but that has no checkpoint of it (interrupted while Tune held its final
   report) writes ``done.json`` from that record instead of training again;
 * ``failed.json`` — a deterministic failure (non-finite loss, config or data error: see
-  :func:`deterministic_errors`): the reason, with the checkpoints it names copied here. The
-  trainable returns instead of raising, so Tune does not retry what would fail the same way;
+  :func:`model.errors.deterministic_errors`): the reason, with the checkpoints it names copied
+  here. The trainable returns instead of raising, so Tune does not retry what would fail the
+  same way;
 * ``trial.log`` — the data line, and every traceback (this trial's, and Ray's for a crash);
 * ``data_report.txt`` / ``data_report.json`` — the data check of the data this trial trained on;
 * ``test_eval.npz`` — the test split's per-image evaluation of the chosen checkpoint
@@ -28,7 +29,6 @@ training function resumes from it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -41,10 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from model.config import TrialConfig, config_from_dict, config_keys
+from model.errors import deterministic_errors
 from study.files import append_jsonl, atomic_write_json
 from study.layout import (
     ATTEMPTS,
-    CRASHES,  # noqa: F401  (re-exported: older imports of study.running.trial)
     DONE,
     FAILED,
     HISTORY,
@@ -81,32 +81,20 @@ def scalar_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def trial_config(
     config: dict[str, Any],
-    plan_configs: dict[str, dict[str, Any]],
-    base: dict[str, Any],
+    plan_configs: dict[str, TrialConfig],
+    base: TrialConfig,
     fallback_id: str,
 ) -> tuple[str, TrialConfig]:
-    """(trial id, config) from Tune's ``config``: a planned grid trial, or base + sampled values."""
+    """(trial id, config) from Tune's ``config``: a planned grid trial as the plan built it, or
+    the base with the values the searcher sampled (checked here: they are new)."""
     if PLAN_ID in config:
         tid = config[PLAN_ID]
-        return tid, config_from_dict(plan_configs[tid], source=f"planned trial {tid}")
+        return tid, plan_configs[tid]
     keys = set(config_keys())
-    values = {**base, **{k: v for k, v in config.items() if k in keys}}
+    values = {k: v for k, v in config.items() if k in keys}
     if TRIAL_INDEX in config:  # --seeds with a sampled space: repeat i of the same proposal
         values["seed"] = int(config[TRIAL_INDEX])
-    return fallback_id, config_from_dict(values, source=f"sampled trial {fallback_id}")
-
-
-def deterministic_errors() -> tuple[type[BaseException], ...]:
-    """Failures that a retry from the checkpoint would only repeat: a non-finite loss, a config
-    or data problem, an unreadable checkpoint or artifact. Imported here: the driver never
-    needs torch for them."""
-    from model.checkpoint import CheckpointError
-    from model.config import ConfigError
-    from model.data.raw import DataError
-    from model.pretraining.artifact import ArtifactError
-    from model.trainer import TrainingError
-
-    return (TrainingError, ConfigError, DataError, CheckpointError, ArtifactError)
+    return fallback_id, config_from_dict(values, source=f"sampled trial {fallback_id}", base=base)
 
 
 def log_line(out: Path, text: str) -> None:
@@ -120,15 +108,15 @@ def run_trial(
     *,
     train_fn: TrainFn,
     study_dir: str,
-    plan_configs: dict[str, dict[str, Any]],
-    base: dict[str, Any],
+    plan_configs: dict[str, TrialConfig],
+    base: TrialConfig,
     cache_root: str,
-    threads: int = 1,
 ) -> None:
     """Tune function trainable (bind the keyword arguments with ``tune.with_parameters``).
 
-    A deterministic failure (:func:`deterministic_errors`) ends the trial without raising, so
-    that Tune does not retry it: ``failed.json`` holds the reason, ``trial.log`` the traceback.
+    A deterministic failure (:func:`model.errors.deterministic_errors`) ends the trial without
+    raising, so that Tune does not retry it: ``failed.json`` holds the reason, ``trial.log`` the
+    traceback.
     """
     from ray import tune
 
@@ -136,9 +124,6 @@ def run_trial(
     # driver output.
     for name in ("ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    import torch
-
-    torch.set_num_threads(max(1, threads))  # the trial's CPU share, not the whole machine
     ctx = tune.get_context()
     fallback = f"trial-{ctx.get_trial_id()}"
     tid = config.get(PLAN_ID) or fallback
@@ -149,7 +134,7 @@ def run_trial(
     scratch = scratch_dir(study_dir, tid)
     try:
         _attempt(config, tid, fallback, out, scratch, train_fn, plan_configs, base, cache_root)
-    except deterministic_errors() as e:
+    except deterministic_errors() as e:  # model/errors.py
         record_failure(out, scratch, e)
 
 
@@ -183,7 +168,6 @@ def _attempt(
     cache_root: str,
 ) -> None:
     """One start of the training function (a first run, a retry after a crash, a resume)."""
-    import torch
     from ray import tune
 
     from model.trainer import load_trial_data, preloaded_data
@@ -192,12 +176,10 @@ def _attempt(
 
     _, cfg = trial_config(config, plan_configs, base, fallback)
     cfg = resolve_for_trial(cfg, cache_root)
-    if cfg.threads == 0:  # the trial's CPU share becomes part of its config (and best_config)
-        cfg = dataclasses.replace(cfg, threads=torch.get_num_threads())
     info = {
         "id": tid,
         "tune_trial_id": tune.get_context().get_trial_id(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": cfg.threads,  # the trial's CPU share (pipeline.with_threads)
         "config": cfg.to_dict(),
     }
     atomic_write_json(out / TRIAL, info)

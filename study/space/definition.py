@@ -73,7 +73,7 @@ QUICK_STUDY_KEYS = (
 )
 
 
-class SpaceError(ConfigError):
+class SpaceError(StudyError, ConfigError):
     """A search-space file is invalid; the message names the file and the key."""
 
 

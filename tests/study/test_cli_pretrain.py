@@ -31,7 +31,7 @@ def test_center_loss_cli_writes_the_artifact_and_prints_accuracy(
     tiny_data: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    cmd = [sys.executable, str(ROOT / "study" / "pretrain.py"), "--method", "center_loss",
+    cmd = [sys.executable, "-m", "study.cli.pretrain", "--method", "center_loss",
            *TINY, "--data", str(tiny_data), "--out", str(out), "--threads", "1"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 0, run.stderr
