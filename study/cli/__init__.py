@@ -36,9 +36,9 @@ def resolve_config(
 
 
 def input_errors() -> tuple[type[BaseException], ...]:
-    """The errors that mean bad input (exit 2): model/'s (model/errors.py) and study/'s one
+    """The errors that mean bad input (exit 2): model/'s (model/error_bases.py) and study/'s one
     base, :class:`~study.layout.StudyError`."""
-    from model.errors import input_errors as model_input_errors
+    from model.error_bases import input_errors as model_input_errors
     from study.layout import StudyError
 
     return (*model_input_errors(), StudyError)

@@ -137,6 +137,14 @@ def _epoch_lines_to_stderr() -> None:
     log.setLevel(logging.INFO)
 
 
+RUN_FACTS = (  # what metrics.json keeps of train_detector's result, besides the split numbers
+    "best_val_mAP", "best_epoch", "epochs", "resumed_from_epoch", "train_time_s", "images_per_s",
+    "params", "pretrain_loaded", "device", "input_mode", "eval_boxes", "test_epoch",
+    "test_images", "test_eval", "tile_counts",
+    "assignment",  # positives per object by size, objects without one, IoU of positives
+)
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     if args.quiet:
@@ -153,6 +161,17 @@ def run(args: argparse.Namespace) -> int:
         result = train_detector(
             cfg, checkpoint_dir=out, resume=not args.no_resume, progress=not args.quiet
         )
+    write_run_files(out, cfg, result, dataset.report, time.perf_counter() - start)
+    print(result.get("test_summary") or result["summary"])
+    print(_summary_line(cfg, result, dataset.report, out))
+    return 0
+
+
+def write_run_files(
+    out: Path, cfg: TrialConfig, result: dict[str, Any], report: Any, wall_s: float
+) -> None:
+    """``coco_summary.txt`` (validation, then test) and ``metrics.json`` (the 12 numbers of
+    each split, their intervals, the run's facts, its config and data counts)."""
     summaries = f"validation (best.pt, epoch {result['best_epoch']}):\n{result['summary']}\n"
     if result.get("test_summary"):
         summaries += f"\ntest (the same checkpoint, scored once):\n{result['test_summary']}\n"
@@ -161,52 +180,32 @@ def run(args: argparse.Namespace) -> int:
     facts = {
         **{k: result[k] for k in split_keys if k in result},
         **{k: v for k, v in result.items() if k.startswith("test_") and k.endswith(("_lo", "_hi"))},
-        **{k: result[k] for k in ("test_epoch", "test_images", "test_eval") if k in result},
-        **{
-            k: result[k]
-            for k in (
-                "best_val_mAP",
-                "best_epoch",
-                "epochs",
-                "resumed_from_epoch",
-                "train_time_s",
-                "images_per_s",
-                "params",
-                "pretrain_loaded",
-                "device",
-                "input_mode",
-                "eval_boxes",
-            )
-        },
-        **({"tile_counts": result["tile_counts"]} if "tile_counts" in result else {}),
-        # positives per object by size, objects without a positive, IoU of positives (last epoch)
-        **({"assignment": result["assignment"]} if "assignment" in result else {}),
-        "wall_time_s": time.perf_counter() - start,
+        **{k: result[k] for k in RUN_FACTS if k in result},
+        "wall_time_s": wall_s,
         "torch": torch.__version__,
         "checkpoint": result["last_checkpoint"],
         "best_checkpoint": result["best_checkpoint"],
         "config": cfg.to_dict(),
-        "data": {**data_counts(dataset.report), "report": str(out / DATA_REPORT_TXT)},
+        "data": {**data_counts(report), "report": str(out / DATA_REPORT_TXT)},
     }
     atomic_write_json(out / "metrics.json", facts, indent=2)
-    print(result.get("test_summary") or result["summary"])
+
+
+def _summary_line(cfg: TrialConfig, result: dict[str, Any], report: Any, out: Path) -> str:
     resumed = (
         f", resumed after epoch {result['resumed_from_epoch']}"
-        if (result["resumed_from_epoch"])
-        else ""
+        if result["resumed_from_epoch"] else ""
     )
     loaded = (
         f", {result['pretrain_loaded']} pretrained tensors loaded ({cfg.pretrain})"
-        if cfg.pretrain != "none"
-        else ""
+        if cfg.pretrain != "none" else ""
     )
-    print(
+    return (
         f"train: YOLOX-{cfg.size} {cfg.epochs} epochs on {result['device']}{resumed}: "
         f"{_scores(result)}, {format_duration(result['train_time_s'])} training at "
         f"{result['images_per_s']:.1f} img/s, {result['params'] / 1e6:.2f}M params{loaded}"
-        f"{_data_note(dataset.report)} -> {out / 'metrics.json'}"
+        f"{_data_note(report)} -> {out / 'metrics.json'}"
     )
-    return 0
 
 
 def _scores(result: dict[str, Any]) -> str:

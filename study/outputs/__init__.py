@@ -168,87 +168,16 @@ def findings_of(rows: list[dict[str, Any]], plan: Plan, study_dir: Path) -> list
 def write_all(
     plan: Plan, study_dir: Path, wall_s: float
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Path]]:
+    """results.csv, best_config.yaml, the plots and report.md, from the trial files alone."""
     sp = plan.space
     rows = write_results(plan, study_dir)
     written: dict[str, Path] = {"results": study_dir / RESULTS}
     axes = report_axes(plan)
-    sampled_keys = [k for k in sp.sample if k not in plan.pinned]
-
     best = choose_best(rows, sp.metric, sp.mode, axes)
     split = quoted_split(rows)
-    quoted = f"{split}_{sp.metric}"
     best_line = ""
     if best is not None:
-        info = json.loads((trial_dir(study_dir, best["id"]) / TRIAL).read_text())
-        point_rows = [r for r in rows if all(r.get(a) == best.get(a) for a in axes)]
-        ckpts = sorted((study_dir / TUNE / best["id"]).glob("checkpoint_*/last.pt"))
-        path = export_best(
-            best,
-            info["config"],
-            study_dir / BEST_CONFIG,
-            metric=sp.metric,
-            study=study_dir.name,
-            point_rows=point_rows,
-            weights=ckpts[-1].resolve() if ckpts else None,  # absolute: read from anywhere
-            threads=info.get("torch_threads"),
-            device=_ran_on(study_dir, best["id"]),
-        )
-        written["best_config"] = path
-        shown = (
-            f"; test {sp.metric} {best[quoted]:.4f}"
-            if split == "test" and valid_metric(best.get(quoted)) else ""
-        )
-        best_line = (
-            f"**Best trial (chosen on validation {sp.metric}): {best['id']}** — val {sp.metric} "
-            f"{best[f'val_{sp.metric}']:.4f}{shown}; its full config is `{path.name}`, whose "
-            "header gives the exact rerun command."
-        )
-
-    plots: list[tuple[str, str]] = []
-    x_axis = plot_x_axis(rows, axes) if axes else "size"
-    by_axis = plot_by_axis(rows, axes, quoted, study_dir / f"{quoted}_by_{x_axis}.png")
-    if by_axis is not None:
-        plots.append((f"{split} {sp.metric} by {x_axis}", by_axis.name))
-    curves = plot_learning_curves(
-        histories(rows, study_dir), f"val_{sp.metric}", study_dir / LEARNING_CURVES
-    )
-    if curves is not None:
-        plots.append((f"validation {sp.metric} per epoch", curves.name))
-    if sp.sampled:
-        vs = plot_vs_params(rows, sampled_keys, quoted, study_dir / f"{quoted}_vs_params.png")
-        if vs is not None:
-            plots.append((f"{split} {sp.metric} against the sampled values", vs.name))
-
-    trial_s = sum(float(r.get("train_time_s") or 0.0) for r in rows)
-    notes = [
-        describe_profile(plan),
-        *plan.notes,
-        f"space {sp.path} ({'sampled: Optuna TPE' if sp.sampled else 'grid'}"
-        f"{', ASHA' if sp.scheduler.kind == 'asha' else ''}); metric {sp.metric} ({sp.mode})",
-        f"wall time of this run {wall_s / 60:.1f} min; training time summed over trials "
-        f"{trial_s / 60:.1f} min",
-        "scoring: COCO on the full evaluation frames and their original boxes; "
-        + (
-            "input_mode varies by trial (column input_mode); "
-            if "input_mode" in axes else f"input {describe_inference(plan.base).split(';')[0]}; "
-        )
-        + ("predicted boxes clipped to the image" if plan.base.eval_clip_boxes
-           else "predicted boxes unclipped, as the official evaluator"),
-    ]
-    notes.append(split_note(study_dir, split))
-    if plan.race is not None:
-        notes.append(plan.race.describe())
-    elif plan.seeds > 1:
-        what = "sampled configuration" if sp.sampled else "grid point"
-        notes.append(f"every {what} repeated with seeds 0..{plan.seeds - 1}, paired by seed")
-    elif not sp.sampled:
-        notes.append(
-            "one seed per grid point: training noise is not measured, so no comparison can be "
-            "decided; `--seeds 3` (or `--seeds auto`) repeats the grid and says which "
-            "differences hold" + (QUICK_SEED_SPREAD if plan.quick else "")
-        )
-    if plan.baseline and not plan.stand_in_for:  # (a stand-in is in plan.notes already)
-        notes.append("baseline: " + ", ".join(f"{k}={v}" for k, v in plan.baseline.items()))
+        written["best_config"], best_line = _export(plan, study_dir, rows, best, split)
     report = render_report(
         ReportInput(
             title=f"Study {study_dir.name} ({sp.name})",
@@ -258,10 +187,10 @@ def write_all(
             stand_in_for=plan.stand_in_for,
             metric=sp.metric,
             mode=sp.mode,
-            sampled_keys=sampled_keys,
+            sampled_keys=_sampled_keys(plan),
             description=sp.description,
-            notes=notes,
-            plots=plots,
+            notes=_notes(plan, study_dir, rows, split, wall_s),
+            plots=_plots(plan, study_dir, rows, split),
             best_line=best_line,
             per_image=per_image_loader(study_dir),
             sections=[
@@ -278,6 +207,106 @@ def write_all(
     )
     written["report"] = atomic_write_text(study_dir / REPORT, report)
     return rows, best, written
+
+
+def _sampled_keys(plan: Plan) -> list[str]:
+    return [k for k in plan.space.sample if k not in plan.pinned]
+
+
+def _export(
+    plan: Plan, study_dir: Path, rows: list[dict[str, Any]], best: dict[str, Any], split: str
+) -> tuple[Path, str]:
+    """best_config.yaml of the best trial (chosen on validation), and the report's line on it."""
+    sp, axes = plan.space, report_axes(plan)
+    info = json.loads((trial_dir(study_dir, best["id"]) / TRIAL).read_text())
+    point_rows = [r for r in rows if all(r.get(a) == best.get(a) for a in axes)]
+    # its Tune experiment: tune/, or tune-rK/ for a round of --seeds auto
+    ckpts = sorted(study_dir.glob(f"{TUNE}*/{best['id']}/checkpoint_*/last.pt"))
+    path = export_best(
+        best,
+        info["config"],
+        study_dir / BEST_CONFIG,
+        metric=sp.metric,
+        study=study_dir.name,
+        point_rows=point_rows,
+        weights=ckpts[-1].resolve() if ckpts else None,  # absolute: read from anywhere
+        threads=info.get("torch_threads"),
+        device=_ran_on(study_dir, best["id"]),
+    )
+    quoted = f"{split}_{sp.metric}"
+    shown = (
+        f"; test {sp.metric} {best[quoted]:.4f}"
+        if split == "test" and valid_metric(best.get(quoted)) else ""
+    )
+    line = (
+        f"**Best trial (chosen on validation {sp.metric}): {best['id']}** — val {sp.metric} "
+        f"{best[f'val_{sp.metric}']:.4f}{shown}; its full config is `{path.name}`, whose "
+        "header gives the exact rerun command."
+    )
+    return path, line
+
+
+def _plots(
+    plan: Plan, study_dir: Path, rows: list[dict[str, Any]], split: str
+) -> list[tuple[str, str]]:
+    """(caption, file name) of each plot written: the quoted metric by an axis, validation
+    per epoch, and for a sampled study the metric against the sampled values."""
+    sp, axes = plan.space, report_axes(plan)
+    quoted = f"{split}_{sp.metric}"
+    plots: list[tuple[str, str]] = []
+    x_axis = plot_x_axis(rows, axes) if axes else "size"
+    by_axis = plot_by_axis(rows, axes, quoted, study_dir / f"{quoted}_by_{x_axis}.png")
+    if by_axis is not None:
+        plots.append((f"{split} {sp.metric} by {x_axis}", by_axis.name))
+    curves = plot_learning_curves(
+        histories(rows, study_dir), f"val_{sp.metric}", study_dir / LEARNING_CURVES
+    )
+    if curves is not None:
+        plots.append((f"validation {sp.metric} per epoch", curves.name))
+    if sp.sampled:
+        out = study_dir / f"{quoted}_vs_params.png"
+        vs = plot_vs_params(rows, _sampled_keys(plan), quoted, out)
+        if vs is not None:
+            plots.append((f"{split} {sp.metric} against the sampled values", vs.name))
+    return plots
+
+
+def _notes(
+    plan: Plan, study_dir: Path, rows: list[dict[str, Any]], split: str, wall_s: float
+) -> list[str]:
+    """The report's opening notes: profile, space, time, scoring, splits, seeds, baseline."""
+    sp, axes = plan.space, report_axes(plan)
+    trial_s = sum(float(r.get("train_time_s") or 0.0) for r in rows)
+    inputs = (
+        "input_mode varies by trial (column input_mode); " if "input_mode" in axes
+        else f"input {describe_inference(plan.base).split(';')[0]}; "
+    )
+    notes = [
+        describe_profile(plan),
+        *plan.notes,
+        f"space {sp.path} ({'sampled: Optuna TPE' if sp.sampled else 'grid'}"
+        f"{', ASHA' if sp.scheduler.kind == 'asha' else ''}); metric {sp.metric} ({sp.mode})",
+        f"wall time of this run {wall_s / 60:.1f} min; training time summed over trials "
+        f"{trial_s / 60:.1f} min",
+        "scoring: COCO on the full evaluation frames and their original boxes; " + inputs
+        + ("predicted boxes clipped to the image" if plan.base.eval_clip_boxes
+           else "predicted boxes unclipped, as the official evaluator"),
+        split_note(study_dir, split),
+    ]
+    if plan.race is not None:
+        notes.append(plan.race.describe())
+    elif plan.seeds > 1:
+        what = "sampled configuration" if sp.sampled else "grid point"
+        notes.append(f"every {what} repeated with seeds 0..{plan.seeds - 1}, paired by seed")
+    elif not sp.sampled:
+        notes.append(
+            "one seed per grid point: training noise is not measured, so no comparison can be "
+            "decided; `--seeds 3` (or `--seeds auto`) repeats the grid and says which "
+            "differences hold" + (QUICK_SEED_SPREAD if plan.quick else "")
+        )
+    if plan.baseline and not plan.stand_in_for:  # (a stand-in is in plan.notes already)
+        notes.append("baseline: " + ", ".join(f"{k}={v}" for k, v in plan.baseline.items()))
+    return notes
 
 
 @dataclass

@@ -179,23 +179,13 @@ def run_trials(
     runnable one), as the Tune experiment ``<study>/<experiment>``."""
     from ray import tune
 
-    from study.running.progress import StudyCallback
-
     # Tune's legacy reporter is silent at verbose=0 (the new one still prints each trial
     # error's result table); our callback prints one line per trial instead, and one per crash
     # (Ray's traceback of it goes to the trial's log, not the console)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     study_dir = study_dir.resolve()
-    trainable = tune.with_parameters(
-        run_trial,
-        train_fn=train_fn,
-        study_dir=str(study_dir),
-        plan_configs={t.id: with_threads(t.config, res) for t in plan.trials},
-        base=with_threads(plan.base, res),
-        cache_root=str(cache_root.resolve()),
-    )
-    trainable = tune.with_resources(trainable, {"cpu": res.cpus, "gpu": res.gpus})
+    trainable = _trainable(plan, study_dir, cache_root, res, train_fn)
     tune_dir = study_dir / experiment
     runnable = [t for t in plan.runnable() if trial_ids is None or t.id in set(trial_ids)]
     total = len(runnable) if not plan.space.sampled else plan.num_samples * plan.seeds
@@ -210,32 +200,59 @@ def run_trials(
     else:
         if not total:
             raise StudyError("nothing to run: every planned trial is skipped (see above)")
+        retries = plan.space.max_failures if max_failures is None else max_failures
         tuner = tune.Tuner(
             trainable,
             param_space=_param_space(plan, runnable),
             tune_config=_tune_config(plan, study_dir, max_concurrent, searcher_seed),
-            run_config=tune.RunConfig(
-                name=experiment,
-                storage_path=str(study_dir),
-                failure_config=tune.FailureConfig(
-                    max_failures=plan.space.max_failures if max_failures is None else max_failures
-                ),
-                # last.pt per evaluation; keep 2 so one is always complete while the next copies
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                # the trial's working folder holds the training function's own last.pt/best.pt:
-                # Tune's checkpoints already keep last.pt, do not copy that folder to storage too
-                sync_config=tune.SyncConfig(
-                    sync_artifacts=False, sync_artifacts_on_checkpoint=False
-                ),
-                callbacks=[StudyCallback(str(study_dir), total, trial_ids)],
-                verbose=0,
-            ),
+            run_config=_run_config(study_dir, experiment, retries, total, trial_ids),
         )
     slots = f"{res.cpus:g} CPU" + (f" + {res.gpus:g} GPU" if res.gpus else "")
     log(f"running {total} trials ({slots} each); progress below, Ctrl-C stops and keeps state")
     t0 = time.time()
     tuner.fit()
     log(f"Tune phase ended after {time.time() - t0:.1f} s")
+
+
+def _trainable(
+    plan: Plan, study_dir: Path, cache_root: Path, res: Resources, train_fn: TrainFn
+) -> Any:
+    """The trial function with what it needs bound (the planned configs as objects, with their
+    thread share) and the resources each trial asks for."""
+    from ray import tune
+
+    trainable = tune.with_parameters(
+        run_trial,
+        train_fn=train_fn,
+        study_dir=str(study_dir),
+        plan_configs={t.id: with_threads(t.config, res) for t in plan.trials},
+        base=with_threads(plan.base, res),
+        cache_root=str(cache_root.resolve()),
+    )
+    return tune.with_resources(trainable, {"cpu": res.cpus, "gpu": res.gpus})
+
+
+def _run_config(
+    study_dir: Path, experiment: str, retries: int, total: int, trial_ids: list[str] | None
+) -> Any:
+    """Where Tune keeps the experiment, how often it retries a crash, which checkpoints it
+    keeps, and the driver's callback."""
+    from ray import tune
+
+    from study.running.progress import StudyCallback
+
+    return tune.RunConfig(
+        name=experiment,
+        storage_path=str(study_dir),
+        failure_config=tune.FailureConfig(max_failures=retries),
+        # last.pt per evaluation; keep 2 so one is always complete while the next copies
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # the trial's working folder holds the training function's own last.pt/best.pt:
+        # Tune's checkpoints already keep last.pt, do not copy that folder to storage too
+        sync_config=tune.SyncConfig(sync_artifacts=False, sync_artifacts_on_checkpoint=False),
+        callbacks=[StudyCallback(str(study_dir), total, trial_ids)],
+        verbose=0,
+    )
 
 
 def _param_space(plan: Plan, runnable: list[Any]) -> dict[str, Any]:

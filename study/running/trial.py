@@ -13,7 +13,7 @@ sees, as for Ray's own local ``storage_path``):
   ``history.jsonl`` but that has no checkpoint of it (interrupted while Tune held its final
   report) writes ``done.json`` from that record instead of training again;
 * ``failed.json`` — a deterministic failure (non-finite loss, config or data error: see
-  :func:`model.errors.deterministic_errors`): the reason, with the checkpoints it names copied
+  :func:`model.error_bases.deterministic_errors`): the reason, with the checkpoints it names copied
   here. The trainable returns instead of raising, so Tune does not retry what would fail the
   same way;
 * ``trial.log`` — the data line, and every traceback (this trial's, and Ray's for a crash);
@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import TrialConfig, config_from_dict, config_keys
-from model.errors import deterministic_errors
+from model.error_bases import deterministic_errors
 from study.files import append_jsonl, atomic_write_json
 from study.layout import (
     ATTEMPTS,
@@ -114,7 +114,7 @@ def run_trial(
 ) -> None:
     """Tune function trainable (bind the keyword arguments with ``tune.with_parameters``).
 
-    A deterministic failure (:func:`model.errors.deterministic_errors`) ends the trial without
+    A deterministic failure (:func:`model.error_bases.deterministic_errors`) ends the trial without
     raising, so that Tune does not retry it: ``failed.json`` holds the reason, ``trial.log`` the
     traceback.
     """
@@ -134,7 +134,7 @@ def run_trial(
     scratch = scratch_dir(study_dir, tid)
     try:
         _attempt(config, tid, fallback, out, scratch, train_fn, plan_configs, base, cache_root)
-    except deterministic_errors() as e:  # model/errors.py
+    except deterministic_errors() as e:  # model/error_bases.py
         record_failure(out, scratch, e)
 
 
@@ -163,16 +163,14 @@ def _attempt(
     out: Path,
     scratch: Path,
     train_fn: TrainFn,
-    plan_configs: dict[str, dict[str, Any]],
-    base: dict[str, Any],
+    plan_configs: dict[str, TrialConfig],
+    base: TrialConfig,
     cache_root: str,
 ) -> None:
     """One start of the training function (a first run, a retry after a crash, a resume)."""
     from ray import tune
 
-    from model.trainer import load_trial_data, preloaded_data
     from study.artifacts.jobs import resolve_for_trial  # (a sampled search's artifacts: per trial)
-    from study.outputs.datacheck import ReportWriter, data_counts
 
     _, cfg = trial_config(config, plan_configs, base, fallback)
     cfg = resolve_for_trial(cfg, cache_root)
@@ -183,22 +181,8 @@ def _attempt(
         "config": cfg.to_dict(),
     }
     atomic_write_json(out / TRIAL, info)
-    done = out / DONE
     work = scratch / "work"  # what the training function writes
-    ckpt = tune.get_checkpoint()
-    if ckpt is None and not (out / ATTEMPTS).is_file():
-        # this study's first attempt: anything there is left from a deleted study of that path
-        shutil.rmtree(scratch, ignore_errors=True)
-    # else, without a Tune checkpoint, a scratch last.pt is this trial's own, newer than what
-    # Tune registered before an interruption: the training function resumes from it
-    work.mkdir(parents=True, exist_ok=True)
-    restored = None
-    if ckpt is not None:  # a retry or a resume: continue from Tune's latest checkpoint
-        with ckpt.as_directory() as d:
-            for f in Path(d).iterdir():
-                if f.is_file():
-                    shutil.copy2(f, work / f.name)
-        restored = ckpt.path
+    restored = _restore_work(out, scratch, work)
     previous = _read_last(out / HISTORY)
     finished = isinstance(previous.get("epoch"), int) and previous["epoch"] >= cfg.epochs
     if finished and restored is None and not any(work.iterdir()):
@@ -206,13 +190,47 @@ def _attempt(
         # Tune held the final report): finish from the record instead of training again
         append_jsonl(out / ATTEMPTS, {"time": time.time(), "finished_from_history": True})
         tune.report(previous)
-        atomic_write_json(done, {"id": tid, "final": previous, "summary": {}})
+        atomic_write_json(out / DONE, {"id": tid, "final": previous, "summary": {}})
         shutil.rmtree(scratch, ignore_errors=True)
         return
     attempt: dict[str, Any] = {"time": time.time(), "restored_from": restored}
     if finished:
         attempt["finished_before"] = True  # resumes a finished run: not a restart
     append_jsonl(out / ATTEMPTS, attempt)
+    _train(cfg, tid, info, out, scratch, train_fn)
+
+
+def _restore_work(out: Path, scratch: Path, work: Path) -> str | None:
+    """Tune's latest checkpoint of this trial copied into ``work`` (a retry or a resume
+    continues from it); returns its path, or None for a first start."""
+    from ray import tune
+
+    ckpt = tune.get_checkpoint()
+    if ckpt is None and not (out / ATTEMPTS).is_file():
+        # this study's first attempt: anything there is left from a deleted study of that path
+        shutil.rmtree(scratch, ignore_errors=True)
+    # else, without a Tune checkpoint, a scratch last.pt is this trial's own, newer than what
+    # Tune registered before an interruption: the training function resumes from it
+    work.mkdir(parents=True, exist_ok=True)
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        for f in Path(d).iterdir():
+            if f.is_file():
+                shutil.copy2(f, work / f.name)
+    return ckpt.path
+
+
+def _train(
+    cfg: TrialConfig, tid: str, info: dict[str, Any], out: Path, scratch: Path, train_fn: TrainFn
+) -> None:
+    """Check the data (its report into the trial folder), call the training function with a
+    ``report`` that records each evaluation and hands Tune the checkpoint, then ``done.json``."""
+    from ray import tune
+
+    from model.trainer import load_trial_data, preloaded_data
+    from study.outputs.datacheck import ReportWriter, data_counts
+
     writer = ReportWriter(out, lambda line: log_line(out, line))
     dataset = load_trial_data(cfg, on_report=writer)
     if writer.report is not None:  # (None only if someone preloaded the data: never here)
@@ -231,7 +249,7 @@ def _attempt(
         tune.report(flat, checkpoint=_stage(checkpoint_path, stage))
 
     with preloaded_data(cfg, dataset):
-        result = train_fn(cfg, report, str(work), resume=True, progress=False)
+        result = train_fn(cfg, report, str(scratch / "work"), resume=True, progress=False)
     summary = scalar_metrics(result or {})
     test_eval = (result or {}).get("test_eval")
     if isinstance(test_eval, str) and Path(test_eval).is_file():  # for the paired bootstrap
@@ -239,10 +257,9 @@ def _attempt(
     final = dict(last)
     if not final:  # nothing reported by this attempt (it resumed a finished run): the last
         # evaluation an earlier attempt reported, completed by the returned summary
-        history = _read_last(out / HISTORY)
-        final = {**summary, **history}
+        final = {**summary, **_read_last(out / HISTORY)}
         tune.report(final)
-    atomic_write_json(done, {"id": tid, "final": final, "summary": summary})
+    atomic_write_json(out / DONE, {"id": tid, "final": final, "summary": summary})
     shutil.rmtree(scratch, ignore_errors=True)  # Tune keeps the checkpoints
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,118 +201,16 @@ def load_space(name_or_path: str | Path) -> Space:
 
 
 def parse_space(text: str, source: str, name: str, path: Path | None = None) -> Space:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise SpaceError(f"{source}: not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise SpaceError(f"{source}: a search space must be a mapping of the keys {TOP_KEYS}")
-    for key in raw:
-        if key not in TOP_KEYS:
-            raise SpaceError(
-                f"{source}: unknown key '{key}'; a search space has {', '.join(TOP_KEYS)}"
-            )
-
-    def err(key: str, rule: str) -> SpaceError:
-        return SpaceError(f"{source}: key '{key}' {rule}")
-
-    def mapping(key: str) -> dict[str, Any]:
-        value = raw.get(key) or {}
-        if not isinstance(value, dict):
-            raise err(key, f"must be a mapping, got {type(value).__name__}")
-        return value
-
-    metric = raw.get("metric", "mAP")
-    if metric not in COCO_METRICS:
-        raise err("metric", f"must be one of {', '.join(COCO_METRICS)}, got {metric!r}")
-    mode = raw.get("mode", "max")
-    if mode not in ("max", "min"):
-        raise err("mode", f"must be 'max' or 'min', got {mode!r}")
-    description = raw.get("description", "") or ""
-    if not isinstance(description, str):
-        raise err("description", "must be text")
-
-    fixed = mapping("fixed")
+    """The :class:`Space` of a YAML text; every value checked, errors name ``source`` and the
+    key."""
+    raw = _read_yaml(text, source)
+    keys = _Keys(raw, source)
+    metric, mode, description = _parse_head(keys)
+    fixed = keys.mapping("fixed")
     base = config_from_dict(fixed, source=f"{source}: fixed")
-    grid = _parse_grid(mapping("grid"), source, base)
-    sample = _parse_sample(mapping("sample"), source, base)
-    if grid and sample:
-        raise SpaceError(
-            f"{source}: keys 'grid' and 'sample' cannot be combined (Optuna cannot enumerate a "
-            f"grid); make {', '.join(grid)} a `choice` sample axis or run one study per value"
-        )
-    for key in set(fixed) & (set(grid) | set(sample)):
-        raise err(f"fixed.{key}", "is also a search axis; keep it in one place")
-
-    num_samples = _positive_int(raw.get("num_samples", 1), "num_samples", source)
-    if num_samples > 1 and not sample:
-        raise err(
-            "num_samples",
-            "only applies to sampled axes; repeat grid points with `--seeds N` instead",
-        )
-    quick = dict(mapping("quick"))
-    quick_resources = (
-        _parse_resources(quick.pop("resources"), "quick.resources", source)
-        if "resources" in quick
-        else None
-    )
-    quick_num_samples = (
-        _positive_int(quick.pop("num_samples"), "quick.num_samples", source)
-        if "num_samples" in quick
-        else None
-    )
-    quick_seeds = _quick_seeds(quick.pop("seeds", None), source)
-    quick_budget = _quick_budget(quick.pop("budget", None), quick_seeds, source)
-    quick_grid_raw = _sub_mapping(quick.pop("grid", None), "quick.grid", source)
-    quick_baseline = _sub_mapping(quick.pop("baseline", None), "quick.baseline", source)
-    quick_cuda = _sub_mapping(quick.pop("cuda", None), "quick.cuda", source)
-    quick_cuda_resources = (
-        _parse_resources(quick_cuda.pop("resources"), "quick.cuda.resources", source)
-        if "resources" in quick_cuda
-        else None
-    )
-    quick_base = config_from_dict(quick, source=f"{source}: quick", base=base)
-    quick_cuda_base = config_from_dict(quick_cuda, source=f"{source}: quick.cuda", base=quick_base)
-    for key in quick_grid_raw:
-        if key not in grid:
-            raise err(f"quick.grid.{key}", f"is not a grid axis ({', '.join(grid) or 'none'})")
-    quick_grid = _parse_grid(quick_grid_raw, f"{source}: quick", quick_base)
-    _check_combinations(grid, sample, base, source)
-    for where, b in ((f"{source}: quick", quick_base), (f"{source}: quick.cuda", quick_cuda_base)):
-        _check_combinations(grid | quick_grid, sample, b, where)
-
-    baseline = mapping("baseline")
-    if baseline and not grid:
-        raise err("baseline", "needs grid axes (it names one grid point)")
-    for key, value in baseline.items():
-        if key not in grid:
-            raise err(f"baseline.{key}", f"is not a grid axis ({', '.join(grid)})")
-        if value not in grid[key]:
-            raise err(
-                f"baseline.{key}", f"must be one of the grid values {grid[key]}, got {value!r}"
-            )
-    if grid and baseline and set(baseline) != set(grid):
-        missing = ", ".join(k for k in grid if k not in baseline)
-        raise err("baseline", f"must give every grid axis; missing {missing}")
-
-    if quick_baseline and not baseline:
-        raise err("quick.baseline", "needs a baseline to stand in for")
-    for key, values in quick_grid.items():
-        if key in baseline and key not in quick_baseline and baseline[key] not in values:
-            raise err(
-                f"quick.baseline.{key}", f"is needed: the baseline's {baseline[key]!r} is not "
-                f"in the quick grid {values}"
-            )
-    for key, value in quick_baseline.items():
-        values = (grid | quick_grid).get(key)
-        if values is None:
-            raise err(f"quick.baseline.{key}", f"is not a grid axis ({', '.join(grid)})")
-        if value not in values:
-            raise err(
-                f"quick.baseline.{key}", f"must be one of the quick grid values {values}, "
-                f"got {value!r}"
-            )
-
+    grid, sample, num_samples = _parse_axes(keys, fixed, base)
+    quick = _parse_quick(keys, grid, sample, base)
+    baseline = _parse_baselines(keys, grid, quick)
     return Space(
         name=name,
         path=path or Path(source),
@@ -326,17 +225,162 @@ def parse_space(text: str, source: str, name: str, path: Path | None = None) -> 
         resources=_parse_resources(raw.get("resources") or {}, "resources", source),
         max_failures=nonneg_int(raw.get("max_failures", 2), "max_failures", source),
         baseline=baseline,
-        quick=quick,
-        quick_resources=quick_resources,
-        quick_num_samples=quick_num_samples,
-        quick_grid=quick_grid,
-        quick_baseline=dict(quick_baseline),
-        quick_seeds=quick_seeds,
-        quick_budget=quick_budget,
-        quick_cuda=quick_cuda,
-        quick_cuda_resources=quick_cuda_resources,
+        **quick,
         text=text,
     )
+
+
+def _read_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpaceError(f"{source}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{source}: a search space must be a mapping of the keys {TOP_KEYS}")
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise SpaceError(
+                f"{source}: unknown key '{key}'; a search space has {', '.join(TOP_KEYS)}"
+            )
+    return raw
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """The space's top-level mapping and the errors that name its file and a key."""
+
+    raw: dict[str, Any]
+    source: str
+
+    def err(self, key: str, rule: str) -> SpaceError:
+        return SpaceError(f"{self.source}: key '{key}' {rule}")
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        value = self.raw.get(key) or {}
+        if not isinstance(value, dict):
+            raise self.err(key, f"must be a mapping, got {type(value).__name__}")
+        return value
+
+
+def _parse_head(keys: _Keys) -> tuple[str, str, str]:
+    """(metric, mode, description)."""
+    metric = keys.raw.get("metric", "mAP")
+    if metric not in COCO_METRICS:
+        raise keys.err("metric", f"must be one of {', '.join(COCO_METRICS)}, got {metric!r}")
+    mode = keys.raw.get("mode", "max")
+    if mode not in ("max", "min"):
+        raise keys.err("mode", f"must be 'max' or 'min', got {mode!r}")
+    description = keys.raw.get("description", "") or ""
+    if not isinstance(description, str):
+        raise keys.err("description", "must be text")
+    return metric, mode, description
+
+
+def _parse_axes(
+    keys: _Keys, fixed: dict[str, Any], base: TrialConfig
+) -> tuple[dict[str, list[Any]], dict[str, Dist], int]:
+    """(grid, sample, num_samples): one kind of axis, none also fixed."""
+    source = keys.source
+    grid = _parse_grid(keys.mapping("grid"), source, base)
+    sample = _parse_sample(keys.mapping("sample"), source, base)
+    if grid and sample:
+        raise SpaceError(
+            f"{source}: keys 'grid' and 'sample' cannot be combined (Optuna cannot enumerate a "
+            f"grid); make {', '.join(grid)} a `choice` sample axis or run one study per value"
+        )
+    for key in set(fixed) & (set(grid) | set(sample)):
+        raise keys.err(f"fixed.{key}", "is also a search axis; keep it in one place")
+    num_samples = _positive_int(keys.raw.get("num_samples", 1), "num_samples", source)
+    if num_samples > 1 and not sample:
+        raise keys.err(
+            "num_samples",
+            "only applies to sampled axes; repeat grid points with `--seeds N` instead",
+        )
+    return grid, sample, num_samples
+
+
+def _parse_quick(
+    keys: _Keys, grid: dict[str, list[Any]], sample: dict[str, Dist], base: TrialConfig
+) -> dict[str, Any]:
+    """The quick profile's fields of :class:`Space` (``quick``, ``quick_grid`` …): its config
+    overrides, checked on top of ``fixed`` (and those of ``quick.cuda`` on top of them)."""
+    source = keys.source
+    quick = dict(keys.mapping("quick"))
+    resources = _optional(quick, "resources", lambda v: _parse_resources(
+        v, "quick.resources", source))
+    num_samples = _optional(quick, "num_samples", lambda v: _positive_int(
+        v, "quick.num_samples", source))
+    seeds = _quick_seeds(quick.pop("seeds", None), source)
+    budget = _quick_budget(quick.pop("budget", None), seeds, source)
+    grid_raw = _sub_mapping(quick.pop("grid", None), "quick.grid", source)
+    baseline = _sub_mapping(quick.pop("baseline", None), "quick.baseline", source)
+    cuda = _sub_mapping(quick.pop("cuda", None), "quick.cuda", source)
+    cuda_resources = _optional(cuda, "resources", lambda v: _parse_resources(
+        v, "quick.cuda.resources", source))
+    quick_base = config_from_dict(quick, source=f"{source}: quick", base=base)
+    cuda_base = config_from_dict(cuda, source=f"{source}: quick.cuda", base=quick_base)
+    for key in grid_raw:
+        if key not in grid:
+            raise keys.err(f"quick.grid.{key}", f"is not a grid axis ({', '.join(grid) or 'none'})")
+    quick_grid = _parse_grid(grid_raw, f"{source}: quick", quick_base)
+    _check_combinations(grid, sample, base, source)
+    for where, b in ((f"{source}: quick", quick_base), (f"{source}: quick.cuda", cuda_base)):
+        _check_combinations(grid | quick_grid, sample, b, where)
+    return {
+        "quick": quick,
+        "quick_resources": resources,
+        "quick_num_samples": num_samples,
+        "quick_grid": quick_grid,
+        "quick_baseline": dict(baseline),
+        "quick_seeds": seeds,
+        "quick_budget": budget,
+        "quick_cuda": cuda,
+        "quick_cuda_resources": cuda_resources,
+    }
+
+
+def _optional(values: dict[str, Any], key: str, parse: Callable[[Any], Any]) -> Any:
+    """``parse(values.pop(key))``, or None when the key is absent."""
+    return parse(values.pop(key)) if key in values else None
+
+
+def _parse_baselines(
+    keys: _Keys, grid: dict[str, list[Any]], quick: dict[str, Any]
+) -> dict[str, Any]:
+    """The baseline (one grid point, every axis given) and its quick stand-in, checked against
+    the grid and the quick grid; returns the baseline."""
+    baseline = keys.mapping("baseline")
+    if baseline and not grid:
+        raise keys.err("baseline", "needs grid axes (it names one grid point)")
+    for key, value in baseline.items():
+        if key not in grid:
+            raise keys.err(f"baseline.{key}", f"is not a grid axis ({', '.join(grid)})")
+        if value not in grid[key]:
+            raise keys.err(
+                f"baseline.{key}", f"must be one of the grid values {grid[key]}, got {value!r}"
+            )
+    if grid and baseline and set(baseline) != set(grid):
+        missing = ", ".join(k for k in grid if k not in baseline)
+        raise keys.err("baseline", f"must give every grid axis; missing {missing}")
+    quick_grid, quick_baseline = quick["quick_grid"], quick["quick_baseline"]
+    if quick_baseline and not baseline:
+        raise keys.err("quick.baseline", "needs a baseline to stand in for")
+    for key, values in quick_grid.items():
+        if key in baseline and key not in quick_baseline and baseline[key] not in values:
+            raise keys.err(
+                f"quick.baseline.{key}", f"is needed: the baseline's {baseline[key]!r} is not "
+                f"in the quick grid {values}"
+            )
+    for key, value in quick_baseline.items():
+        values = (grid | quick_grid).get(key)
+        if values is None:
+            raise keys.err(f"quick.baseline.{key}", f"is not a grid axis ({', '.join(grid)})")
+        if value not in values:
+            raise keys.err(
+                f"quick.baseline.{key}", f"must be one of the quick grid values {values}, "
+                f"got {value!r}"
+            )
+    return baseline
 
 
 def _parse_grid(grid: dict[str, Any], source: str, base: TrialConfig) -> dict[str, list[Any]]:

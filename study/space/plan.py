@@ -247,12 +247,41 @@ def build_plan(
     """Expand ``space`` into trials. ``data`` None = quick profile on the embedded dataset (its
     CUDA variant with ``cuda``; every grid value of the space too with ``full``). ``seeds`` None
     = the quick profile's ``seeds`` (else 1); ``"auto"`` = seeds where they decide something
-    (study/space/racing.py) within ``budget`` (trials, or a wall time such as "25m")."""
+    (study/space/racing.py) within ``budget`` (trials, or a wall time such as "25m").
+
+    Every trial's config is built and validated here, once (``config_from_dict`` over the base
+    of fixed + quick + --data + --set); the trial receives the object as it is."""
     overrides = dict(overrides or {})
     quick = data is None
     if full and not quick:
         raise ConfigError("--full widens the quick profile's grid; with --data every grid "
                           "point runs already")
+    seeds, race = _seeds(space, quick, seeds, budget, overrides)
+    grid = space.grid_for(quick, full)
+    pinned = {k: v for k, v in overrides.items() if k in grid or k in space.sample}
+    values = _base_values(space, quick, cuda, data, overrides)
+    notes = [f"axis {k} pinned to {v!r} by --set" for k, v in pinned.items()]
+    if quick:
+        notes += _quick_notes(space, grid, pinned, full)
+    base = config_from_dict(_absolute(values), source="the study's settings (fixed/quick/--set)")
+    plan = Plan(space, quick, base, overrides, seeds, pinned=pinned, notes=notes, full=full,
+                cuda=quick and cuda, race=race)
+    if plan.stand_in_for:
+        ours = ", ".join(f"{k}={v}" for k, v in plan.baseline.items())
+        theirs = ", ".join(f"{k}={v}" for k, v in plan.stand_in_for.items())
+        coco = plan.stand_in_for.get("pretrain") == "coco"
+        why = " (COCO weights are a download)" if coco else " (outside the quick grid)"
+        notes.append(f"baseline: {ours}, a stand-in for the study's {theirs}{why}")
+    if not space.sampled:  # (a sampled study's trials are proposed by Optuna as it runs)
+        plan.trials = _grid_trials(plan, {k: v for k, v in grid.items() if k not in pinned})
+    return plan
+
+
+def _seeds(
+    space: Space, quick: bool, seeds: int | str | None, budget: str | int | None,
+    overrides: dict[str, Any],
+) -> tuple[int, Race | None]:
+    """(seeds of the first round, the --seeds auto settings or None), checked."""
     if seeds is None:
         seeds = (space.quick_seeds if quick else None) or 1
     if quick and budget is None and seeds == "auto":
@@ -267,8 +296,14 @@ def build_plan(
         raise ConfigError("--seeds N runs seeds 0..N-1; drop --set seed=… or use --seeds 1")
     if seeds > 1 and "seed" in space.grid:
         raise ConfigError(f"{space.path}: 'seed' is a grid axis already; drop --seeds")
+    return seeds, race
+
+
+def _base_values(
+    space: Space, quick: bool, cuda: bool, data: str | None, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """fixed, then the quick profile (and its CUDA block) or --data, then --set."""
     values: dict[str, Any] = dict(space.fixed)
-    notes: list[str] = []
     if quick:
         values.update(space.quick)
         if cuda:
@@ -277,45 +312,42 @@ def build_plan(
         values["data"] = ""
     else:
         values["data"] = data
-    grid = space.grid_for(quick, full)
-    pinned = {k: v for k, v in overrides.items() if k in grid or k in space.sample}
     values.update(overrides)
-    for k, v in pinned.items():
-        notes.append(f"axis {k} pinned to {v!r} by --set")
-    if quick:
-        for k, v in space.quick_grid.items():
-            if k in pinned or grid[k] == space.grid[k]:
-                continue
-            what = f"pinned to {v[0]}" if len(v) == 1 else f"narrowed to {', '.join(map(str, v))}"
-            if full:
-                notes.append(f"--full: axis {k} runs {', '.join(map(str, grid[k]))}")
-            else:
-                notes.append(
-                    f"quick profile: axis {k} {what} (the study's grid has "
-                    f"{', '.join(map(str, space.grid[k]))}; --full runs them all)"
-                )
-    base = config_from_dict(_absolute(values), source="the study's settings (fixed/quick/--set)")
-    plan = Plan(space, quick, base, overrides, seeds, pinned=pinned, notes=notes, full=full,
-                cuda=quick and cuda, race=race)
-    if plan.stand_in_for:
-        ours = ", ".join(f"{k}={v}" for k, v in plan.baseline.items())
-        theirs = ", ".join(f"{k}={v}" for k, v in plan.stand_in_for.items())
-        coco = plan.stand_in_for.get("pretrain") == "coco"
-        why = " (COCO weights are a download)" if coco else " (outside the quick grid)"
-        notes.append(f"baseline: {ours}, a stand-in for the study's {theirs}{why}")
-    if space.sampled:
-        return plan  # Optuna proposes the trials while the study runs
-    axes = {k: v for k, v in grid.items() if k not in pinned}
+    return values
+
+
+def _quick_notes(
+    space: Space, grid: dict[str, list[Any]], pinned: dict[str, Any], full: bool
+) -> list[str]:
+    """What the quick profile does to the grid's axes, said plainly."""
+    notes = []
+    for k, v in space.quick_grid.items():
+        if k in pinned or grid[k] == space.grid[k]:
+            continue
+        what = f"pinned to {v[0]}" if len(v) == 1 else f"narrowed to {', '.join(map(str, v))}"
+        if full:
+            notes.append(f"--full: axis {k} runs {', '.join(map(str, grid[k]))}")
+        else:
+            notes.append(
+                f"quick profile: axis {k} {what} (the study's grid has "
+                f"{', '.join(map(str, space.grid[k]))}; --full runs them all)"
+            )
+    return notes
+
+
+def _grid_trials(plan: Plan, axes: dict[str, list[Any]]) -> list[PlannedTrial]:
+    """Every combination of the axes' values, each seed of the first round."""
+    trials: list[PlannedTrial] = []
     seen: set[str] = set()
     for combo in itertools.product(*axes.values()):
-        for s in range(seeds):
+        for s in range(plan.seeds):
             point = dict(zip(axes, combo, strict=True))
             t = plan.planned_trial(point, s if plan.seeded else None)
             if t.id in seen:  # two values that print alike (0.1 and 0.10 cannot; "a b" / "a_b")
-                t.id = f"{t.id}-{len(plan.trials)}"
+                t.id = f"{t.id}-{len(trials)}"
             seen.add(t.id)
-            plan.trials.append(t)
-    return plan
+            trials.append(t)
+    return trials
 
 
 def _race(space: Space, seeds: int | str, budget: str | int | None) -> Race | None:

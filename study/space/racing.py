@@ -183,7 +183,7 @@ def next_round(
         comparisons,
         group_points,
     )
-    from study.outputs.stats import compare, holm, seeds_to_separate
+    from study.outputs.stats import compare, holm
 
     key = f"val_{metric}"
     points = group_points(rows, axes)
@@ -194,77 +194,113 @@ def next_round(
     diffs = [compare(c.arm.by_seed(key), c.ref.by_seed(key)) for c in comps]
     adjusted = holm([d.p for d in diffs])
     decided = sum(1 for p in adjusted if p is not None and p < alpha)
-    level = alpha / max(len(comps) - decided, 1)
-    have = {p.values: set(p.by_seed(key)) for p in points}
-    # seeds already planned (still running, or failed): never planned again
-    for r in rows:
-        arm = tuple(r.get(a) for a in axes)
-        if arm in have and r.get("seed") is not None:
-            have[arm].add(int(r["seed"]))
+    step = _Step(key, _seeds_taken(rows, axes, points, key), affordable, max_seeds,
+                 alpha / max(len(comps) - decided, 1))  # Holm's level for the undecided
     out = Round(affordable=affordable)
     candidates: list[tuple[int, float, int, Status, Comparison]] = []
     for i, (c, d, p) in enumerate(zip(comps, diffs, adjusted, strict=True)):
-        n = d.n
-        st = Status(c.name, c.at, n, d.diff, p, "waiting", "")
+        st = Status(c.name, c.at, d.n, d.diff, p, "waiting", "")
         out.statuses.append(st)
         if p is not None and p < alpha:
             st.state, st.why = "decided", f"Holm-adjusted p {p:.3f} < {alpha:g}"
             continue
-        shared = len(set(c.arm.by_seed(key)) & set(c.ref.by_seed(key)))
+        cost = step.target(c, d, st)
+        if cost is not None:
+            candidates.append((cost, p if p is not None else 1.0, i, st, c))
+    out.add = step.fund(candidates)
+    return out
+
+
+def _seeds_taken(
+    rows: Sequence[dict[str, Any]], axes: Sequence[str], points: Sequence[Any], key: str
+) -> dict[tuple[Any, ...], set[int]]:
+    """arm -> the seeds it has: finished, and planned (still running, or failed), which are
+    never planned again."""
+    have = {p.values: set(p.by_seed(key)) for p in points}
+    for r in rows:
+        arm = tuple(r.get(a) for a in axes)
+        if arm in have and r.get("seed") is not None:
+            have[arm].add(int(r["seed"]))
+    return have
+
+
+@dataclass
+class _Step:
+    """One round's arithmetic: the seeds each undecided comparison should reach, and which of
+    them the budget funds."""
+
+    key: str
+    have: dict[tuple[Any, ...], set[int]]
+    affordable: int
+    max_seeds: int
+    level: float
+
+    def target(self, c: Comparison, d: Any, st: Status) -> int | None:
+        """Set ``st.target`` (the seeds both arms should have) and return what reaching it
+        costs in trials; None when it cannot be separated within the budget (``st`` says why)."""
+        from study.outputs.stats import seeds_to_separate
+
+        n = d.n
+        shared = len(set(c.arm.by_seed(self.key)) & set(c.ref.by_seed(self.key)))
         if shared < 2:  # (a trial of the first round failed) pair them up first
-            target = 2
-            st.why = "fewer than two shared seeds"
+            target, st.why = 2, "fewer than two shared seeds"
         else:
-            s = _diff_std(c, key)
-            reach = min(max_seeds, n + affordable // 2)
-            need = seeds_to_separate(d.diff, s, n, level, max_seeds) if s is not None else None
+            s = _diff_std(c, self.key)
+            reach = min(self.max_seeds, n + self.affordable // 2)
+            need = (seeds_to_separate(d.diff, s, n, self.level, self.max_seeds)
+                    if s is not None else None)
             if need is None or need > reach:
                 st.state = "not separable at this budget"
-                if s is None:
-                    st.why = "no spread estimate"
-                elif d.diff == 0:
-                    st.why = "no difference seen"
-                elif need is None:
-                    st.why = (
-                        f"would need more than {max_seeds} seeds per arm at this spread "
-                        f"(difference {d.diff:+.4f}, per-seed sd {s:.4f})"
-                    )
-                else:
-                    st.why = (
-                        f"about {need} seeds per arm would separate it; the budget pays for "
-                        f"{affordable} more trial(s)"
-                    )
-                continue
+                st.why = self._why_not(d.diff, s, need)
+                return None
             target = min(need, max(2 * n, n + 1))
             st.why = f"about {need} seeds per arm would separate it"
-        cost = sum(_missing(have[x], target) for x in (c.arm.values, c.ref.values))
-        candidates.append((cost, p if p is not None else 1.0, i, st, c))
         st.target = target
-    spent = 0
-    planned: dict[tuple[Any, ...], int] = {}  # arm -> seeds it will have
-    for _cost, _p, _i, st, c in sorted(candidates, key=lambda x: (x[0], x[1], x[2])):
-        assert st.target is not None
-        extra = {
-            x: max(st.target, planned.get(x, len(have[x])))
-            for x in (c.arm.values, c.ref.values)
-        }
-        cost = sum(_missing(have[x], n) - _missing(have[x], planned.get(x, len(have[x])))
-                   for x, n in extra.items())
-        if spent + cost > affordable:
-            st.state = "not separable at this budget"
-            st.why = (st.why + "; " if st.why else "") + (
-                f"the budget pays for {affordable - spent} more trial(s), this needs {cost}"
+        return sum(_missing(self.have[x], target) for x in (c.arm.values, c.ref.values))
+
+    def _why_not(self, diff: float, s: float | None, need: int | None) -> str:
+        if s is None:
+            return "no spread estimate"
+        if diff == 0:
+            return "no difference seen"
+        if need is None:
+            return (
+                f"would need more than {self.max_seeds} seeds per arm at this spread "
+                f"(difference {diff:+.4f}, per-seed sd {s:.4f})"
             )
-            st.target = None
-            continue
-        spent += cost
-        planned.update(extra)
-        st.state = "adding seeds"
-    for arm, n in planned.items():
-        new = _new_seeds(have[arm], n)
-        if new:
-            out.add[arm] = new
-    return out
+        return (
+            f"about {need} seeds per arm would separate it; the budget pays for "
+            f"{self.affordable} more trial(s)"
+        )
+
+    def fund(
+        self, candidates: list[tuple[int, float, int, Status, Comparison]]
+    ) -> dict[tuple[Any, ...], list[int]]:
+        """Cheapest first (then the smallest p): fund comparisons while the budget allows, an
+        arm shared by two comparisons paid once; returns arm -> the new seeds."""
+        have, spent = self.have, 0
+        planned: dict[tuple[Any, ...], int] = {}  # arm -> seeds it will have
+        for _cost, _p, _i, st, c in sorted(candidates, key=lambda x: (x[0], x[1], x[2])):
+            assert st.target is not None
+            extra = {
+                x: max(st.target, planned.get(x, len(have[x])))
+                for x in (c.arm.values, c.ref.values)
+            }
+            cost = sum(_missing(have[x], n) - _missing(have[x], planned.get(x, len(have[x])))
+                       for x, n in extra.items())
+            if spent + cost > self.affordable:
+                st.state = "not separable at this budget"
+                st.why = (st.why + "; " if st.why else "") + (
+                    f"the budget pays for {self.affordable - spent} more trial(s), this needs "
+                    f"{cost}"
+                )
+                st.target = None
+                continue
+            spent += cost
+            planned.update(extra)
+            st.state = "adding seeds"
+        new = {arm: _new_seeds(have[arm], n) for arm, n in planned.items()}
+        return {arm: seeds for arm, seeds in new.items() if seeds}
 
 
 def _diff_std(c: Comparison, key: str) -> float | None:
