@@ -56,6 +56,7 @@ DONE = "done.json"  # the training function returned
 FAILED = "failed.json"  # a deterministic failure: the reason (never retried)
 LOG = "trial.log"  # tracebacks and the data line of the trial
 CRASHES = "crashes.jsonl"  # every crash Tune saw (written by the driver's callback)
+CRASH_LOG = "crashes.log"  # Ray's traceback of each crash (the driver's; the trial's: trial.log)
 TEST_EVAL = "test_eval.npz"  # the test split's per-image evaluation (model/bootstrap.py)
 DATA_REPORT_TXT = "data_report.txt"  # also in the study folder and a single run's folder
 DATA_REPORT_JSON = "data_report.json"

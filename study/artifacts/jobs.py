@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -25,6 +26,7 @@ from model.config import PRETRAIN_METHODS, TrialConfig, config_from_dict, config
 from study.artifacts.cache import ArtifactCache
 from study.files import atomic_write_json
 from study.layout import PLAN, PRETRAINING, RACE, StudyError
+from study.running.storage import Storage
 from study.space.definition import Resources
 from study.space.plan import Plan, PretrainJob, job_from_dict, load_plan, trial_from_dict
 from study.space.racing import read_rounds
@@ -139,6 +141,18 @@ def applied(plan: Plan, outcomes: Outcomes) -> Plan:
     return dataclasses.replace(plan, trials=trials, pretrain_jobs=jobs)
 
 
+def _keep(path: Path, data: bytes, side: bytes) -> None:
+    """The artifact a task computed, in the driver's cache (atomically; sidecar first)."""
+    if path.is_file() and path.stat().st_size == len(data):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if side:
+        path.with_suffix(".json").write_bytes(side)
+    tmp = path.with_suffix(".pt.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def read_outcomes(study_dir: Path) -> Outcomes:
     path = Path(study_dir) / PRETRAINING
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -164,13 +178,22 @@ def resolve_for_trial(cfg: TrialConfig, cache_root: str | Path) -> TrialConfig:
     return cfg
 
 
-def _pretrain_task(cache_root: str, values: dict[str, Any], threads: int) -> tuple[str, float]:
+def _pretrain_task(
+    cache_root: str, values: dict[str, Any], threads: int
+) -> tuple[str, float, bytes, bytes]:
     """Ray task: compute (or find) one artifact in the cache on ``threads`` torch threads (the
     task's CPUs; the config's ``threads``, which pretraining runs on, is not part of the cache
-    key); returns (path, seconds)."""
+    key); returns (path, seconds, the artifact's bytes, its sidecar's bytes) — the task may run
+    on a node whose disk the driver cannot see, so the artifact travels back through Ray."""
     t0 = time.time()
     cfg = config_from_dict({**values, "threads": max(1, threads)}, source="pretraining job")
-    return str(ArtifactCache(cache_root).get_or_create(cfg, progress=False)), time.time() - t0
+    root = Path(cache_root)
+    if not root.is_dir():  # another node: the driver's folder is not there, a local one is
+        root = Path(tempfile.gettempdir()) / "yolox-flow-pretrain" / root.parent.name
+    path = ArtifactCache(root).get_or_create(cfg, progress=False)
+    side = path.with_suffix(".json")
+    return (str(Path(cache_root) / path.name), time.time() - t0, path.read_bytes(),
+            side.read_bytes() if side.is_file() else b"")
 
 
 LEARNED = {  # what a pretraining learned, as its artifact's metrics name it
@@ -190,7 +213,8 @@ def _learned(path: str) -> str:
 
 
 def run_jobs(
-    plan: Plan, study_dir: Path, cache_root: Path, res: Resources, log: Log
+    plan: Plan, study_dir: Path, cache_root: Path, res: Resources, log: Log,
+    storage: Storage | None = None,
 ) -> Outcomes:
     """Compute the missing artifacts as parallel Ray tasks, before any trial needs them.
 
@@ -218,7 +242,8 @@ def run_jobs(
             job = refs[ready[0]]
             name = f"{job.config.pretrain}/{job.config.size}/seed{job.config.seed}"
             try:
-                path, secs = ray.get(ready[0])
+                path, secs, data, side = ray.get(ready[0])
+                _keep(Path(path), data, side)  # (already there when it ran on this node)
                 outcomes[job.key] = {"path": path}
                 log(f"  artifact {name} ready in {secs:.0f}s{_learned(path)}: {path}")
             except ray.exceptions.RayTaskError as e:
@@ -226,6 +251,11 @@ def run_jobs(
                 outcomes[job.key] = {"skip": skip}
                 log(f"  artifact {name} FAILED, its trials are skipped: {skip}")
             atomic_write_json(study_dir / PRETRAINING, read_outcomes(study_dir) | outcomes)
+    if storage is not None:  # every artifact a trial loads, where every node can fetch it
+        for j in plan.pretrain_jobs:
+            path = outcomes.get(j.key, {}).get("path") or j.path
+            if path and Path(path).is_file():
+                storage.publish_artifact(Path(path))
     if plan.space.sampled:
         failed = [outcomes.get(j.key, {}).get("skip", j.skip) for j in plan.pretrain_jobs]
         if any(failed):

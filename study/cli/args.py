@@ -54,6 +54,14 @@ class StudyArgs:
         "authentication on, run with RAY_AUTH_MODE=token and the cluster's token in "
         "~/.ray/auth_token or RAY_AUTH_TOKEN",
     )
+    storage: str | None = flag(
+        None,
+        "where the trials' records, checkpoints and Tune's state live: s3://bucket/prefix, "
+        "gs://bucket/prefix or a path every node mounts (default: the study folder, for one "
+        "machine); a cluster without a shared filesystem needs it, and --resume --storage URI "
+        "--out DIR continues from it alone",
+        metavar="URI",
+    )
     gpus_per_trial: float | None = flag(
         None, "GPUs per trial; fractions share a GPU (e.g. 0.25)"
     )

@@ -16,6 +16,7 @@ from model.data.raw import plural
 from study.files import atomic_write_text, format_duration
 from study.layout import (
     BEST_CONFIG,
+    CRASH_LOG,
     CRASHES,
     DATA_REPORT_JSON,
     DATA_REPORT_TXT,
@@ -118,7 +119,8 @@ def crash_section(rows: list[dict[str, Any]], study_dir: Path) -> list[str]:
         if restarts > crashes:
             events.append(f"{restarts - crashes} restart(s) after the study was interrupted")
         if events:
-            log = f"[log]({TRIALS}/{r['id']}/{LOG})"
+            logs = [name for name in (CRASH_LOG, LOG) if (tdir / name).is_file()]
+            log = ", ".join(f"[{name}]({TRIALS}/{r['id']}/{name})" for name in logs) or "–"
             body.append([r["id"], str(r.get("attempts") or 0), "; ".join(events), log])
     if not body:
         return []

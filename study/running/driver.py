@@ -51,7 +51,8 @@ from study.files import atomic_write_text
 from study.layout import FINISHED, PLAN, SPACE, TUNE, StudyError, valid_metric
 from study.outputs import StudyOutcome, finish, report_axes
 from study.outputs.results import collect_rows
-from study.running import feed, pipeline, prepare, session, trust
+from study.running import feed, nodes, pipeline, prepare, session, trust
+from study.running.storage import Storage, storage_of
 from study.running.trial import TrainFn
 from study.space import racing
 from study.space.definition import load_space, nonneg_int
@@ -172,8 +173,15 @@ def run_study(
         nonneg_int(args.max_failures, "max_failures", "--max-failures")
     if args.resume:
         study_dir = study_dir_for(args, Path(args.space).stem)
+        if not (study_dir / PLAN).is_file() and args.storage is not None:
+            # a new machine, or the folder was lost: the study comes back from its storage
+            storage_of(study_dir, args.storage).pull_study()
+            log(f"study folder {study_dir} rebuilt from the storage {args.storage}")
         if not (study_dir / PLAN).is_file():
-            raise StudyError(f"--resume: {study_dir} has no plan.json; nothing to resume")
+            raise StudyError(
+                f"--resume: {study_dir} has no plan.json; nothing to resume (a study kept in "
+                "cloud storage resumes with --storage URI as well)"
+            )
         seeds = parse_seeds(args.seeds) if args.seeds is not None else None
         if (args.overrides or args.data or seeds not in (None, 1) or args.full
                 or args.budget is not None):
@@ -213,8 +221,10 @@ def run_study(
     data = prepare.check_data(plan, strict=args.strict, log=log)
     feed_trials(plan, data, args, log)
     ship_by_value(fn)
+    storage = storage_of(study_dir, args.storage)
     with trust.private_umask():
-        plan = _run(plan, study_dir, cache_root, fn, data, args, log, t0)
+        plan = _run(plan, study_dir, cache_root, fn, data, args, log, t0, storage)
+    storage.pull_study()  # (every trial's last records, before the outputs are written)
     return finish(plan, study_dir, time.time() - t0, log)
 
 
@@ -260,6 +270,7 @@ def _run(
     args: StudyArgs,
     log: Log,
     t0: float,
+    storage: Storage,
 ) -> Plan:
     """Ray up, the study folder, pretraining, the trials; Ray down and the folder's record
     cleaned whatever happens. Returns the plan with what the pretraining produced. ``t0``: when
@@ -270,17 +281,21 @@ def _run(
         if not args.resume:
             atomic_write_text(study_dir / SPACE, plan.space.text)
             trust.write_manifest(study_dir)
+        storage.save_uri()
         session.record(study_dir, pipeline.owns_ray())
         prepare.write_data_reports(study_dir, data, log)
         if not args.resume:
             plan.save(study_dir / PLAN)  # once: what the pretraining adds is pretraining.json
+        storage.push_driver_files()
+        nodes.check_nodes([s.split["data_arg"] for s in data], storage, log)
         res = pipeline.effective_resources(
             plan, args.cpus_per_trial, args.gpus_per_trial, cluster, log
         )
-        done = pretraining.run_jobs(plan, study_dir, cache_root, res, log)
+        done = pretraining.run_jobs(plan, study_dir, cache_root, res, log, storage)
         plan = pretraining.applied(plan, done)
+        storage.push_driver_files()
         session.record(study_dir, pipeline.owns_ray())  # Ray's agents are up by now
-        rounds = Rounds(plan, study_dir, cache_root, res, fn, args, log, cluster, t0)
+        rounds = Rounds(plan, study_dir, cache_root, res, fn, args, log, cluster, t0, storage)
         plan = rounds.run()
     finally:
         pipeline.stop_ray()
@@ -304,6 +319,7 @@ class Rounds:
     log: Log
     cluster: dict[str, float]
     t0: float = dataclasses.field(default_factory=time.time)  # when this driver began
+    storage: Storage | None = None
     round_s: list[float] = dataclasses.field(default_factory=list)  # wall time per trial wave
 
     def run(self) -> Plan:
@@ -359,6 +375,7 @@ class Rounds:
             log=self.log,
             trial_ids=ids if self.plan.race is not None or k else None,  # None: every one
             experiment=TUNE if k == 0 else f"{TUNE}-r{k}",
+            storage=self.storage,
         )
         waves = -(-len(ids) // self.slots)
         self.round_s.append((time.time() - start) / max(waves, 1))
@@ -405,6 +422,8 @@ class Rounds:
         }
         racing.write_round(self.study_dir, record)
         recorded.append(record)
+        if self.storage is not None:
+            self.storage.push_driver_files()
         states: dict[str, int] = {}
         for st in step.statuses:
             states[st.state] = states.get(st.state, 0) + 1
@@ -417,7 +436,9 @@ class Rounds:
             f"budget pays for {afford} more): {', '.join(t.id for t in new)}"
         )
         plan = pretraining.load_study_plan(self.study_dir)
-        done = pretraining.run_jobs(plan, self.study_dir, self.cache_root, self.res, self.log)
+        done = pretraining.run_jobs(
+            plan, self.study_dir, self.cache_root, self.res, self.log, self.storage
+        )
         self.plan = pretraining.applied(plan, done)
         return [t.id for t in new]
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from model.config import TrialConfig
 from study.layout import PLAN_ID, TUNE, StudyError, trial_dirname
+from study.running.storage import Storage
 from study.running.trial import TrainFn, run_trial
 from study.space.definition import Resources
 from study.space.plan import Plan
@@ -172,11 +173,13 @@ def run_trials(
     log: Log,
     trial_ids: list[str] | None = None,
     experiment: str = TUNE,
+    storage: Storage | None = None,
 ) -> None:
     """Run the trials with Ray Tune (or restore the interrupted run); returns when all ended.
 
     ``trial_ids``: only these planned trials (a round of ``--seeds auto``; default every
-    runnable one), as the Tune experiment ``<study>/<experiment>``."""
+    runnable one), as the Tune experiment ``<storage>/<experiment>`` (the study's storage:
+    study/running/storage.py; default the study folder)."""
     from ray import tune
 
     # Tune's legacy reporter is silent at verbose=0 (the new one still prints each trial
@@ -185,17 +188,18 @@ def run_trials(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     study_dir = study_dir.resolve()
-    trainable = _trainable(plan, study_dir, cache_root, res, train_fn)
-    tune_dir = study_dir / experiment
+    storage = storage or Storage.for_study(study_dir, None)
+    trainable = _trainable(plan, study_dir, cache_root, res, train_fn, storage)
+    tune_dir = f"{storage.tune_path}/{experiment}"
     runnable = [t for t in plan.runnable() if trial_ids is None or t.id in set(trial_ids)]
     total = len(runnable) if not plan.space.sampled else plan.num_samples * plan.seeds
-    if resume and tune.Tuner.can_restore(str(tune_dir)):
+    if resume and tune.Tuner.can_restore(tune_dir):
         log(
             f"restoring the Tune run in {tune_dir}: finished trials stay, the others continue "
             "from their last checkpoint"
         )
         tuner = tune.Tuner.restore(
-            str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
+            tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     else:
         if not total:
@@ -205,7 +209,7 @@ def run_trials(
             trainable,
             param_space=_param_space(plan, runnable),
             tune_config=_tune_config(plan, study_dir, max_concurrent, searcher_seed),
-            run_config=_run_config(study_dir, experiment, retries, total, trial_ids),
+            run_config=_run_config(study_dir, experiment, retries, total, trial_ids, storage),
         )
     slots = f"{res.cpus:g} CPU" + (f" + {res.gpus:g} GPU" if res.gpus else "")
     log(f"running {total} trials ({slots} each); progress below, Ctrl-C stops and keeps state")
@@ -215,7 +219,8 @@ def run_trials(
 
 
 def _trainable(
-    plan: Plan, study_dir: Path, cache_root: Path, res: Resources, train_fn: TrainFn
+    plan: Plan, study_dir: Path, cache_root: Path, res: Resources, train_fn: TrainFn,
+    storage: Storage,
 ) -> Any:
     """The trial function with what it needs bound (the planned configs as objects, with their
     thread share) and the resources each trial asks for."""
@@ -228,12 +233,14 @@ def _trainable(
         plan_configs={t.id: with_threads(t.config, res) for t in plan.trials},
         base=with_threads(plan.base, res),
         cache_root=str(cache_root.resolve()),
+        storage_uri=None if storage.local else storage.uri,
     )
     return tune.with_resources(trainable, {"cpu": res.cpus, "gpu": res.gpus})
 
 
 def _run_config(
-    study_dir: Path, experiment: str, retries: int, total: int, trial_ids: list[str] | None
+    study_dir: Path, experiment: str, retries: int, total: int, trial_ids: list[str] | None,
+    storage: Storage,
 ) -> Any:
     """Where Tune keeps the experiment, how often it retries a crash, which checkpoints it
     keeps, and the driver's callback."""
@@ -243,14 +250,14 @@ def _run_config(
 
     return tune.RunConfig(
         name=experiment,
-        storage_path=str(study_dir),
+        storage_path=storage.tune_path,
         failure_config=tune.FailureConfig(max_failures=retries),
         # last.pt per evaluation; keep 2 so one is always complete while the next copies
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         # the trial's working folder holds the training function's own last.pt/best.pt:
         # Tune's checkpoints already keep last.pt, do not copy that folder to storage too
         sync_config=tune.SyncConfig(sync_artifacts=False, sync_artifacts_on_checkpoint=False),
-        callbacks=[StudyCallback(str(study_dir), total, trial_ids)],
+        callbacks=[StudyCallback(str(study_dir), total, trial_ids, storage)],
         verbose=0,
     )
 

@@ -70,6 +70,7 @@ def split_record(dataset: Any, cfg: Any) -> dict[str, Any]:
     """Which images each split holds and how the validation split was made (split.json)."""
     return {
         "data": str(dataset.root),
+        "data_arg": cfg.data,  # as the trials read it ("" = the embedded dataset)
         "validation": (
             f"held out of the training images: val_fraction {cfg.val_fraction}, split_seed "
             f"{cfg.split_seed}, stratified by box count and class (model/data/raw.py "

@@ -20,6 +20,7 @@ from ray.tune import Callback
 from study.artifacts.jobs import load_study_plan
 from study.files import atomic_write_json, format_duration
 from study.layout import (
+    CRASH_LOG,
     CRASHES,
     FINISHED,
     LOG,
@@ -30,6 +31,7 @@ from study.layout import (
     trial_dirname,
 )
 from study.outputs.results import collect_rows, write_results
+from study.running.storage import Storage
 from study.running.trial import log_line
 
 
@@ -37,8 +39,14 @@ class StudyCallback(Callback):
     """Progress lines, Tune's verdict per trial (``status.json``) and a fresh results.csv each
     time a trial ends, so a long study can be read (or killed and resumed) at any point."""
 
-    def __init__(self, study_dir: str, total: int, ids: list[str] | None = None) -> None:
+    def __init__(
+        self, study_dir: str, total: int, ids: list[str] | None = None,
+        storage: Storage | None = None,
+    ) -> None:
         self.study_dir = study_dir
+        # the trials' records come from the study's storage (study/running/storage.py): this
+        # callback is where the driver writes them into its own folder
+        self.storage = storage or Storage.for_study(Path(study_dir), None)
         self.total = total
         self.ids = set(ids) if ids is not None else None  # this experiment's trials (a round)
         self.started: dict[str, float] = {}
@@ -71,12 +79,17 @@ class StudyCallback(Callback):
         self.slots = max(self.slots, sum(1 for t in trials if t.status == "RUNNING"), 1)
         print(f"  start {trial_dirname(trial)}", flush=True)
 
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        self.storage.pull_trial(trial_dirname(trial))  # (nothing to do on one machine)
+
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         cause = self._crashed(trial, retried=True)
         tid = trial_dirname(trial)
         print(
             f"  {tid} crashed: {cause}; retrying from its last checkpoint (failure "
-            f"{trial.num_failures}; traceback in {trial_dir(self.study_dir, tid) / LOG})",
+            f"{trial.num_failures}; traceback in {trial_dir(self.study_dir, tid) / CRASH_LOG})",
             flush=True,
         )
 
@@ -87,12 +100,13 @@ class StudyCallback(Callback):
         self._ended(trials, trial, "ERROR", self._crashed(trial, retried=False))
 
     def _crashed(self, trial: Any, retried: bool) -> str:
-        """Record a crash: Ray's full error in the trial's log, one line in crashes.jsonl."""
+        """Record a crash: Ray's full error in the trial's crash log (the driver's file: the
+        trial's own log comes from its records), one line in crashes.jsonl."""
         cause, text = crash_cause(trial)
         out = trial_dir(self.study_dir, trial_dirname(trial))
         out.mkdir(parents=True, exist_ok=True)
         what = "retried from its last checkpoint" if retried else "not retried (no retries left)"
-        log_line(out, f"crashed, {what}: {cause}\n{text}")
+        log_line(out, f"crashed, {what}: {cause}\n{text}", name=CRASH_LOG)
         record = {
             "time": time.time(),
             "cause": cause,
@@ -109,6 +123,8 @@ class StudyCallback(Callback):
         record = json.loads(path.read_text()) if path.is_file() else {}
         record[tid] = {"status": status, "error": error}
         atomic_write_json(path, record)
+        self.storage.pull_trial(tid)
+        self.storage.push_driver_files()
         # a trial stopped by ASHA (or failed for good) never cleans its scratch folder itself;
         # Tune keeps its checkpoints. (Only reachable here when it ran on this node.)
         shutil.rmtree(scratch_dir(self.study_dir, tid), ignore_errors=True)
@@ -130,7 +146,7 @@ class StudyCallback(Callback):
             eta = f", ~{format_duration(secs, approx=True)} left"
         m = row.get("val_mAP")
         if row.get("status") == "error":  # crashed for good, or failed (never retried)
-            log = trial_dir(self.study_dir, tid) / LOG
+            log = trial_dir(self.study_dir, tid) / (LOG if row.get("reason") else CRASH_LOG)
             what = f"{_clip(row.get('reason') or error)} (traceback in {log})"
         elif isinstance(m, (int, float)):
             what = f"val mAP {m:.4f} (epoch {row.get('epoch')})"

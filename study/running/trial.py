@@ -29,6 +29,7 @@ training function resumes from it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -56,6 +57,7 @@ from study.layout import (
     scratch_dir,
     trial_dir,
 )
+from study.running.storage import Storage, TrialRecords
 
 TrainFn = Callable[..., dict[str, Any]]
 
@@ -97,9 +99,10 @@ def trial_config(
     return fallback_id, config_from_dict(values, source=f"sampled trial {fallback_id}", base=base)
 
 
-def log_line(out: Path, text: str) -> None:
-    """Append to the trial's own log, ``trials/<id>/trial.log`` (tracebacks go here)."""
-    with open(out / LOG, "a") as f:
+def log_line(out: Path, text: str, name: str = LOG) -> None:
+    """Append to the trial's own log, ``trials/<id>/trial.log`` (its tracebacks go here), or to
+    ``name`` (the driver's ``crashes.log``: Ray's account of a crash)."""
+    with open(out / name, "a") as f:
         f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text.rstrip()}\n")
 
 
@@ -111,8 +114,13 @@ def run_trial(
     plan_configs: dict[str, TrialConfig],
     base: TrialConfig,
     cache_root: str,
+    storage_uri: str | None = None,
 ) -> None:
     """Tune function trainable (bind the keyword arguments with ``tune.with_parameters``).
+
+    The trial's records go to the study's storage (study/running/storage.py): the study folder
+    itself on one machine (``storage_uri`` None), else a node-local folder pushed to the URI, from
+    which the driver pulls them.
 
     A deterministic failure (:func:`model.error_bases.deterministic_errors`) ends the trial without
     raising, so that Tune does not retry it: ``failed.json`` holds the reason, ``trial.log`` the
@@ -127,31 +135,37 @@ def run_trial(
     ctx = tune.get_context()
     fallback = f"trial-{ctx.get_trial_id()}"
     tid = config.get(PLAN_ID) or fallback
-    out = trial_dir(study_dir, tid)
-    out.mkdir(parents=True, exist_ok=True)
-    if _ended_before(out):
+    storage = Storage(storage_uri or study_dir, Path(study_dir).resolve())
+    records = TrialRecords(storage, tid)
+    if _ended_before(records):
         return
     scratch = scratch_dir(study_dir, tid)
     try:
-        _attempt(config, tid, fallback, out, scratch, train_fn, plan_configs, base, cache_root)
+        _attempt(config, tid, fallback, records, scratch, train_fn, plan_configs, base,
+                 cache_root)
     except deterministic_errors() as e:  # model/error_bases.py
-        record_failure(out, scratch, e)
+        record_failure(records.out, scratch, e, shown=trial_dir(study_dir, tid))
+        records.push()
 
 
-def _ended_before(out: Path) -> bool:
+def _ended_before(records: TrialRecords) -> bool:
     """A trial that finished (``done.json``) or failed for good (``failed.json``) before an
     interruption ends again at once: Tune's experiment state is snapshotted every few seconds,
-    so a resumed study may not know it ended."""
+    so a resumed study may not know it ended. The records are read from the storage, so this
+    holds on any node, with no shared disk."""
     from ray import tune
 
+    out = records.out
     done = out / DONE
     if done.is_file():
         record = json.loads(done.read_text())
         append_jsonl(out / ATTEMPTS, {"time": time.time(), "reused_done": True})
+        records.push()
         tune.report(record["final"])
         return True
     if (out / FAILED).is_file():
         append_jsonl(out / ATTEMPTS, {"time": time.time(), "reused_failure": True})
+        records.push()
         return True
     return False
 
@@ -160,7 +174,7 @@ def _attempt(
     config: dict[str, Any],
     tid: str,
     fallback: str,
-    out: Path,
+    records: TrialRecords,
     scratch: Path,
     train_fn: TrainFn,
     plan_configs: dict[str, TrialConfig],
@@ -172,7 +186,12 @@ def _attempt(
 
     from study.artifacts.jobs import resolve_for_trial  # (a sampled search's artifacts: per trial)
 
+    out = records.out
     _, cfg = trial_config(config, plan_configs, base, fallback)
+    if cfg.pretrain_artifact:  # published by the driver: fetched when this node lacks it
+        cfg = dataclasses.replace(
+            cfg, pretrain_artifact=records.storage.fetch_artifact(cfg.pretrain_artifact)
+        )
     cfg = resolve_for_trial(cfg, cache_root)
     info = {
         "id": tid,
@@ -189,15 +208,17 @@ def _attempt(
         # its last evaluation is on record but no checkpoint of it (a study interrupted while
         # Tune held the final report): finish from the record instead of training again
         append_jsonl(out / ATTEMPTS, {"time": time.time(), "finished_from_history": True})
-        tune.report(previous)
         atomic_write_json(out / DONE, {"id": tid, "final": previous, "summary": {}})
+        records.push()
+        tune.report(previous)
         shutil.rmtree(scratch, ignore_errors=True)
         return
     attempt: dict[str, Any] = {"time": time.time(), "restored_from": restored}
     if finished:
         attempt["finished_before"] = True  # resumes a finished run: not a restart
     append_jsonl(out / ATTEMPTS, attempt)
-    _train(cfg, tid, info, out, scratch, train_fn)
+    records.push()
+    _train(cfg, tid, info, records, scratch, train_fn)
 
 
 def _restore_work(out: Path, scratch: Path, work: Path) -> str | None:
@@ -222,7 +243,12 @@ def _restore_work(out: Path, scratch: Path, work: Path) -> str | None:
 
 
 def _train(
-    cfg: TrialConfig, tid: str, info: dict[str, Any], out: Path, scratch: Path, train_fn: TrainFn
+    cfg: TrialConfig,
+    tid: str,
+    info: dict[str, Any],
+    records: TrialRecords,
+    scratch: Path,
+    train_fn: TrainFn,
 ) -> None:
     """Check the data (its report into the trial folder), call the training function with a
     ``report`` that records each evaluation and hands Tune the checkpoint, then ``done.json``."""
@@ -231,10 +257,12 @@ def _train(
     from model.trainer import load_trial_data, preloaded_data
     from study.outputs.datacheck import ReportWriter, data_counts
 
+    out = records.out
     writer = ReportWriter(out, lambda line: log_line(out, line))
     dataset = load_trial_data(cfg, on_report=writer)
     if writer.report is not None:  # (None only if someone preloaded the data: never here)
         atomic_write_json(out / TRIAL, {**info, "data": data_counts(writer.report)})
+    records.push()
     stage = scratch / "stage"
     last: dict[str, Any] = {}
 
@@ -246,6 +274,7 @@ def _train(
         # attempt (resuming from the previous checkpoint) rewrites that epoch; readers keep the
         # last line per epoch.
         append_jsonl(out / HISTORY, flat)
+        records.push()  # in storage before Tune hands the result to the driver
         tune.report(flat, checkpoint=_stage(checkpoint_path, stage))
 
     with preloaded_data(cfg, dataset):
@@ -255,27 +284,33 @@ def _train(
     if isinstance(test_eval, str) and Path(test_eval).is_file():  # for the paired bootstrap
         shutil.copy2(test_eval, out / TEST_EVAL)
     final = dict(last)
-    if not final:  # nothing reported by this attempt (it resumed a finished run): the last
+    reported = bool(final)
+    if not reported:  # nothing reported by this attempt (it resumed a finished run): the last
         # evaluation an earlier attempt reported, completed by the returned summary
         final = {**summary, **_read_last(out / HISTORY)}
-        tune.report(final)
     atomic_write_json(out / DONE, {"id": tid, "final": final, "summary": summary})
+    records.push()  # done.json reaches the storage before the trial ends
+    if not reported:
+        tune.report(final)
     shutil.rmtree(scratch, ignore_errors=True)  # Tune keeps the checkpoints
 
 
-def record_failure(out: Path, scratch: Path, error: BaseException) -> None:
+def record_failure(
+    out: Path, scratch: Path, error: BaseException, shown: Path | None = None
+) -> None:
     """``failed.json`` and the traceback in ``trial.log``; the training function's checkpoints
-    move from the scratch folder (deleted when the trial ends) into the trial folder, and the
-    message names them there."""
+    move from the scratch folder (deleted when the trial ends) into the trial's records, and the
+    message names them in the driver's trial folder (``shown``; default ``out``)."""
     work = scratch / "work"
+    shown = shown or out
     kept = []
     for name in ("last.pt", "best.pt"):
         if (work / name).is_file():
             shutil.copy2(work / name, out / name)
-            kept.append(str(out / name))
+            kept.append(str(shown / name))
 
     def here(text: str) -> str:
-        return text.replace(str(work), str(out))
+        return text.replace(str(work), str(shown))
 
     trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     log_line(out, "failed, not retried (a retry would fail the same way):\n" + here(trace))
@@ -287,7 +322,7 @@ def record_failure(out: Path, scratch: Path, error: BaseException) -> None:
             "type": type(error).__name__,
             "time": time.time(),
             "kept": kept,
-            "log": str(out / LOG),
+            "log": str(shown / LOG),
         },
     )
     shutil.rmtree(scratch, ignore_errors=True)
