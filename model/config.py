@@ -361,12 +361,13 @@ def _check_type(key: str, value: Any, source: str) -> Any:
     return value
 
 
-def _validate(cfg: TrialConfig, source: str) -> None:
-    for f in fields(cfg):
-        # stored coerced, so TrialConfig(lr="1e-3") or replace(cfg, lr=1) hold a float too
-        object.__setattr__(cfg, f.name, _check_type(f.name, getattr(cfg, f.name), source))
-    names = class_list(cfg.classes)
-    rules = [
+# A rule between keys: (holds, the key an error names, the rule as the error says it).
+_Rule = tuple[bool, str, str]
+
+
+def _training_rules(cfg: TrialConfig) -> list[_Rule]:
+    """The rules of the training, schedule, assignment, evaluation and tiling keys."""
+    return [
         (cfg.num_classes >= 1, "num_classes", "must be >= 1"),
         (cfg.img_size >= 32 and cfg.img_size % 32 == 0, "img_size", "must be a multiple of 32"),
         (cfg.epochs >= 1, "epochs", "must be >= 1"),
@@ -408,7 +409,13 @@ def _validate(cfg: TrialConfig, source: str) -> None:
         (0 <= cfg.tile_overlap < 1, "tile_overlap", "must be in [0, 1)"),
         (0 <= cfg.tile_object_share <= 1, "tile_object_share", "must be in [0, 1]"),
         (0 < cfg.tile_min_visible <= 1, "tile_min_visible", "must be in (0, 1]"),
-        # pretraining (issue 5): the backbone needs inputs that are multiples of its stride 32
+    ]
+
+
+def _pretraining_rules(cfg: TrialConfig) -> list[_Rule]:
+    """The rules of the thread and pretraining keys (issue 5): the backbone needs inputs that
+    are multiples of its stride 32."""
+    return [
         (cfg.threads >= 0, "threads", "must be >= 0 (0 = torch's default)"),
         (cfg.pretrain_epochs >= 1, "pretrain_epochs", "must be >= 1"),
         (cfg.pretrain_batch_size >= 2, "pretrain_batch_size", "must be >= 2 (BatchNorm)"),
@@ -423,6 +430,13 @@ def _validate(cfg: TrialConfig, source: str) -> None:
         (cfg.ssl_temperature > 0, "ssl_temperature", "must be > 0"),
         (cfg.ssl_video_every >= 1, "ssl_video_every", "must be >= 1"),
         (cfg.ssl_triplets_per_frame >= 1, "ssl_triplets_per_frame", "must be >= 1"),
+    ]
+
+
+def _class_and_prob_rules(cfg: TrialConfig) -> list[_Rule]:
+    """The rules of ``classes`` against ``num_classes``, and of the augmentation probabilities."""
+    names = class_list(cfg.classes)
+    rules = [
         (len(set(names)) == len(names), "classes", "must name each class once"),
         (
             not names or len(names) == cfg.num_classes,
@@ -433,7 +447,20 @@ def _validate(cfg: TrialConfig, source: str) -> None:
     ]
     for prob in ("mosaic_prob", "mixup_prob", "hsv_prob", "flip_prob"):
         rules.append((0 <= getattr(cfg, prob) <= 1, prob, "must be in [0, 1]"))
-    for ok, key, rule in rules:
+    return rules
+
+
+def _rules(cfg: TrialConfig) -> list[_Rule]:
+    """Every rule between keys, in the order they are checked (the first broken one is said)."""
+    return _training_rules(cfg) + _pretraining_rules(cfg) + _class_and_prob_rules(cfg)
+
+
+def _validate(cfg: TrialConfig, source: str) -> None:
+    """Check (and coerce in place) every field's type, then the rules between keys."""
+    for f in fields(cfg):
+        # stored coerced, so TrialConfig(lr="1e-3") or replace(cfg, lr=1) hold a float too
+        object.__setattr__(cfg, f.name, _check_type(f.name, getattr(cfg, f.name), source))
+    for ok, key, rule in _rules(cfg):
         if not ok:
             raise ConfigError(f"{source}: key '{key}' {rule}, got {getattr(cfg, key)!r}")
 

@@ -33,7 +33,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -406,8 +406,8 @@ class _Trainer:
             bar.close()
 
     def _train_epoch(self, epoch: int, bar: tqdm) -> dict[str, float]:
-        cfg, net = self.cfg, self.net
-        net.train()
+        """One pass over the loader; returns the epoch's means (:meth:`_epoch_summary`)."""
+        self.net.train()
         self.loader.set_epoch(epoch)
         sums = dict.fromkeys(LOSS_KEYS, 0.0)
         stat_sums: dict[str, Any] = {}  # assignment counts (tensors), see model.assign.diagnostics
@@ -418,62 +418,97 @@ class _Trainer:
         images_done = 0
         lr = self.schedule(epoch * self.iters)
         for i, (images, targets) in zip(range(self.iters), self.loader, strict=False):
-            step = epoch * self.iters + i
-            lr = self.schedule(step)
-            set_lr(self.optimizer, lr)
-            images, targets = rescale_batch(images, targets, multiscale_size(cfg, step))
-            if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                out = net(images, targets)
-            for k, v in out.pop("assign_stats", {}).items():  # counts, not losses
-                stat_sums[k] = stat_sums.get(k, 0.0) + v
-            values = _loss_values(out)
-            if not math.isfinite(values["total_loss"]):
-                self._non_finite(step, epoch, i, values)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(out["total_loss"]).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.ema is not None:
-                self.ema.update(net)
+            values, lr, shape = self._train_step(epoch, i, images, targets, autocast, stat_sums)
             for k in sums:
                 sums[k] += values.get(k, 0.0)
-            images_done += images.shape[0]
+            images_done += shape[0]
             bar.update(1)
             if self.progress:
                 bar.set_postfix(
-                    epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{values['total_loss']:.2f}",
-                    lr=f"{lr:.2e}", size=images.shape[-1],
+                    epoch=f"{epoch + 1}/{self.cfg.epochs}", loss=f"{values['total_loss']:.2f}",
+                    lr=f"{lr:.2e}", size=shape[-1],
                 )
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.train_time += time.perf_counter() - start
         self.images_seen += images_done
+        return self._epoch_summary(epoch, sums, stat_sums, lr)
+
+    def _train_step(
+        self,
+        epoch: int,
+        i: int,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        autocast: AbstractContextManager[Any],
+        stat_sums: dict[str, Any],
+    ) -> tuple[dict[str, float], float, torch.Size]:
+        """Iteration ``i`` of ``epoch``: its lr and input size, forward, backward, EMA update.
+
+        Adds the step's assignment counts to ``stat_sums``; returns (the loss values, the lr,
+        the shape of the resized batch (B, 3, S, S)).
+        """
+        cfg, net = self.cfg, self.net
+        step = epoch * self.iters + i
+        lr = self.schedule(step)
+        set_lr(self.optimizer, lr)
+        images, targets = rescale_batch(images, targets, multiscale_size(cfg, step))
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            out = net(images, targets)
+        for k, v in out.pop("assign_stats", {}).items():  # counts, not losses
+            stat_sums[k] = stat_sums.get(k, 0.0) + v
+        values = _loss_values(out)
+        if not math.isfinite(values["total_loss"]):
+            self._non_finite(step, epoch, i, values)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out["total_loss"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(net)
+        return values, lr, images.shape
+
+    def _epoch_summary(
+        self, epoch: int, sums: dict[str, float], stat_sums: dict[str, Any], lr: float
+    ) -> dict[str, Any]:
+        """The epoch's mean losses, its last lr, its assignment diagnostics and (tiles) its cut
+        counts; logs the diagnostics and the counts."""
         means: dict[str, Any] = {k: v / max(self.iters, 1) for k, v in sums.items()}
         means["lr"] = lr
         diag = summarize_stats(stat_sums)
         means.update(diag)
+        self._log_assignment(epoch, diag)
+        if self.cfg.input_mode == "tiles":
+            means.update(self._take_tile_counts(epoch))  # this epoch's counts
+        return means
+
+    def _log_assignment(self, epoch: int, diag: dict[str, float]) -> None:
+        """One line of the epoch's positives per object by size, share without any, mean IoU."""
         buckets = " ".join(
             f"{k.removeprefix('pos_per_obj_')} {v:.2f}" for k, v in diag.items()
             if k.startswith("pos_per_obj_")
         )
         self._log(
-            f"epoch {epoch + 1}/{cfg.epochs}: positives per object by size (px) {buckets}; "
+            f"epoch {epoch + 1}/{self.cfg.epochs}: positives per object by size (px) {buckets}; "
             f"objects without a positive {diag['no_pos_share']:.1%}; mean IoU of positives "
             f"{diag['pos_mean_iou']:.3f}"
         )
-        if cfg.input_mode == "tiles":
-            cut = self.loader.take_cut_counts()
-            for k, v in cut.items():
-                self.tile_counts[k] += v
-            means.update(cut)  # this epoch's counts
-            self._log(
-                f"epoch {epoch + 1}/{cfg.epochs}: tile crops kept {cut['tile_boxes_whole']} "
-                f"boxes whole, clipped {cut['tile_boxes_clipped']}, dropped "
-                f"{cut['tile_boxes_dropped']} (< {cfg.tile_min_visible:g} of the box visible)"
-            )
-        return means
+
+    def _take_tile_counts(self, epoch: int) -> dict[str, int]:
+        """This epoch's counts of boxes the tile crops kept whole, clipped and dropped, added
+        to the run's; logged."""
+        cfg = self.cfg
+        cut = self.loader.take_cut_counts()
+        for k, v in cut.items():
+            self.tile_counts[k] += v
+        self._log(
+            f"epoch {epoch + 1}/{cfg.epochs}: tile crops kept {cut['tile_boxes_whole']} "
+            f"boxes whole, clipped {cut['tile_boxes_clipped']}, dropped "
+            f"{cut['tile_boxes_dropped']} (< {cfg.tile_min_visible:g} of the box visible)"
+        )
+        return cut
 
     def _non_finite(self, step: int, epoch: int, i: int, values: dict[str, float]) -> None:
         last = self.ckpt_dir / "last.pt" if self.ckpt_dir else None

@@ -120,47 +120,72 @@ def _read_doc(
     path: Path,
     doc: dict[str, Any],
 ) -> None:
-    src = str(path)
+    """Add the images of one checked COCO ``doc`` to ``split`` of ``raw``, then their boxes."""
     cat_names = {c["id"]: c["name"] for c in doc["categories"]}
-    entries = doc["images"]
+    images, id_count = _read_images(raw, split, path, doc["images"])
+    _read_annotations(raw, split, str(path), doc, images, id_count, cat_names)
+    if "annotations" not in doc:
+        raw.notes.append(f"{path}: no 'annotations' list (all images have zero boxes)")
+
+
+def _read_images(
+    raw: RawDataset, split: str, path: Path, entries: list[Any]
+) -> tuple[dict[Any, tuple[str, RawImage]], Counter]:
+    """The usable ``images`` entries by id (each with its split) and the count of every id.
+
+    A malformed entry, and every entry of an id used more than once, is dropped and reported.
+    """
+    src = str(path)
     good = [e for e in entries if _image_ok(e)]
     base = _image_base(path, raw.root, split, [e["file_name"] for e in good])
     id_count = Counter(e["id"] for e in good)
     images: dict[Any, tuple[str, RawImage]] = {}
     for i, e in enumerate(entries):
-        if not _image_ok(e):
-            raw.count_read(split, images=1)
-            raw.issues.append(
-                Issue(
-                    split,
-                    "dropped image",
-                    "malformed_image",
-                    f"images[{i}] needs an 'id' and a 'file_name', got {e!r}",
-                    source=src,
-                )
+        image = _read_image(raw, split, src, i, e, base, id_count)
+        if image is not None:
+            images[e["id"]] = (split, image)
+            raw.splits[split].append(image)
+    return images, id_count
+
+
+def _read_image(
+    raw: RawDataset, split: str, src: str, i: int, e: Any, base: Path, id_count: Counter
+) -> RawImage | None:
+    """``images[i]`` as a RawImage (a relative file under ``base``), or None when dropped."""
+    raw.count_read(split, images=1)
+    if not _image_ok(e):
+        reason = f"images[{i}] needs an 'id' and a 'file_name', got {e!r}"
+        raw.issues.append(Issue(split, "dropped image", "malformed_image", reason, source=src))
+        return None
+    file = Path(e["file_name"])
+    file = file if file.is_absolute() else base / file
+    if id_count[e["id"]] > 1:
+        raw.issues.append(
+            Issue(
+                split,
+                "dropped image",
+                "duplicate_image_id",
+                f"image id {e['id']} is used by {id_count[e['id']]} images",
+                image=str(file),
+                source=src,
             )
-            continue
-        where = split
-        raw.count_read(where, images=1)
-        file = Path(e["file_name"])
-        file = file if file.is_absolute() else base / file
-        if id_count[e["id"]] > 1:
-            raw.issues.append(
-                Issue(
-                    where,
-                    "dropped image",
-                    "duplicate_image_id",
-                    f"image id {e['id']} is used by {id_count[e['id']]} images",
-                    image=str(file),
-                    source=src,
-                )
-            )
-            continue
-        w, h = e.get("width"), e.get("height")
-        size = (w, h) if isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0 else None
-        image = RawImage(path=file, source=src, declared_size=size)
-        images[e["id"]] = (where, image)
-        raw.splits[where].append(image)
+        )
+        return None
+    w, h = e.get("width"), e.get("height")
+    size = (w, h) if isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0 else None
+    return RawImage(path=file, source=src, declared_size=size)
+
+
+def _read_annotations(
+    raw: RawDataset,
+    split: str,
+    src: str,
+    doc: dict[str, Any],
+    images: dict[Any, tuple[str, RawImage]],
+    id_count: Counter,
+    cat_names: dict[Any, str],
+) -> None:
+    """Add each usable annotation of ``doc`` to its image's boxes; report the rest."""
     seen_ann_ids: set[Any] = set()
     for i, a in enumerate(doc.get("annotations", [])):
         image_id = a.get("image_id") if isinstance(a, dict) else None
@@ -184,8 +209,6 @@ def _read_doc(
         assert image is not None
         x, y, bw, bh = (float(v) for v in a["bbox"])
         image.boxes.append(RawBox((x, y, bw, bh), cat_names[a["category_id"]], i))
-    if "annotations" not in doc:
-        raw.notes.append(f"{path}: no 'annotations' list (all images have zero boxes)")
 
 
 def _image_ok(e: Any) -> bool:

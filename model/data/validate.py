@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from model.data.raw import DataError, Issue, RawDataset, RawImage, plural, rel_key
+from model.data.raw import DataError, Issue, RawBox, RawDataset, RawImage, plural, rel_key
 
 SMALL_MAX = 32**2  # COCO area ranges: small < 32², medium up to 96², large > 96²
 LARGE_MIN = 96**2
@@ -368,40 +368,12 @@ def _fit_boxes(
     out on purpose (kind ``excluded_class``), not an unknown class.
     """
     width, height = image["width"], image["height"]
-    if img.declared_size is not None and img.declared_size != (width, height):
-        dw, dh = img.declared_size
-        reason = (
-            f"annotation says {dw}x{dh}, the image is {width}x{height}; boxes were "
-            f"checked against the image"
-        )
-        issues.append(
-            Issue(split, "fixed", "size_mismatch", reason, image=str(img.path), source=img.source)
-        )
+    _check_declared_size(split, img, width, height, issues)
     difficult = 0
     for box in img.boxes:
-        bbox = box.bbox
-        if img.normalized:
-            bbox = (bbox[0] * width, bbox[1] * height, bbox[2] * width, bbox[3] * height)
-        where = {
-            "image": str(img.path),
-            "source": img.source,
-            "box_index": box.index,
-            "bbox": tuple(bbox),
-        }
-        if box.label not in class_ids and chosen:
-            reason = f"class '{box.label}' is not among the chosen classes ({', '.join(class_ids)})"
-            issues.append(Issue(split, "dropped box", EXCLUDED, reason, **where))
-            continue
-        if box.label not in class_ids:
-            reason = f"unknown class '{box.label}' (classes: {', '.join(class_ids)})"
-            issues.append(Issue(split, "dropped box", "unknown_class", reason, **where))
-            continue
-        fitted, kind, reason = fit_box(bbox, width, height)
+        fitted = _fit_one_box(split, img, box, (width, height), class_ids, issues, chosen)
         if fitted is None:
-            issues.append(Issue(split, "dropped box", kind, reason, **where))
             continue
-        if kind == "clipped":
-            issues.append(Issue(split, "clipped box", "clipped", reason, new_bbox=fitted, **where))
         anns.append(
             {
                 "id": len(anns) + 1,
@@ -414,6 +386,59 @@ def _fit_boxes(
         )
         difficult += box.difficult
     return difficult
+
+
+def _check_declared_size(
+    split: str, img: RawImage, width: int, height: int, issues: list[Issue]
+) -> None:
+    """Record a ``size_mismatch`` when the annotation states another size than the decoded one."""
+    if img.declared_size is not None and img.declared_size != (width, height):
+        dw, dh = img.declared_size
+        reason = (
+            f"annotation says {dw}x{dh}, the image is {width}x{height}; boxes were "
+            f"checked against the image"
+        )
+        issues.append(
+            Issue(split, "fixed", "size_mismatch", reason, image=str(img.path), source=img.source)
+        )
+
+
+def _fit_one_box(
+    split: str,
+    img: RawImage,
+    box: RawBox,
+    size: tuple[int, int],
+    class_ids: dict[str, int],
+    issues: list[Issue],
+    chosen: bool,
+) -> tuple[float, float, float, float] | None:
+    """``box`` in pixels fitted to the (width, height) image, or None when dropped; records the
+    issue of a dropped or clipped box."""
+    width, height = size
+    bbox = box.bbox
+    if img.normalized:
+        bbox = (bbox[0] * width, bbox[1] * height, bbox[2] * width, bbox[3] * height)
+    where = {
+        "image": str(img.path),
+        "source": img.source,
+        "box_index": box.index,
+        "bbox": tuple(bbox),
+    }
+    if box.label not in class_ids and chosen:
+        reason = f"class '{box.label}' is not among the chosen classes ({', '.join(class_ids)})"
+        issues.append(Issue(split, "dropped box", EXCLUDED, reason, **where))
+        return None
+    if box.label not in class_ids:
+        reason = f"unknown class '{box.label}' (classes: {', '.join(class_ids)})"
+        issues.append(Issue(split, "dropped box", "unknown_class", reason, **where))
+        return None
+    fitted, kind, reason = fit_box(bbox, width, height)
+    if fitted is None:
+        issues.append(Issue(split, "dropped box", kind, reason, **where))
+        return None
+    if kind == "clipped":
+        issues.append(Issue(split, "clipped box", "clipped", reason, new_bbox=fitted, **where))
+    return fitted
 
 
 def _split_stats(

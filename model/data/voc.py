@@ -173,57 +173,60 @@ def _read(
 
 
 def _read_item(img: Path | None, xml: Path | None, split: str, raw: RawDataset) -> RawImage | None:
+    """One (image, XML) pair as a RawImage, or None when its annotation file is unusable."""
     raw.count_read(split, images=1)
     if xml is None:
         assert img is not None
         raw.note("images without an annotation file (kept with zero boxes)")
         return RawImage(path=img, source="")
+    tree = _parse_annotation(img, xml, split, raw)
+    if tree is None:
+        return None
+    if img is None:
+        img = _image_for(xml, (tree.findtext("filename") or "").strip())
+    image = RawImage(path=img, source=str(xml), declared_size=_declared_size(tree))
+    _read_objects(tree, image, split, raw)
+    return image
+
+
+def _parse_annotation(
+    img: Path | None, xml: Path, split: str, raw: RawDataset
+) -> ET.Element | None:
+    """The root of ``xml``, or None (the image dropped and reported) when the file is missing,
+    empty or not valid XML."""
     if not xml.is_file():
         # listed in ImageSets but the XML is missing: the image is unlabelled, not background.
-        raw.issues.append(
-            Issue(
-                split,
-                "dropped image",
-                "missing_annotation",
-                "annotation file not found",
-                image=str(img or ""),
-                source=str(xml),
-            )
-        )
+        reason = "annotation file not found"
+        _report_unusable(raw, split, "missing_annotation", reason, str(img or ""), xml)
         return None
     text = xml.read_bytes()
     if not text.strip():
         # not "no objects" (that is an <annotation> without <object>): the boxes were lost, and
         # keeping the image would teach its bottles as background
-        raw.issues.append(
-            Issue(
-                split,
-                "dropped image",
-                "empty_annotation",
-                "annotation file is empty; an image without objects needs an <annotation> "
-                "with no <object>",
-                image=str(img or _image_for(xml, "")),
-                source=str(xml),
-            )
+        reason = (
+            "annotation file is empty; an image without objects needs an <annotation> "
+            "with no <object>"
         )
+        shown = str(img or _image_for(xml, ""))
+        _report_unusable(raw, split, "empty_annotation", reason, shown, xml)
         return None
     try:
-        tree = ET.fromstring(text)
+        return ET.fromstring(text)
     except ET.ParseError as e:
-        raw.issues.append(
-            Issue(
-                split,
-                "dropped image",
-                "unreadable_annotation",
-                f"annotation file is not valid XML ({e})",
-                image=str(img or ""),
-                source=str(xml),
-            )
-        )
+        reason = f"annotation file is not valid XML ({e})"
+        _report_unusable(raw, split, "unreadable_annotation", reason, str(img or ""), xml)
         return None
-    if img is None:
-        img = _image_for(xml, (tree.findtext("filename") or "").strip())
-    image = RawImage(path=img, source=str(xml), declared_size=_declared_size(tree))
+
+
+def _report_unusable(
+    raw: RawDataset, split: str, kind: str, reason: str, image: str, xml: Path
+) -> None:
+    """Report the image of an unusable annotation file ``xml`` as dropped."""
+    raw.issues.append(Issue(split, "dropped image", kind, reason, image=image, source=str(xml)))
+
+
+def _read_objects(tree: ET.Element, image: RawImage, split: str, raw: RawDataset) -> None:
+    """Append the <object>s of ``tree`` to ``image.boxes``; report the malformed ones."""
     objects = tree.findall("object")
     raw.count_read(split, boxes=len(objects))
     for index, obj in enumerate(objects):
@@ -235,14 +238,13 @@ def _read_item(img: Path | None, xml: Path | None, split: str, raw: RawDataset) 
                     "dropped box",
                     "malformed_box",
                     box,
-                    image=str(img),
-                    source=str(xml),
+                    image=str(image.path),
+                    source=image.source,
                     box_index=index,
                 )
             )
         else:
             image.boxes.append(box)
-    return image
 
 
 def _image_for(xml: Path, filename: str) -> Path:

@@ -164,30 +164,7 @@ def pretrain_center_loss(
     step_fn = CenterLossStep(model, cfg, device)
 
     batch = min(cfg.pretrain_batch_size, len(train_idx))
-    steps_per_epoch = max(1, len(train_idx) // batch)  # drop the last partial batch (BN)
-    total = steps_per_epoch * cfg.pretrain_epochs
-    sums: dict[str, float] = {}
-    step = 0
-    bar = tqdm(total=total, desc="center-loss pretraining", unit="it", disable=not progress)
-    for epoch in range(cfg.pretrain_epochs):
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(train_idx)
-        sums = {"loss": 0.0, "ce_loss": 0.0, "center_loss": 0.0}
-        for b in range(steps_per_epoch):
-            idx = order[b * batch : (b + 1) * batch]
-            x = _to_tensor(crops[idx], device)
-            flip = torch.rand(len(idx), device=device) < 0.5  # horizontal flips
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
-            y = torch.from_numpy(labels[idx]).to(device)
-            lr = cosine_lr(cfg.pretrain_lr, step, total, warmup=min(50, total // 10))
-            parts = step_fn(x, y, lr)
-            for k in sums:
-                sums[k] += parts[k]
-            step += 1
-            bar.update()
-            bar.set_postfix(epoch=epoch + 1, loss=f"{parts['loss']:.3f}")
-    bar.close()
-
-    metrics: dict[str, float] = {k: v / steps_per_epoch for k, v in sums.items()}
+    metrics = _train_classifier(step_fn, crops, labels, train_idx, batch, progress)
     metrics.update(_accuracy(model, crops[held_idx], labels[held_idx], batch, cfg))
     metrics.update(
         n_crops=float(len(specs)),
@@ -197,3 +174,46 @@ def pretrain_center_loss(
     )
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     return state, metrics
+
+
+def _train_classifier(
+    step_fn: CenterLossStep,
+    crops: np.ndarray,
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    batch: int,
+    progress: bool,
+) -> dict[str, float]:
+    """Every epoch over the ``train_idx`` crops; returns the last epoch's mean loss parts."""
+    cfg = step_fn.cfg
+    steps_per_epoch = max(1, len(train_idx) // batch)  # drop the last partial batch (BN)
+    total = steps_per_epoch * cfg.pretrain_epochs
+    sums: dict[str, float] = {}
+    bar = tqdm(total=total, desc="center-loss pretraining", unit="it", disable=not progress)
+    for epoch in range(cfg.pretrain_epochs):
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(train_idx)
+        sums = {"loss": 0.0, "ce_loss": 0.0, "center_loss": 0.0}
+        for b in range(steps_per_epoch):
+            idx = order[b * batch : (b + 1) * batch]
+            x, y = _flipped_batch(crops, labels, idx, step_fn.device)
+            step = epoch * steps_per_epoch + b
+            lr = cosine_lr(cfg.pretrain_lr, step, total, warmup=min(50, total // 10))
+            parts = step_fn(x, y, lr)
+            for k in sums:
+                sums[k] += parts[k]
+            bar.update()
+            bar.set_postfix(epoch=epoch + 1, loss=f"{parts['loss']:.3f}")
+    bar.close()
+    return {k: v / steps_per_epoch for k, v in sums.items()}
+
+
+def _flipped_batch(
+    crops: np.ndarray, labels: np.ndarray, idx: np.ndarray, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """The crops ``idx`` as (B, 3, S, S) floats, each flipped horizontally with chance 1/2,
+    and their labels (B,)."""
+    x = _to_tensor(crops[idx], device)
+    flip = torch.rand(len(idx), device=device) < 0.5  # horizontal flips
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    y = torch.from_numpy(labels[idx]).to(device)
+    return x, y

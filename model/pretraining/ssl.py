@@ -192,16 +192,8 @@ def pretrain_ssl(
     check_frames(frames, p)
     rng = seed_everything(cfg.seed)
     device = select_device(cfg)
-    sizes = [(fr.width, fr.height) for fr in frames]
     train_frames, held_frames = split_frames(len(frames), cfg.seed)
-    try:  # a lone frame too small for any far negative is a data error naming it
-        eval_rng = np.random.default_rng([cfg.seed, 11])
-        # 4x the training draws per held-out frame, at most HELD_OUT_TRIPLETS in all.
-        per_held = 4 * cfg.ssl_triplets_per_frame
-        held = plan_triplets(eval_rng, sizes, held_frames, per_held, p)[:HELD_OUT_TRIPLETS]
-        plan_triplets(np.random.default_rng(0), sizes, train_frames, 1, p)  # feasibility
-    except ValueError as e:
-        raise PretrainDataError(f"{frames[0].name}: {e}; add frames or lower ssl_patch_size") from e
+    held = _held_out_triplets(cfg, frames, train_frames, held_frames)
     batch = cfg.pretrain_batch_size
     held_batches = [_cut_batch(frames, held[i : i + batch], p) for i in range(0, len(held), batch)]
 
@@ -209,52 +201,10 @@ def pretrain_ssl(
     model = Embedder(backbone, dark5_channels(backbone)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_sgd(list(model.parameters()), cfg.pretrain_lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(cfg.seed)
+    step_fn = _TripletStep(model, cfg, device)
 
     metrics = {f"{k}_init": v for k, v in _evaluate(model, held_batches, cfg).items()}
-    per_frame = cfg.ssl_triplets_per_frame
-    n_triplets = len(train_frames) * per_frame
-    steps_per_epoch = max(1, n_triplets // batch)
-    total = steps_per_epoch * cfg.pretrain_epochs
-    bar = tqdm(
-        total=total, desc=f"ssl pretraining ({cfg.ssl_loss})", unit="it", disable=not progress
-    )
-    step, loss_sum = 0, 0.0
-    for epoch in range(cfg.pretrain_epochs):
-        order = [train_frames[i] for i in rng.permutation(len(train_frames))]
-        loss_sum = 0.0
-        frames_per_batch = max(1, batch // per_frame)
-        for b in range(steps_per_epoch):
-            chunk = order[(b * frames_per_batch) % len(order) :][:frames_per_batch]
-            if len(chunk) < 2 and len(order) > 1:  # cross-frame negatives need a second frame
-                chunk = chunk + [order[(b * frames_per_batch + 1) % len(order)]]
-            triplets = plan_triplets(rng, sizes, chunk, per_frame, p)[:batch]
-            a, pos, neg = _cut_batch(frames, triplets, p)
-            x = colour_augment(_to_tensor(np.concatenate([a, pos, neg]), device), gen)
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(cfg.pretrain_lr, step, total, warmup=min(50, total // 10))
-            with autocast(cfg, device):
-                z = model(x)
-            za, zp, zn = z.float().chunk(3)
-            if cfg.ssl_loss == "infonce":
-                loss = infonce_loss(za, zp, zn, cfg.ssl_temperature)
-            else:
-                loss = cosine_triplet_loss(za, zp, zn)
-            check_finite(loss, step, {cfg.ssl_loss: loss.item()})
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss.item()
-            step += 1
-            bar.update()
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-    bar.close()
-
-    metrics["loss"] = loss_sum / steps_per_epoch
+    metrics["loss"] = _train_embedder(step_fn, frames, train_frames, rng, progress)
     metrics.update(_evaluate(model, held_batches, cfg))
     metrics.update(
         n_frames=float(len(frames)),
@@ -263,3 +213,101 @@ def pretrain_ssl(
     )
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     return state, metrics
+
+
+def _held_out_triplets(
+    cfg: TrialConfig, frames: list[Frame], train_frames: list[int], held_frames: list[int]
+) -> list[Triplet]:
+    """The fixed evaluation triplets of ``held_frames``, after checking that ``train_frames``
+    can give a triplet at all."""
+    p = cfg.ssl_patch_size
+    sizes = [(fr.width, fr.height) for fr in frames]
+    try:  # a lone frame too small for any far negative is a data error naming it
+        eval_rng = np.random.default_rng([cfg.seed, 11])
+        # 4x the training draws per held-out frame, at most HELD_OUT_TRIPLETS in all.
+        per_held = 4 * cfg.ssl_triplets_per_frame
+        held = plan_triplets(eval_rng, sizes, held_frames, per_held, p)[:HELD_OUT_TRIPLETS]
+        plan_triplets(np.random.default_rng(0), sizes, train_frames, 1, p)  # feasibility
+    except ValueError as e:
+        raise PretrainDataError(f"{frames[0].name}: {e}; add frames or lower ssl_patch_size") from e
+    return held
+
+
+class _TripletStep:
+    """One optimisation step of the embedder on a batch of triplets (optional AMP scaler)."""
+
+    def __init__(self, model: Embedder, cfg: TrialConfig, device: torch.device) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.device = device
+        self.optimizer = make_sgd(list(model.parameters()), cfg.pretrain_lr)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp)
+        # the colour augmentation's own stream, apart from torch's global one
+        self.gen = torch.Generator(device=device)
+        self.gen.manual_seed(cfg.seed)
+
+    def __call__(
+        self, patches: tuple[np.ndarray, np.ndarray, np.ndarray], lr: float, step: int
+    ) -> Tensor:
+        """patches: anchors, positives, negatives, uint8 (B, p, p, 3) each -> the loss."""
+        cfg, device = self.cfg, self.device
+        x = colour_augment(_to_tensor(np.concatenate(patches), device), self.gen)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(cfg, device):
+            z = self.model(x)
+        za, zp, zn = z.float().chunk(3)
+        if cfg.ssl_loss == "infonce":
+            loss = infonce_loss(za, zp, zn, cfg.ssl_temperature)
+        else:
+            loss = cosine_triplet_loss(za, zp, zn)
+        check_finite(loss, step, {cfg.ssl_loss: loss.item()})
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss
+
+
+def _train_embedder(
+    step_fn: _TripletStep,
+    frames: list[Frame],
+    train_frames: list[int],
+    rng: np.random.Generator,
+    progress: bool,
+) -> float:
+    """Every epoch over ``train_frames`` in an order drawn from ``rng``; returns the last
+    epoch's mean loss."""
+    cfg = step_fn.cfg
+    p, batch, per_frame = cfg.ssl_patch_size, cfg.pretrain_batch_size, cfg.ssl_triplets_per_frame
+    sizes = [(fr.width, fr.height) for fr in frames]
+    n_triplets = len(train_frames) * per_frame
+    steps_per_epoch = max(1, n_triplets // batch)
+    total = steps_per_epoch * cfg.pretrain_epochs
+    frames_per_batch = max(1, batch // per_frame)
+    bar = tqdm(
+        total=total, desc=f"ssl pretraining ({cfg.ssl_loss})", unit="it", disable=not progress
+    )
+    loss_sum = 0.0
+    for epoch in range(cfg.pretrain_epochs):
+        order = [train_frames[i] for i in rng.permutation(len(train_frames))]
+        loss_sum = 0.0
+        for b in range(steps_per_epoch):
+            chunk = _batch_frames(order, b, frames_per_batch)
+            triplets = plan_triplets(rng, sizes, chunk, per_frame, p)[:batch]
+            step = epoch * steps_per_epoch + b
+            lr = cosine_lr(cfg.pretrain_lr, step, total, warmup=min(50, total // 10))
+            loss = step_fn(_cut_batch(frames, triplets, p), lr, step)
+            loss_sum += loss.item()
+            bar.update()
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+    bar.close()
+    return loss_sum / steps_per_epoch
+
+
+def _batch_frames(order: list[int], b: int, frames_per_batch: int) -> list[int]:
+    """The frames of batch ``b``: the next ``frames_per_batch`` of ``order``, cycling."""
+    chunk = order[(b * frames_per_batch) % len(order) :][:frames_per_batch]
+    if len(chunk) < 2 and len(order) > 1:  # cross-frame negatives need a second frame
+        chunk = chunk + [order[(b * frames_per_batch + 1) % len(order)]]
+    return chunk

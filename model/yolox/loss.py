@@ -129,13 +129,56 @@ def yolox_loss(
     settings = LossSettings() if settings is None else settings
     outputs = outputs.float()
     boxes, obj, cls = outputs[..., :4], outputs[..., 4], outputs[..., 5:]  # (B,A,4) (B,A) (B,A,C)
-    gt, gt_valid = _pack_targets(targets.detach().float())  # (B, G, 5), (B, G)
-    detached = (boxes.detach(), cls.detach(), obj.detach())  # the assignment takes no gradient
-    inputs = AssignInputs(gt[..., 1:], gt[..., 0], gt_valid, *detached, x_shifts, y_shifts, strides)
     if dynamic_state is None:
         dynamic_state = DynamicState(interval=settings.assign.dynamic_interval)
+    grid = (x_shifts, y_shifts, strides)
+    inputs, asg, pos = _assign(boxes, obj, cls, targets, grid, settings, dynamic_state)
+    out = _terms(
+        boxes, obj, cls, raw_reg, inputs, asg, pos, settings, num_classes, use_l1, dynamic_state
+    )
+    gt_valid = inputs.gt_valid  # (B, G)
+    out["num_fg"] = outputs.new_tensor(pos.img.numel() / max(int(gt_valid.sum()), 1))
+    if assign_stats:
+        out["assign_stats"] = assignment_stats(asg, inputs.gt_bboxes, gt_valid)  # type: ignore[assignment]
+    return out
+
+
+def _assign(
+    boxes: Tensor,
+    obj: Tensor,
+    cls: Tensor,
+    targets: Tensor,
+    grid: tuple[Tensor, Tensor, Tensor],
+    settings: LossSettings,
+    dynamic_state: DynamicState,
+) -> tuple[AssignInputs, BatchAssignment, Positives]:
+    """The batch's assignment (no gradient) and its foregrounds.
+
+    boxes (B, A, 4), obj (B, A), cls (B, A, C) as in :func:`yolox_loss`'s ``outputs``; targets
+    (B, M, 5); grid: x_shifts, y_shifts, strides, each (A,).
+    """
+    gt, gt_valid = _pack_targets(targets.detach().float())  # (B, G, 5), (B, G)
+    detached = (boxes.detach(), cls.detach(), obj.detach())  # the assignment takes no gradient
+    inputs = AssignInputs(gt[..., 1:], gt[..., 0], gt_valid, *detached, *grid)
     asg = assign_batch(inputs, settings.assign, dynamic_state)
-    pos = _positives(asg, gt)
+    return inputs, asg, _positives(asg, gt)
+
+
+def _terms(
+    boxes: Tensor,
+    obj: Tensor,
+    cls: Tensor,
+    raw_reg: Tensor | None,
+    inputs: AssignInputs,
+    asg: BatchAssignment,
+    pos: Positives,
+    settings: LossSettings,
+    num_classes: int,
+    use_l1: bool,
+    dynamic_state: DynamicState,
+) -> dict[str, Tensor]:
+    """The float32 scalars ``total_loss``, ``iou_loss``, ``l1_loss``, ``conf_loss``, ``cls_loss``
+    of :func:`yolox_loss` (in the official order of operations)."""
     cls_logit = cls[pos.img, pos.anchor]  # (F, C)
     one_hot = F.one_hot(pos.gt[:, 0].long(), num_classes).float()
     ct = CLASS_TARGETS[settings.cls_target](pos.quality, one_hot, cls_logit)
@@ -148,17 +191,13 @@ def yolox_loss(
     cls_loss = _class_term(cls_logit, ct, pos.weight, pos.denom)
     l1_loss = _l1_step(raw_reg, pos, inputs, asg, reg_weight, use_l1, dynamic_state)
     iou_loss = settings.reg_weight * iou_loss
-    out = {
+    return {
         "total_loss": iou_loss + conf_loss + cls_loss + l1_loss,
         "iou_loss": iou_loss,
         "l1_loss": l1_loss,
         "conf_loss": conf_loss,
         "cls_loss": cls_loss,
-        "num_fg": outputs.new_tensor(pos.img.numel() / max(int(gt_valid.sum()), 1)),
     }
-    if assign_stats:
-        out["assign_stats"] = assignment_stats(asg, inputs.gt_bboxes, gt_valid)  # type: ignore[assignment]
-    return out
 
 
 # --------------------------------------------------------------------------- the terms
