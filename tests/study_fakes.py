@@ -77,6 +77,13 @@ def fake_coco(score: float) -> dict[str, float]:
     return out
 
 
+def _node_id() -> str | None:
+    """The Ray node this call runs on (None outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
 def fake_test(val: dict[str, float]) -> dict[str, float]:
     """The test figures of a fake run: 0.01 below its validation ones (COCO's -1 kept)."""
     return {f"test_{k}": (v if v < 0 else round(v - 0.01, 6)) for k, v in val.items()}
@@ -110,7 +117,9 @@ def fake_train(
     start = 0
     if resume and ckpt and (ckpt / "last.pt").is_file():
         start = json.loads((ckpt / "last.pt").read_text())["epoch"]
-    (calls / f"{tid}.{n}").write_text(json.dumps({"start_epoch": start, "pid": os.getpid()}))
+    (calls / f"{tid}.{n}").write_text(
+        json.dumps({"start_epoch": start, "pid": os.getpid(), "node": _node_id()})
+    )
     t0 = time.perf_counter()
     coco: dict[str, float] = {}
     for epoch in range(start, cfg.epochs):

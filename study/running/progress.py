@@ -115,6 +115,7 @@ class StudyCallback(Callback):
         }
         with open(out / CRASHES, "a") as f:
             f.write(json.dumps(record) + "\n")
+        self.storage.push_trial_files(trial_dirname(trial), [CRASHES, CRASH_LOG])
         return cause
 
     def _ended(self, trials: list, trial: Any, status: str, error: str) -> None:

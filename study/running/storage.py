@@ -30,6 +30,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,16 @@ class Storage:
         if self.local:
             return
         _pull(self, f"trials/{tid}", trial_dir(self.study_dir, tid))
+
+    def push_trial_files(self, tid: str, names: Sequence[str]) -> None:
+        """The driver's own files of a trial (its crash records) to storage, where a resume
+        from storage alone finds them with the trial's records."""
+        if self.local:
+            return
+        for name in names:
+            path = trial_dir(self.study_dir, tid) / name
+            if path.is_file():
+                self.write_bytes(f"trials/{tid}/{name}", path.read_bytes())
 
     def publish_artifact(self, path: Path) -> None:
         """A pretraining artifact (and its settings sidecar) where every node can fetch it."""
