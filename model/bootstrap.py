@@ -81,6 +81,7 @@ class PerImageEval:
     def save(self, path: str | Path) -> Path:
         """``np.savez_compressed`` (plain arrays: it loads without unpickling)."""
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in self.__dict__.items()})
         tmp.replace(path)

@@ -274,6 +274,11 @@ class TrialConfig:
     # how many threads split them, so the same config reruns bit-identically only with the same
     # count; a study writes each trial's CPU share here, and best_config.yaml carries it.
     threads: int = 0
+    # (issue 24) processes of one trial (torch.distributed: gloo on CPU, NCCL on CUDA with a GPU
+    # each; model/distributed.py): each trains on batch_size / ddp_workers images of every batch,
+    # with BatchNorm and the loss normalised over the whole batch, so the run trains as one
+    # process with the same total batch; a study sets it from --gpus-per-trial N >= 2
+    ddp_workers: int = 1
     amp: bool = True  # mixed precision (CUDA only; ignored on CPU)
     # NHWC memory format, on every device: the CUDA norm with AMP, and (issue 26: now the default)
     # ~35% faster nano steps on the CPU too; the same results up to float rounding
@@ -389,6 +394,12 @@ def _training_rules(cfg: TrialConfig) -> list[_Rule]:
         (cfg.eval_interval >= 1, "eval_interval", "must be >= 1"),
         (0 <= cfg.val_fraction < 1, "val_fraction", "must be in [0, 1)"),
         (cfg.split_seed >= 0, "split_seed", "must be >= 0"),
+        (cfg.ddp_workers >= 1, "ddp_workers", "must be >= 1 (processes of one trial)"),
+        (
+            cfg.batch_size % cfg.ddp_workers == 0,
+            "ddp_workers",
+            f"must divide batch_size={cfg.batch_size} (each process takes an equal slice)",
+        ),
         (cfg.multiscale >= 0, "multiscale", "must be >= 0"),
         (cfg.mosaic_scale_min <= cfg.mosaic_scale_max, "mosaic_scale_min", "must be <= max"),
         (cfg.mixup_scale_min <= cfg.mixup_scale_max, "mixup_scale_min", "must be <= max"),

@@ -59,6 +59,14 @@ from model.data.device_augment import describe_placement
 from model.data.embedded import embedded_dataset_dir
 from model.data.loader import build_train_loader, random_input_size, rescale_batch
 from model.data.raw import plural
+from model.distributed import (
+    World,
+    close_world,
+    free_port,
+    init_world,
+    spawn_ranks,
+    sync_batchnorm,
+)
 from model.optim import ModelEMA, YoloxWarmCos, build_optimizer, set_lr
 from model.threads import torch_threads
 from model.yolox import build_yolox_from_config, load_coco_weights
@@ -76,7 +84,8 @@ BOOTSTRAP_SEED = 0  # the same resampled sets for every run: intervals of two ru
 RESUME_FREE_KEYS = frozenset(
     # threads: a resume on another thread count continues (numbers differ in the last bits)
     {"data", "workers", "device", "coco_weights", "pretrain_artifact", "cache_images", "threads",
-     "frame_cache", "frame_cache_dir"}  # (issue 26) the frame cache serves the same pixels
+     "frame_cache", "frame_cache_dir",  # (issue 26) the frame cache serves the same pixels
+     "ddp_workers"}  # (issue 24) the same training on more processes, to float rounding
 )
 
 
@@ -300,10 +309,17 @@ def _check_resume(state: dict[str, Any], cfg: TrialConfig, path: Path, iters: in
 class _Trainer:
     """State of one run; :func:`train_detector` is its only user."""
 
-    def __init__(self, cfg: TrialConfig, checkpoint_dir: str | Path | None, progress: bool):
+    def __init__(
+        self,
+        cfg: TrialConfig,
+        checkpoint_dir: str | Path | None,
+        progress: bool,
+        world: World | None = None,
+    ):
         self.cfg = cfg
-        self.progress = progress
-        self.device = resolve_device(cfg.device)
+        self.world = world or World()  # (ddp_workers > 1: model/distributed.py)
+        self.progress = progress and self.world.main
+        self.device = rank_device(cfg, self.world)
         self.amp = cfg.amp and self.device.type == "cuda"
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # as official; ~11 multi-scale shapes to tune
@@ -313,6 +329,9 @@ class _Trainer:
         self.net = build_yolox_from_config(cfg)
         self.params = sum(p.numel() for p in self.net.parameters())
         self.net.head.assign_stats = True  # (issue 17) assignment diagnostics every epoch
+        if self.world.active:  # every rank's batch as one: BatchNorm and the loss's normaliser
+            sync_batchnorm(self.net, self.device)
+            self.net.head.world = self.world
         self.loader = build_train_loader(
             self.dataset.train, cfg, device=self.device, progress=progress
         )
@@ -345,6 +364,7 @@ class _Trainer:
         self.net.to(self.device)
         if self.cfg.channels_last:
             self.net.to(memory_format=torch.channels_last)
+        self.world.broadcast(self.net)  # (the same weights on every rank: rank 0's)
         self.optimizer = build_optimizer(self.net, self.cfg)
         self.ema = (
             ModelEMA(self.net, self.cfg.ema_decay, ramp=self.cfg.ema_ramp) if self.cfg.ema else None
@@ -453,22 +473,35 @@ class _Trainer:
         lr = self.schedule(step)
         set_lr(self.optimizer, lr)
         images, targets = rescale_batch(images, targets, multiscale_size(cfg, step))
+        shape = images.shape  # the whole batch (each rank trains on its slice of it)
+        images, targets = self.world.shard(images), self.world.shard(targets)
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast:
             out = net(images, targets)
         for k, v in out.pop("assign_stats", {}).items():  # counts, not losses
             stat_sums[k] = stat_sums.get(k, 0.0) + v
-        values = _loss_values(out)
+        values = self._global_values(out)
         if not math.isfinite(values["total_loss"]):
             self._non_finite(step, epoch, i, values)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out["total_loss"]).backward()
+        self.world.average_gradients(net)  # (one process: nothing to do)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:
             self.ema.update(net)
-        return values, lr, images.shape
+        return values, lr, shape
+
+    def _global_values(self, out: dict[str, Any]) -> dict[str, float]:
+        """The step's loss values as floats; on several ranks, those of the whole batch (each
+        rank's terms are its share of them, times the ranks: their mean)."""
+        if not self.world.active:
+            return _loss_values(out)
+        keys = list(out)
+        local = torch.stack([torch.as_tensor(out[k]).detach().float().reshape(()).cpu()
+                             for k in keys])
+        return dict(zip(keys, (self.world.sum(local) / self.world.size).tolist(), strict=True))
 
     def _epoch_summary(
         self, epoch: int, sums: dict[str, float], stat_sums: dict[str, Any], lr: float
@@ -524,6 +557,8 @@ class _Trainer:
         )
 
     def _end_epoch(self, epoch: int, losses: dict[str, float], report: ReportFn | None) -> None:
+        if not self.world.main:  # rank 0 evaluates, saves and reports
+            return
         metrics: dict[str, Any] | None = None
         improved = False
         if is_eval_epoch(self.cfg, epoch):
@@ -702,12 +737,84 @@ def train_detector(
     without one, mean IoU of positives; also in every report) and the ``last_checkpoint`` /
     ``best_checkpoint`` / ``test_eval`` (per-image test evaluation) paths.
 
+    With ``ddp_workers`` > 1 the run takes that many processes (model/distributed.py): this one
+    is rank 0, which evaluates, saves and reports; the others train on their slices of each
+    batch.
+
     Raises :class:`~model.config.ConfigError` for config/data mismatches and
     :class:`TrainingError` on a non-finite loss (the last good checkpoint stays intact).
     """
-    device = resolve_device(cfg.device)
-    with _deterministic(device, cfg.threads):
-        trainer = _Trainer(cfg, checkpoint_dir, progress)
+    if cfg.ddp_workers > 1:
+        return _train_distributed(cfg, report, checkpoint_dir, resume, progress)
+    return _train(cfg, report, checkpoint_dir, resume, progress, World())
+
+
+def _train(
+    cfg: TrialConfig,
+    report: ReportFn | None,
+    checkpoint_dir: str | Path | None,
+    resume: bool,
+    progress: bool,
+    world: World,
+) -> dict[str, Any]:
+    threads = cfg.threads
+    if world.active and threads:  # the trial's share, divided between its ranks
+        threads = max(1, threads // world.size)
+    with _deterministic(rank_device(cfg, world), threads):
+        trainer = _Trainer(cfg, checkpoint_dir, progress, world)
         trainer.setup(resume)
         trainer.run(report)
         return trainer.result()
+
+
+def rank_device(cfg: TrialConfig, world: World) -> torch.device:
+    """The config's device; on CUDA with several ranks, rank r takes GPU r of the trial's."""
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world.active:
+        torch.cuda.set_device(world.rank)
+        return torch.device("cuda", world.rank)
+    return device
+
+
+def _train_distributed(
+    cfg: TrialConfig,
+    report: ReportFn | None,
+    checkpoint_dir: str | Path | None,
+    resume: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    """Ranks 1.. as spawned processes, rank 0 here; a rank that fails fails the run."""
+    size, port = cfg.ddp_workers, free_port()
+    procs = spawn_ranks(size, _rank_main, (size, port, cfg, checkpoint_dir, resume))
+    ok = False
+    try:
+        world = init_world(0, size, port, rank_device(cfg, World(0, size)))
+        try:
+            result = _train(cfg, report, checkpoint_dir, resume, progress, world)
+        finally:
+            close_world(world)
+        ok = True
+        return result
+    finally:
+        for p in procs:
+            p.join(timeout=120 if ok else 5)
+            if p.is_alive():
+                p.terminate()
+        failed = [p.exitcode for p in procs if p.exitcode not in (0, None)]
+        if ok and failed:
+            raise TrainingError(
+                f"a rank of the {size}-process run ended with exit code {failed[0]}; its "
+                "traceback is above; rerun (it resumes from last.pt) or set ddp_workers: 1"
+            )
+
+
+def _rank_main(
+    rank: int, size: int, port: int, cfg: TrialConfig, checkpoint_dir: str | Path | None,
+    resume: bool,
+) -> None:
+    """A spawned rank > 0: join the run's process group and train its slices."""
+    world = init_world(rank, size, port, rank_device(cfg, World(rank, size)))
+    try:
+        _train(cfg, None, checkpoint_dir, resume, False, world)
+    finally:
+        close_world(world)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from model.assign.dynamic import DynamicState
+from model.distributed import World
 from model.yolox.blocks import BaseConv, conv_type
 from model.yolox.errors import YOLOXInputError
 from model.yolox.head_settings import HeadSettings
@@ -59,6 +60,7 @@ class YOLOXHead(nn.Module):
         self.initialize_biases(self.settings.prior_prob)
         self.use_l1 = False
         self.assign_stats = False
+        self.world = World()  # (set by the trainer when a trial runs on several processes)
         self.dynamic_state = DynamicState(interval=self.settings.loss.assign.dynamic_interval)
         # (level, H, W, dtype, device) -> (xy (H*W, 2) cell indices, (H*W,) stride); not state.
         self._grids: dict[tuple, tuple[Tensor, Tensor]] = {}
@@ -165,4 +167,5 @@ class YOLOXHead(nn.Module):
             use_l1=self.use_l1,
             dynamic_state=self.dynamic_state,
             assign_stats=self.assign_stats,
+            world=self.world,
         )

@@ -27,6 +27,7 @@ from torch import Tensor
 from model.assign import AssignInputs, BatchAssignment, DynamicState, assign_batch
 from model.assign.diagnostics import assignment_stats
 from model.box_losses import BOX_LOSSES
+from model.distributed import World
 from model.yolox.errors import YOLOXInputError
 from model.yolox.head_settings import LossSettings
 
@@ -104,6 +105,7 @@ def yolox_loss(
     use_l1: bool = False,
     dynamic_state: DynamicState | None = None,
     assign_stats: bool = False,
+    world: World | None = None,
 ) -> dict[str, Tensor]:
     """YOLOX loss of a batch.
 
@@ -118,6 +120,9 @@ def yolox_loss(
     dynamic_state: the ``dynamic`` assigner's state, read and updated in place (a fresh one when
         None); assign_stats: also return ``assign_stats``, a dict of (no-gradient) counts, see
         ``model.assign.diagnostics.assignment_stats``.
+    world: this process's slice of a trial on several processes (model/distributed.py): the
+        terms are then divided by the foregrounds of the whole batch over the ranks, times the
+        ranks, so that DDP's averaged gradients are the whole batch's.
     Returns float32 scalars ``total_loss`` (= iou + l1 + conf + cls), ``iou_loss`` (times
     ``reg_weight``; the ``reg_loss`` of ``settings``, e.g. 1 - NWD), ``l1_loss`` (0 without
     ``use_l1``), ``conf_loss``, ``cls_loss`` and ``num_fg`` (foregrounds / objects, no gradient).
@@ -133,6 +138,9 @@ def yolox_loss(
         dynamic_state = DynamicState(interval=settings.assign.dynamic_interval)
     grid = (x_shifts, y_shifts, strides)
     inputs, asg, pos = _assign(boxes, obj, cls, targets, grid, settings, dynamic_state)
+    if world is not None and world.active:  # every rank's foregrounds, summed
+        total = world.sum(torch.tensor(float(pos.img.numel())))
+        pos = pos._replace(denom=max(float(total), 1.0) / world.size)
     out = _terms(
         boxes, obj, cls, raw_reg, inputs, asg, pos, settings, num_classes, use_l1, dynamic_state
     )

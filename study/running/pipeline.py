@@ -6,6 +6,7 @@ Ray and Optuna are imported inside the functions, so planning and ``--dry-run`` 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -193,6 +194,8 @@ def run_trials(
     tune_dir = f"{storage.tune_path}/{experiment}"
     runnable = [t for t in plan.runnable() if trial_ids is None or t.id in set(trial_ids)]
     total = len(runnable) if not plan.space.sampled else plan.num_samples * plan.seeds
+    if resume and not restorable(storage, experiment):
+        storage.remove(experiment)  # a round stopped before its first trial: start it afresh
     if resume and tune.Tuner.can_restore(tune_dir):
         log(
             f"restoring the Tune run in {tune_dir}: finished trials stay, the others continue "
@@ -216,6 +219,28 @@ def run_trials(
     t0 = time.time()
     tuner.fit()
     log(f"Tune phase ended after {time.time() - t0:.1f} s")
+
+
+def restorable(storage: Storage, experiment: str) -> bool:
+    """Tune can restore ``<storage>/<experiment>`` and its newest experiment state holds a trial: a study
+    stopped between writing a round's first state and adding its trials left none, and Tune
+    cannot restore that (its ``_restore_trials`` indexes the first trial) — that round
+    starts afresh instead."""
+    from ray import tune
+
+    if not tune.Tuner.can_restore(f"{storage.tune_path}/{experiment}"):
+        return False
+    names = sorted(
+        (mtime, name) for name, (_, mtime) in storage.listing(experiment).items()
+        if "/" not in name and name.startswith("experiment_state-") and name.endswith(".json")
+    )
+    if not names:
+        return False
+    state = storage.read_bytes(f"{experiment}/{names[-1][1]}") or b"{}"
+    try:
+        return bool(json.loads(state).get("trial_data"))
+    except ValueError:
+        return False
 
 
 def _trainable(

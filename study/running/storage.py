@@ -126,6 +126,12 @@ class Storage:
         if tmp != target:
             fs.move(tmp, target)
 
+    def remove(self, rel: str) -> None:
+        """Delete the folder ``rel`` and everything under it (nothing if absent)."""
+        fs, _ = self._filesystem()
+        if self.exists(rel):
+            fs.delete_dir(self._path(rel))
+
     def listing(self, rel: str) -> dict[str, tuple[int, float]]:
         """file path under ``rel`` (relative to it) -> (size, mtime), recursively."""
         import pyarrow.fs

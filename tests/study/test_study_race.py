@@ -143,3 +143,40 @@ def test_seeds_auto_resumes_in_the_middle_of_the_race(ray_address: str, tmp_path
         calls[tid] = calls.get(tid, 0) + 1
     done_once = [t for t, n in calls.items() if n == 1]
     assert len(done_once) >= len(rows) - 2, json.dumps(calls)
+
+
+def _one_trial(config: dict) -> dict:
+    return {"score": config["x"]}
+
+
+def test_a_round_stopped_before_its_first_trial_starts_afresh(ray_address: str,
+                                                              tmp_path: Path) -> None:
+    """Ctrl-C between Tune writing a round's first experiment state and adding its trials
+    leaves a state with no trial, which Tune cannot restore (it indexes the first trial):
+    such a round is not restorable and starts afresh in the same place; a round with a trial
+    is restorable."""
+    from ray import tune
+
+    from study.running.pipeline import restorable
+    from study.running.storage import Storage
+
+    storage = Storage.for_study(tmp_path / "study", None)
+
+    def fit() -> None:
+        tune.Tuner(_one_trial, param_space={"x": tune.grid_search([1])},
+                   run_config=tune.RunConfig(name="tune-r1", storage_path=storage.tune_path,
+                                             verbose=0)).fit()
+
+    assert not restorable(storage, "tune-r1")  # nothing there yet
+    fit()
+    assert restorable(storage, "tune-r1")
+    states = sorted((tmp_path / "study" / "tune-r1").glob("experiment_state-*.json"))
+    state = json.loads(states[-1].read_text())
+    assert state["trial_data"]
+    state["trial_data"] = []
+    states[-1].write_text(json.dumps(state))
+    assert not restorable(storage, "tune-r1")
+    storage.remove("tune-r1")
+    assert not (tmp_path / "study" / "tune-r1").exists()
+    fit()
+    assert restorable(storage, "tune-r1")
