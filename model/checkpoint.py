@@ -4,6 +4,16 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts so th
 ``torch.load(path, weights_only=True)`` reads it without unpickling code. The training loop
 decides what goes in (see ``model/trainer.py``); this module only makes writing safe and RNG
 states portable.
+
+Faults a week-long run meets (issue 27):
+
+* a full disk: every write goes through a Python file object (``torch.save`` to a path reports
+  ENOSPC as a bare ``RuntimeError`` from its C++ writer), so it surfaces as
+  :class:`DiskFullError`, naming the folder, the space the checkpoint needs and what is free;
+  the temporary file is removed and the previous checkpoint is untouched;
+* a damaged ``last.pt`` (a truncated copy, a disk error): ``save_checkpoint(...,
+  keep_previous=True)`` keeps the checkpoint it replaces as ``last.prev.pt`` (a hard link: no
+  second copy of the bytes), and :func:`load_resumable` falls back to it, saying so.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import numpy as np
 import torch
 
 from model.config import TrialConfig
+from model.diskfull import DiskFullError, free_bytes, is_disk_full
 
 CHECKPOINT_FORMAT = 1  # bump when the layout of the training checkpoint changes
 
@@ -82,30 +93,92 @@ def load_weights_only(path: str | Path, map_location: str | torch.device = "cpu"
     return obj
 
 
+def _state_nbytes(obj: Any) -> int:
+    """Bytes of the tensors in a checkpoint dict: about the size ``torch.save`` writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_state_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_state_nbytes(v) for v in obj)
+    return 64
+
+
 def _tmp_path(path: Path) -> Path:
     # Same folder as the target so os.replace stays a rename on one filesystem.
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact."""
+def previous_path(path: str | Path) -> Path:
+    """Where ``save_checkpoint(..., keep_previous=True)`` keeps the file it replaced:
+    ``last.pt`` → ``last.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def _write_file(tmp: Path, write: Any, needed: Any, target: Path) -> None:
+    """``write(f)`` into ``tmp`` through a Python file object, flushed to the disk; a full disk
+    is a DiskFullError for ``target`` (``needed()``: the bytes the file takes) with ``tmp``
+    removed."""
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # on the disk before the rename makes it the checkpoint
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(e):
+            raise DiskFullError(target, needed(), free_bytes(tmp.parent)) from e
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    state: dict[str, Any], path: str | Path, *, keep_previous: bool = False
+) -> Path:
+    """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact.
+
+    ``keep_previous``: the file being replaced stays as :func:`previous_path` (``last.prev.pt``),
+    for :func:`load_resumable` to fall back to. A full disk raises :class:`DiskFullError`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
+    size = path.stat().st_size if path.is_file() else 0  # the last one: about this one's size
+    _write_file(
+        tmp, lambda f: torch.save(state, f), lambda: max(size, _state_nbytes(state)), path
+    )
     try:
-        torch.save(state, tmp)
+        if keep_previous and path.is_file():
+            _keep(path, previous_path(path))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
+def _keep(path: Path, prev: Path) -> None:
+    """``prev`` becomes the current ``path`` (a hard link; a copy where links are refused),
+    replaced atomically: ``path`` itself never goes missing."""
+    tmp = _tmp_path(prev)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        _write_file(tmp, lambda f: f.write(path.read_bytes()), lambda: path.stat().st_size, prev)
+    os.replace(tmp, prev)
+
+
 def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
-    """Atomically copy a checkpoint file (used for ``best.pt``)."""
+    """Atomically copy a checkpoint file (used for ``best.pt``); a full disk raises
+    :class:`DiskFullError` and leaves ``dst`` as it was."""
     dst = Path(dst)
     tmp = _tmp_path(dst)
     try:
-        shutil.copyfile(src, tmp)
+        size = Path(src).stat().st_size
+        with open(src, "rb") as fsrc:
+            _write_file(tmp, lambda f: shutil.copyfileobj(fsrc, f), lambda: size, dst)
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
@@ -127,6 +200,29 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
     return state
+
+
+def load_resumable(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], Path, str]:
+    """The checkpoint to resume from: ``path``, or — when it is unreadable (truncated, damaged)
+    — the one it replaced (:func:`previous_path`). Returns ``(state, the file read, why the
+    other was not used: "" when ``path`` was)``; CheckpointError when neither can be read."""
+    path = Path(path)
+    try:
+        return load_checkpoint(path, map_location), path, ""
+    except CheckpointError as e:
+        prev = previous_path(path)
+        if not prev.is_file():
+            raise
+        why = str(e.__cause__ or e)
+        try:
+            return load_checkpoint(prev, map_location), prev, why
+        except CheckpointError as e2:
+            raise CheckpointError(
+                f"cannot resume: {path} is unreadable ({why}) and so is the checkpoint before "
+                f"it, {prev} ({e2.__cause__ or e2}); start over (resume=False / --no-resume)"
+            ) from e
 
 
 # --- RNG states as tensors (weights_only cannot read numpy arrays or arbitrary tuples) ---

@@ -244,6 +244,10 @@ class TrialConfig:
     # training scores a lot (0.056 -> 0.100 mAP on held-out VOC, nano after 40 epochs) because
     # boxes that run past the frame edge get a better IoU. See model/coco_eval.py
     eval_clip_boxes: bool = False
+    # (issue 27) at every evaluation, a JPEG grid of the first N validation images with their
+    # boxes and the detections (model/eval_preview.py), written next to last.pt for the
+    # trackers; 0 = none. Cheap (N images, no gradients) and draws no random number
+    eval_preview_images: int = 4
 
     # --- pretraining (used when pretrain is coco, center_loss or ssl) ---
     # pretrain: coco starts from this local file: the official yolox_<size>.pth, or any YOLOX
@@ -392,6 +396,7 @@ def _training_rules(cfg: TrialConfig) -> list[_Rule]:
         (0 < cfg.min_lr_ratio <= 1, "min_lr_ratio", "must be in (0, 1]"),
         (cfg.workers >= 0, "workers", "must be >= 0"),
         (cfg.eval_interval >= 1, "eval_interval", "must be >= 1"),
+        (0 <= cfg.eval_preview_images <= 16, "eval_preview_images", "must be in 0..16"),
         (0 <= cfg.val_fraction < 1, "val_fraction", "must be in [0, 1)"),
         (cfg.split_seed >= 0, "split_seed", "must be >= 0"),
         (cfg.ddp_workers >= 1, "ddp_workers", "must be >= 1 (processes of one trial)"),

@@ -48,6 +48,8 @@ from model.checkpoint import (
     CHECKPOINT_FORMAT,
     copy_checkpoint,
     load_checkpoint,
+    load_resumable,
+    previous_path,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -67,6 +69,7 @@ from model.distributed import (
     spawn_ranks,
     sync_batchnorm,
 )
+from model.eval_preview import EVAL_PREVIEW, write_eval_preview
 from model.optim import ModelEMA, YoloxWarmCos, build_optimizer, set_lr
 from model.threads import torch_threads
 from model.yolox import build_yolox_from_config, load_coco_weights
@@ -85,7 +88,8 @@ RESUME_FREE_KEYS = frozenset(
     # threads: a resume on another thread count continues (numbers differ in the last bits)
     {"data", "workers", "device", "coco_weights", "pretrain_artifact", "cache_images", "threads",
      "frame_cache", "frame_cache_dir",  # (issue 26) the frame cache serves the same pixels
-     "ddp_workers"}  # (issue 24) the same training on more processes, to float rounding
+     "ddp_workers",  # (issue 24) the same training on more processes, to float rounding
+     "eval_preview_images"}  # (issue 27) pictures for the trackers: nothing trained differs
 )
 
 
@@ -353,11 +357,20 @@ class _Trainer:
 
     def setup(self, resume: bool) -> None:
         last = self.ckpt_dir / "last.pt" if self.ckpt_dir else None
-        state = load_checkpoint(last) if resume and last and last.is_file() else None
+        state = None
+        if resume and last is not None and (last.is_file() or previous_path(last).is_file()):
+            state, used, why = load_resumable(last)
+            if used != last:  # (issue 27) a truncated or damaged last.pt: the one before it
+                self._warn(
+                    f"{last} is unreadable ({why}); resuming from the checkpoint before it, "
+                    f"{used} (after epoch {state.get('epoch')}): the epochs since are trained "
+                    "again"
+                )
+                last = used
         if state is None and self.ckpt_dir is not None:
             # Starting over in this folder: a stale best.pt/last.pt must not outlive the new run
             # (a crash before its first save would otherwise leave the old run to resume).
-            for name in ("last.pt", "best.pt"):
+            for name in ("last.pt", "best.pt", previous_path("last.pt").name, EVAL_PREVIEW):
                 (self.ckpt_dir / name).unlink(missing_ok=True)
         if state is None:  # fresh run: pretrained weights (resumed runs take all from the file)
             self.pretrain_loaded = init_pretrained(self.net, self.cfg)
@@ -401,6 +414,14 @@ class _Trainer:
             tqdm.write(line)
         else:
             logger.info(line)
+
+    def _warn(self, line: str) -> None:
+        """A line the user must see, also from inside a study's trial (its warnings reach the
+        driver's console; its info lines do not)."""
+        if self.progress:
+            tqdm.write(line)
+        else:
+            logger.warning(line)
 
     @property
     def eval_net(self) -> nn.Module:
@@ -583,6 +604,10 @@ class _Trainer:
                 "best_epoch": self.best_epoch,
             }
             self.history.append(metrics)
+            if self.ckpt_dir is not None:  # the pictures the trackers show (issue 27)
+                write_eval_preview(
+                    self.eval_net, self.dataset.val_split, self.cfg, self.ckpt_dir / EVAL_PREVIEW
+                )
             self._log(
                 f"epoch {epoch + 1}/{self.cfg.epochs}: val mAP {coco['mAP']:.4f} AP50 "
                 f"{coco['AP50']:.4f} AR_100 {coco['AR_100']:.4f} loss {losses['total_loss']:.3f}"
@@ -668,7 +693,8 @@ class _Trainer:
             "params": self.params,
             "class_names": list(self.dataset.train.class_names),
         }
-        last = save_checkpoint(state, self.ckpt_dir / "last.pt")
+        # the one it replaces stays as last.prev.pt: a resume falls back to it (issue 27)
+        last = save_checkpoint(state, self.ckpt_dir / "last.pt", keep_previous=True)
         if improved:
             copy_checkpoint(last, self.ckpt_dir / "best.pt")
         return last

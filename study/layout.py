@@ -15,6 +15,8 @@ so a name is spelled once and no module needs another just for a path.
       data_report.txt  data_report.json                      the data check of every dataset
       split.json         the validation hold-out every trial shares (which images, how chosen)
       race.json          --seeds auto: each round's added trials and the comparisons' states
+      tracking.json      the trackers it logs to (TensorBoard, MLflow, W&B) — --resume keeps them
+      optuna.sqlite      a sampled study's Optuna history (optuna-dashboard opens it)
       trials/<id>/       trial.json history.jsonl attempts.jsonl done.json failed.json
                          trial.log crashes.jsonl data_report.txt data_report.json
                          test_eval.npz (the test split's per-image evaluation)
@@ -62,6 +64,7 @@ DATA_REPORT_TXT = "data_report.txt"  # also in the study folder and a single run
 DATA_REPORT_JSON = "data_report.json"
 RACE = "race.json"  # --seeds auto: the rounds of seeds it added, and why (study/space/racing.py)
 SPLIT = "split.json"  # the study's validation hold-out: every trial validates on these images
+TRACKING = "tracking.json"  # the trackers the study logs to (study/running/tracking.py)
 
 # --- trial ids --------------------------------------------------------------------------------
 PLAN_ID = "plan_id"  # the param-space key of grid studies: which planned trial to run

@@ -9,6 +9,11 @@ config, the seed and the epoch: each evaluation reports ``val_*`` numbers, the l
 returned summary) also ``test_*`` numbers, 0.01 below validation, as train_detector does.
 ``fake.json``'s ``effects`` ({"key=value": Δ}) and ``noise`` (a standard deviation) make arms with
 known effects and seed noise: the noise is a normal draw seeded by (seed, the trial's values).
+Issue 27: ``preview`` writes an ``eval_preview.jpg`` beside each checkpoint (a grey image with
+the epoch in it), ``torch_ckpt`` writes the checkpoints with model/checkpoint.py (atomic,
+last.prev.pt kept), and ``disk_full`` ({trial id: epoch}) makes that epoch's checkpoint write
+meet a full disk — a real ENOSPC from the kernel (its temporary file is a link to /dev/full) —
+as long as ``<data>/disk_full`` exists (the test removes it: room again).
 """
 
 from __future__ import annotations
@@ -115,7 +120,12 @@ def fake_train(
     calls.mkdir(exist_ok=True)
     n = len(list(calls.glob(f"{tid}.*")))
     start = 0
-    if resume and ckpt and (ckpt / "last.pt").is_file():
+    if resume and ckpt and ctl.get("torch_ckpt"):
+        from model.checkpoint import load_resumable, previous_path
+
+        if (ckpt / "last.pt").is_file() or previous_path(ckpt / "last.pt").is_file():
+            start = int(load_resumable(ckpt / "last.pt")[0]["epoch"])
+    elif resume and ckpt and (ckpt / "last.pt").is_file():
         start = json.loads((ckpt / "last.pt").read_text())["epoch"]
     (calls / f"{tid}.{n}").write_text(
         json.dumps({"start_epoch": start, "pid": os.getpid(), "node": _node_id()})
@@ -129,9 +139,14 @@ def fake_train(
         path = None
         if ckpt:
             ckpt.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt / "last.pt.tmp"
-            tmp.write_text(json.dumps({"epoch": done}))
-            tmp.replace(ckpt / "last.pt")
+            if ctl.get("preview"):
+                _write_preview(ckpt, done)
+            if ctl.get("torch_ckpt"):
+                _save_torch(ckpt, done, ctl, ctl_dir, tid)
+            else:
+                tmp = ckpt / "last.pt.tmp"
+                tmp.write_text(json.dumps({"epoch": done}))
+                tmp.replace(ckpt / "last.pt")
             path = str(ckpt / "last.pt")
         if report is not None and (done % cfg.eval_interval == 0 or done == cfg.epochs):
             metrics = {
@@ -161,6 +176,30 @@ def fake_train(
         "images_per_s": 100.0,
         "summary": "fake\nrun",
     }
+
+
+def _write_preview(ckpt: Path, epoch: int) -> None:
+    import cv2
+    import numpy as np
+
+    from model.eval_preview import EVAL_PREVIEW
+
+    image = np.full((48, 64, 3), 60 + 10 * epoch, dtype=np.uint8)
+    cv2.putText(image, str(epoch), (20, 36), cv2.FONT_HERSHEY_SIMPLEX, 1, (0, 255, 0), 2)
+    cv2.imwrite(str(ckpt / EVAL_PREVIEW), image)
+
+
+def _save_torch(ckpt: Path, epoch: int, ctl: dict[str, Any], ctl_dir: Path, tid: str) -> None:
+    """The checkpoint through model/checkpoint.py; on the epoch ``disk_full`` names, while
+    ``<data>/disk_full`` exists, its temporary file is a link to /dev/full (ENOSPC)."""
+    import torch
+
+    from model.checkpoint import save_checkpoint
+
+    state = {"epoch": epoch, "weights": torch.zeros(64 * 1024)}  # 256 kB
+    if ctl.get("disk_full", {}).get(tid) == epoch and (ctl_dir / "disk_full").exists():
+        os.symlink("/dev/full", ckpt / f".last.pt.{os.getpid()}.tmp")
+    save_checkpoint(state, ckpt / "last.pt", keep_previous=True)
 
 
 def flaky_train(

@@ -129,12 +129,25 @@ class StudyArgs:
         "or a data error is never retried",
     )
     searcher_seed: int = flag(0, "seed of the Optuna sampler")
+    track: list[str] = flag(  # study/running/tracking.py
+        [],
+        "log every trial to tensorboard, mlflow and/or wandb (comma-separated or repeated; "
+        "none: no tracker); default: tensorboard when tensorboardX is installed",
+        metavar="TRACKERS",
+        type=lambda text: _checked(_parse_track, text) and text,
+    )
     train_fn: str = flag(
         DEFAULT_TRAIN_FN,
         "training function with train_detector's signature (tests and benchmarks); "
         "MODULE may be a path/to/file.py",
         metavar="MODULE:FUNCTION",
     )
+
+
+def _parse_track(text: str) -> list[str]:
+    from study.running.tracking import parse_track
+
+    return parse_track(text)
 
 
 def _checked(parse: Callable[[str], Any], text: str) -> Any:
@@ -179,9 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         help_ = meta.pop("help")
         help_ = help_() if callable(help_) else help_
         kind = flag_type(f)
-        if typing.get_origin(kind) is list:  # the --set KEY=VALUE of every command
-            assert f.name == "overrides", f"{f.name}: only --set is a list"
+        if f.name == "overrides":  # the --set KEY=VALUE of every command
             add_override_argument(p, help_)
+            continue
+        if typing.get_origin(kind) is list:  # a repeatable flag (--track)
+            p.add_argument(flag_name(f), dest=f.name, help=help_, action="append", **meta)
             continue
         kw: dict[str, Any] = {"dest": f.name, "help": help_, **meta}
         if kind is bool:

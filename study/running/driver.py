@@ -51,7 +51,7 @@ from study.files import atomic_write_text
 from study.layout import FINISHED, PLAN, SPACE, TUNE, StudyError, valid_metric
 from study.outputs import StudyOutcome, finish, report_axes
 from study.outputs.results import collect_rows
-from study.running import feed, nodes, pipeline, prepare, session, trust
+from study.running import feed, nodes, pipeline, prepare, session, tracking, trust
 from study.running.storage import Storage, storage_of
 from study.running.trial import TrainFn
 from study.space import racing
@@ -216,6 +216,7 @@ def run_study(
         return _dry_run_outcome(plan, study_dir, " (the saved plan)", {}, log)
 
     fn = train_fn or import_train_fn(args.train_fn)
+    args = tracking.start(args, study_dir, log)  # (issue 27) --track: checked, where to look
     if args.resume:
         session.stop_stale(study_dir, log)
     data = prepare.check_data(plan, strict=args.strict, log=log)
@@ -376,6 +377,7 @@ class Rounds:
             trial_ids=ids if self.plan.race is not None or k else None,  # None: every one
             experiment=TUNE if k == 0 else f"{TUNE}-r{k}",
             storage=self.storage,
+            callbacks=tracking.tracking_callbacks(self.args.track, self.study_dir),
         )
         waves = -(-len(ids) // self.slots)
         self.round_s.append((time.time() - start) / max(waves, 1))

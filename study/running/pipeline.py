@@ -10,13 +10,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from model.config import TrialConfig
 from study.layout import PLAN_ID, TUNE, StudyError, trial_dirname
+from study.running import faults
 from study.running.storage import Storage
 from study.running.trial import TrainFn, run_trial
 from study.space.definition import Resources
@@ -175,12 +176,14 @@ def run_trials(
     trial_ids: list[str] | None = None,
     experiment: str = TUNE,
     storage: Storage | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> None:
     """Run the trials with Ray Tune (or restore the interrupted run); returns when all ended.
 
     ``trial_ids``: only these planned trials (a round of ``--seeds auto``; default every
     runnable one), as the Tune experiment ``<storage>/<experiment>`` (the study's storage:
-    study/running/storage.py; default the study folder)."""
+    study/running/storage.py; default the study folder); ``callbacks``: Tune callbacks
+    besides the driver's own (the trackers, study/running/tracking.py)."""
     from ray import tune
 
     # Tune's legacy reporter is silent at verbose=0 (the new one still prints each trial
@@ -212,20 +215,22 @@ def run_trials(
             trainable,
             param_space=_param_space(plan, runnable),
             tune_config=_tune_config(plan, study_dir, max_concurrent, searcher_seed),
-            run_config=_run_config(study_dir, experiment, retries, total, trial_ids, storage),
+            run_config=_run_config(study_dir, experiment, retries, total, trial_ids, storage,
+                                   callbacks),
         )
     slots = f"{res.cpus:g} CPU" + (f" + {res.gpus:g} GPU" if res.gpus else "")
     log(f"running {total} trials ({slots} each); progress below, Ctrl-C stops and keeps state")
     t0 = time.time()
     tuner.fit()
+    faults.raise_if_stopped()  # (issue 27) a full disk stopped the run: its one line
     log(f"Tune phase ended after {time.time() - t0:.1f} s")
 
 
 def restorable(storage: Storage, experiment: str) -> bool:
-    """Tune can restore ``<storage>/<experiment>`` and its newest experiment state holds a trial: a study
-    stopped between writing a round's first state and adding its trials left none, and Tune
-    cannot restore that (its ``_restore_trials`` indexes the first trial) — that round
-    starts afresh instead."""
+    """Tune can restore ``<storage>/<experiment>`` and its newest experiment state holds a
+    trial: a study stopped between writing a round's first state and adding its trials left
+    none, and Tune cannot restore that (its ``_restore_trials`` indexes the first trial) —
+    that round starts afresh instead."""
     from ray import tune
 
     if not tune.Tuner.can_restore(f"{storage.tune_path}/{experiment}"):
@@ -265,7 +270,7 @@ def _trainable(
 
 def _run_config(
     study_dir: Path, experiment: str, retries: int, total: int, trial_ids: list[str] | None,
-    storage: Storage,
+    storage: Storage, callbacks: Sequence[Any] = (),
 ) -> Any:
     """Where Tune keeps the experiment, how often it retries a crash, which checkpoints it
     keeps, and the driver's callback."""
@@ -282,7 +287,7 @@ def _run_config(
         # the trial's working folder holds the training function's own last.pt/best.pt:
         # Tune's checkpoints already keep last.pt, do not copy that folder to storage too
         sync_config=tune.SyncConfig(sync_artifacts=False, sync_artifacts_on_checkpoint=False),
-        callbacks=[StudyCallback(str(study_dir), total, trial_ids, storage)],
+        callbacks=[StudyCallback(str(study_dir), total, trial_ids, storage), *callbacks],
         verbose=0,
     )
 
@@ -316,10 +321,11 @@ def _tune_config(
     if sp.sampled:
         import optuna
         from ray.tune.search import Repeater
-        from ray.tune.search.optuna import OptunaSearch
+
+        from study.running.searcher import ChosenCheckpoint, StudyOptunaSearch
 
         space = {k: d.to_optuna() for k, d in sp.sample.items() if k not in plan.pinned}
-        search_alg = OptunaSearch(
+        search_alg = StudyOptunaSearch(  # (issue 27) the Optuna history a person can open
             space=space,
             metric=f"val_{sp.metric}",  # choices on validation: never on test
             mode=sp.mode,
@@ -329,6 +335,7 @@ def _tune_config(
         )
         if plan.seeds > 1:  # the same proposal with seeds 0..N-1; Optuna sees their mean
             search_alg = Repeater(search_alg, repeat=plan.seeds)
+        search_alg = ChosenCheckpoint(search_alg, plan.base.epochs)  # values the report ranks
         num_samples = plan.num_samples * plan.seeds
     scheduler = None
     if sp.scheduler.kind == "asha":

@@ -3,6 +3,8 @@
 A crash (a trial raising, its worker killed) is one console line naming the cause Ray gave
 (``ActorDiedError: …``, or the trial's own exception); Ray's traceback goes to the trial's log
 (``trials/<id>/trial.log``) and the crash to ``trials/<id>/crashes.jsonl`` (for report.md).
+A crash because the disk is full is not one: it stops the study for a resume, and the Ray head
+is watched while the trials run (study/running/faults.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from study.layout import (
     trial_dirname,
 )
 from study.outputs.results import collect_rows, write_results
+from study.running import faults
 from study.running.storage import Storage
 from study.running.trial import log_line
 
@@ -56,12 +59,26 @@ class StudyCallback(Callback):
         # moment may already have written before its callback runs.
         self.ended: set[str] = self._ended_before()
         self.slots = 1  # the most trials seen running at once: the ETA divides by it
+        self._watch: faults.GcsWatch | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks with its state: without the running watch thread."""
+        return {**self.__dict__, "_watch": None}
 
     def setup(self, **info: Any) -> None:
         """Called by every ``fit``: a resumed study restores this object from Tune's state
-        (``tuner.pkl``) as it was when the study began, so count the trials ended since."""
+        (``tuner.pkl``) as it was when the study began, so count the trials ended since; the
+        Ray head is watched until the run ends."""
         self.started.clear()
         self.ended = self._ended_before()
+        faults.reset()
+        self._watch = faults.GcsWatch.for_this_driver(self.study_dir)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        watch = getattr(self, "_watch", None)
+        if watch is not None:
+            watch.stop()
+            self._watch = None
 
     def _ended_before(self) -> set[str]:
         plan_path = Path(self.study_dir) / PLAN
@@ -85,6 +102,8 @@ class StudyCallback(Callback):
         self.storage.pull_trial(trial_dirname(trial))  # (nothing to do on one machine)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self._stopped_for_space(trial):
+            return
         cause = self._crashed(trial, retried=True)
         tid = trial_dirname(trial)
         print(
@@ -97,7 +116,18 @@ class StudyCallback(Callback):
         self._ended(trials, trial, "TERMINATED", "")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self._stopped_for_space(trial):
+            return
         self._ended(trials, trial, "ERROR", self._crashed(trial, retried=False))
+
+    def _stopped_for_space(self, trial: Any) -> bool:
+        """A trial that crashed because the disk is full stops the study (the trial is not
+        recorded as crashed or ended: a resume continues it from its last checkpoint)."""
+        full = faults.disk_full_error(trial_exception(trial))
+        if full is None:
+            return False
+        faults.stop_for_space(self.study_dir, trial_dirname(trial), full)
+        return True
 
     def _crashed(self, trial: Any, retried: bool) -> str:
         """Record a crash: Ray's full error in the trial's crash log (the driver's file: the
@@ -196,6 +226,19 @@ def crash_cause(trial: Any) -> tuple[str, str]:
         exc = exc.cause  # the trial's own exception, raised in its worker
     first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
     return f"{type(exc).__name__}: {first}"[:300], text or str(exc)
+
+
+def trial_exception(trial: Any) -> BaseException | None:
+    """The trial's own exception (raised in its worker) from Tune's error file, else Ray's
+    (``ActorDiedError`` …); None when Tune recorded none."""
+    exc = _pickled_error(trial.pickled_error_file)
+    if exc is None:
+        return None
+    from ray.exceptions import RayTaskError
+
+    if isinstance(exc, RayTaskError) and exc.cause is not None:
+        return exc.cause
+    return exc
 
 
 def _pickled_error(path: str | None) -> BaseException | None:

@@ -43,6 +43,7 @@ from typing import Any
 
 from model.config import TrialConfig, config_from_dict, config_keys
 from model.error_bases import deterministic_errors
+from model.eval_preview import EVAL_PREVIEW
 from study.files import append_jsonl, atomic_write_json
 from study.layout import (
     ATTEMPTS,
@@ -351,8 +352,11 @@ def _stage(checkpoint_path: str | None, stage: Path) -> Any:
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
-    try:
-        os.link(src, stage / src.name)  # Tune copies the folder during report: a link is enough
-    except OSError:
-        shutil.copy2(src, stage / src.name)
+    # (issue 27) the evaluation's preview travels with its checkpoint, for the trackers
+    for f in (src, src.with_name(EVAL_PREVIEW)):
+        if f == src or f.is_file():
+            try:
+                os.link(f, stage / f.name)  # Tune copies the folder during report: a link will do
+            except OSError:
+                shutil.copy2(f, stage / f.name)
     return tune.Checkpoint.from_directory(str(stage))

@@ -1,0 +1,27 @@
+"""Ray Tune's Weights & Biases logger for a study (study/running/trackers.py says what the
+trackers log): one W&B run per trial, written by a logging actor on the driver's node (online,
+or offline into ``<study>/wandb/`` for a later ``wandb sync``), with the evaluation previews as
+``wandb.Image`` under ``eval_preview``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.air.constants import TRAINING_ITERATION
+from ray.air.integrations.wandb import WandbLoggerCallback
+
+from study.running.trackers import PREVIEW_TAG, read_preview
+
+
+class StudyWandb(WandbLoggerCallback):
+    """``WandbLoggerCallback(project=…, group=…, mode=…, dir=…)`` with the previews (``mode``
+    and ``dir`` go to ``wandb.init``)."""
+
+    def log_trial_save(self, trial: Any) -> None:
+        super().log_trial_save(trial)
+        image = read_preview(trial)
+        if image is None:
+            return
+        # the step of the result it belongs to (W&B's steps never go back)
+        step = (trial.last_result or {}).get(TRAINING_ITERATION)
+        self.log_trial_result(0, trial, {PREVIEW_TAG: image, TRAINING_ITERATION: step})
