@@ -161,6 +161,36 @@ def with_threads(cfg: TrialConfig, res: Resources) -> TrialConfig:
     return dataclasses.replace(cfg, threads=max(1, int(res.cpus)))
 
 
+def with_gpus(cfg: TrialConfig, res: Resources) -> TrialConfig:
+    """A trial given N ≥ 2 whole GPUs trains on all of them: ``ddp_workers`` N, one process per
+    GPU (model/distributed.py), the batch split between them. Ray gives the trial its GPUs as
+    one bundle on one node (CUDA_VISIBLE_DEVICES), so the ranks start together and rank k uses
+    cuda:k. A fraction of a GPU shares the card with other trials (one process)."""
+    gpus = res.gpus
+    if gpus > 1 and gpus != int(gpus):
+        raise StudyError(f"{gpus:g} GPUs per trial: more than one GPU must be a whole number")
+    if gpus < 2:
+        if cfg.ddp_workers > 1 and gpus > 0:
+            raise StudyError(
+                f"ddp_workers {cfg.ddp_workers}: a trial with {gpus:g} GPU runs one process on "
+                "it; ask for as many GPUs as workers (resources: {gpus: N})"
+            )
+        return cfg
+    workers = int(gpus)
+    if cfg.ddp_workers not in (1, workers):
+        raise StudyError(f"ddp_workers {cfg.ddp_workers} but {workers} GPUs per trial: "
+                         "one worker per GPU")
+    if cfg.batch_size % workers:
+        raise StudyError(f"batch_size {cfg.batch_size} does not split over the trial's "
+                         f"{workers} GPUs: make it a multiple of {workers}")
+    return dataclasses.replace(cfg, ddp_workers=workers)
+
+
+def trial_share(cfg: TrialConfig, res: Resources) -> TrialConfig:
+    """The config as the trial runs it on its share of the node: threads and GPUs."""
+    return with_gpus(with_threads(cfg, res), res)
+
+
 def run_trials(
     plan: Plan,
     study_dir: Path,
@@ -260,8 +290,8 @@ def _trainable(
         run_trial,
         train_fn=train_fn,
         study_dir=str(study_dir),
-        plan_configs={t.id: with_threads(t.config, res) for t in plan.trials},
-        base=with_threads(plan.base, res),
+        plan_configs={t.id: trial_share(t.config, res) for t in plan.trials},
+        base=trial_share(plan.base, res),
         cache_root=str(cache_root.resolve()),
         storage_uri=None if storage.local else storage.uri,
     )

@@ -9,6 +9,8 @@ joins this module's Ray session through --address) with a fake training function
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import os
@@ -344,6 +346,28 @@ def test_resources_follow_the_cluster() -> None:
     quick = build_plan(load_space("ablation"))  # the quick block's own resources
     assert pipeline.effective_resources(quick, None, None, cpu_box, log.append).cpus == 1
 
+
+
+def test_a_trial_given_several_gpus_trains_on_all_of_them() -> None:
+    """N ≥ 2 whole GPUs per trial: N processes in the trial (ddp_workers N, the batch split);
+    a fraction shares a card with one process; what cannot be split is a clear error."""
+    from study.space.definition import Resources
+
+    plan = build_plan(load_space("ablation"), data="/d")
+    cfg = plan.trials[0].config  # batch_size 64 in the full profile
+    assert pipeline.trial_share(cfg, Resources(cpus=8, gpus=2)).ddp_workers == 2
+    assert pipeline.trial_share(cfg, Resources(cpus=8, gpus=4)).ddp_workers == 4
+    half = pipeline.trial_share(cfg, Resources(cpus=2, gpus=0.5))
+    assert (half.ddp_workers, half.threads) == (1, 2)
+    with pytest.raises(StudyError, match="1.5 GPUs per trial"):
+        pipeline.trial_share(cfg, Resources(cpus=8, gpus=1.5))
+    odd = dataclasses.replace(cfg, batch_size=6)
+    with pytest.raises(StudyError, match="batch_size 6 does not split over the trial's 4 GPUs"):
+        pipeline.trial_share(odd, Resources(cpus=8, gpus=4))
+    two = dataclasses.replace(cfg, ddp_workers=2)
+    with pytest.raises(StudyError, match="ddp_workers 2: a trial with 1 GPU"):
+        pipeline.trial_share(two, Resources(cpus=8, gpus=1))
+    assert pipeline.trial_share(two, Resources(cpus=2, gpus=0)).ddp_workers == 2  # CPU ranks
 
 def test_trial_metrics_are_flat_scalars() -> None:
     import torch
