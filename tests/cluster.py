@@ -215,6 +215,10 @@ class RayHead:
     def raylet_pid(self) -> int:
         return _find_child(self.proc.pid, "raylet", 10).pid
 
+    def gcs_pid(self) -> int:
+        """The head's GCS (``gcs_server``): the cluster's control process."""
+        return _find_child(self.proc.pid, "gcs_server", 10).pid
+
     def stop(self) -> None:
         """SIGTERM to `ray start --block` (it stops the node's processes), then SIGKILL to what
         is left of its tree or names its temp dir."""

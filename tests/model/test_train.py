@@ -466,3 +466,37 @@ def test_hambox_runs_on_every_step(data_dir, monkeypatch) -> None:
     calls.clear()
     one_epoch(data_dir, assigner="atss")
     assert calls == []
+
+
+def test_a_truncated_last_checkpoint_resumes_from_the_one_before_and_says_so(
+    data_dir, tmp_path, caplog
+) -> None:
+    """last.pt cut in half (a disk error, a copy that stopped): the resume takes last.prev.pt
+    (the checkpoint last.pt replaced), says so in a warning, trains the lost epoch again and
+    ends as an uninterrupted run does."""
+    cfg = tiny(data_dir, eval_interval=1)
+    ref: list[dict] = []
+    train_detector(cfg, report=lambda m, p: ref.append(m), checkpoint_dir=tmp_path / "ref",
+                   progress=False)
+
+    def kill(metrics: dict, path: str | None) -> None:
+        if metrics["epoch"] == 2:
+            raise Killed("stopped after epoch 2")
+
+    out = tmp_path / "run"
+    with pytest.raises(Killed):
+        train_detector(cfg, report=kill, checkpoint_dir=out, progress=False)
+    assert load_checkpoint(out / "last.prev.pt")["epoch"] == 1
+    data = (out / "last.pt").read_bytes()
+    (out / "last.pt").write_bytes(data[: len(data) // 2])
+    reports: list[dict] = []
+    with caplog.at_level("WARNING", logger="model.trainer"):
+        result = train_detector(cfg, report=lambda m, p: reports.append(m), checkpoint_dir=out,
+                                progress=False)
+    (warning,) = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert f"{out / 'last.pt'} is unreadable" in warning
+    assert f"{out / 'last.prev.pt'} (after epoch 1)" in warning
+    assert result["resumed_from_epoch"] == 1
+    assert [m["epoch"] for m in reports] == [2, 3]
+    for key in (*VAL_METRICS, "total_loss", "lr"):
+        assert [m[key] for m in reports] == [m[key] for m in ref[1:]], key

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 import ray  # a dependency: its absence fails, never skips
 
 from study.outputs.results import read_csv, read_history
+from study.layout import StudyError
 from study.running.driver import StudyArgs, run_study
 from study.running.session import _psutil
 from tests.data_builders import truncate
@@ -298,3 +300,104 @@ def test_worker_killed_mid_epoch_resumes_to_the_uninterrupted_metrics(
     assert [h["total_loss"] for h in read_history(trial / "history.jsonl")] == [
         m["total_loss"] for m in ref
     ]
+
+
+DISK_SPACE = """
+fixed: {epochs: 3, eval_interval: 1, no_aug_epochs: 1, workers: 0}
+grid: {reg_loss: [iou, ciou]}
+baseline: {reg_loss: iou}
+resources: {cpus: 1}
+"""
+
+
+def test_a_full_disk_stops_the_study_in_one_line_and_it_resumes_when_there_is_room(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """ciou's epoch-2 checkpoint write meets a real ENOSPC (its temporary file is a link to
+    /dev/full): the study stops — no retry that would fail the same way, no trial recorded as
+    failed — with one line naming the folder, the space the checkpoint needs and what is free;
+    with room again, --resume continues ciou from its epoch-1 checkpoint."""
+    from tests.study_fakes import fake_train
+
+    space = tmp_path / "disk.yaml"
+    space.write_text(DISK_SPACE)
+    ctl = control_folder(tmp_path / "ctl", epoch_s=0.05, torch_ckpt=True,
+                         disk_full={"ciou": 2})
+    (ctl / "disk_full").touch()
+    study = tmp_path / "study"
+    lines: list[str] = []
+    with pytest.raises(StudyError) as stopped:  # the CLI prints it as its one error line
+        run_study(StudyArgs(space=str(space), data=str(ctl), out=study, max_concurrent=1),
+                  train_fn=fake_train, log=lines.append)
+    summary = str(stopped.value)
+    assert summary.count("\n") == 0, summary
+    # the checkpoint: 64k float32 weights (262.1 kB) and torch.save's framing
+    assert re.search(r"is full: trial ciou could not write its checkpoint there \(it needs "
+                     r"about 26[2-5]\.\d kB, [\d.]+ [kMG]?B free\)", summary), summary
+    assert f"python study/run.py --resume --out {study}" in summary
+    assert not (study / "trials" / "ciou" / "failed.json").exists()
+    assert [c["start_epoch"] for c in _calls(ctl)["ciou"]] == [0]  # not retried into the wall
+
+    (ctl / "disk_full").unlink()  # room again
+    again = run_study(StudyArgs(resume=True, out=study), train_fn=fake_train, log=lines.append)
+    assert again.exit_code == 0, again.summary
+    rows = {r["id"]: r for r in read_csv(study / "results.csv")}
+    assert {t: r["status"] for t, r in rows.items()} == {"iou": "done", "ciou": "done"}
+    calls = _calls(ctl)
+    assert [c["start_epoch"] for c in calls["ciou"]] == [0, 1]  # only epoch 2 trained again
+    assert len(calls["iou"]) == 1
+    epochs = [h["epoch"] for h in read_history(study / "trials" / "ciou" / "history.jsonl")]
+    assert epochs == [1, 2, 3]
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from study.artifacts.jobs import load_study_plan
+from study.outputs import write_all
+from study.running.trust import write_manifest
+study = Path(sys.argv[1])
+plan = load_study_plan(study)
+print("ready", flush=True)
+while True:
+    write_all(plan, study, 1.0)
+    write_manifest(study)
+"""
+
+
+def test_sigkill_in_the_middle_of_our_writes_never_leaves_a_half_file(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """A process rewriting results.csv, report.md, best_config.yaml and the manifest
+    (study.json) in a loop, SIGKILLed at 8 moments: each file is always a whole version —
+    byte-equal to the one a complete write gives (the manifest: a whole JSON record)."""
+    import random
+
+    from tests.study_fakes import fake_train
+
+    space = tmp_path / "disk.yaml"
+    space.write_text(DISK_SPACE)
+    ctl = control_folder(tmp_path / "ctl", epoch_s=0.01)
+    study = tmp_path / "study"
+    out = run_study(StudyArgs(space=str(space), data=str(ctl), out=study), train_fn=fake_train,
+                    log=lambda s: None)
+    assert out.exit_code == 0, out.summary
+    from study.artifacts.jobs import load_study_plan
+    from study.outputs import write_all
+
+    write_all(load_study_plan(study), study, 1.0)  # what the loop writes, whole
+    names = ("results.csv", "report.md", "best_config.yaml")
+    whole = {n: (study / n).read_bytes() for n in names}
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    rng = random.Random(0)
+    for k in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(study)], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, 1.5))
+        proc.kill()
+        proc.wait(timeout=30)
+        for n in names:
+            assert (study / n).read_bytes() == whole[n], (k, n)
+        manifest = json.loads((study / "study.json").read_text())
+        assert len(manifest["study_id"]) == 32 and manifest["path"] == str(study.resolve())
