@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import ray  # a dependency: its absence fails, never skips
 
-from study.outputs.results import read_csv, read_history
 from study.layout import StudyError
+from study.outputs.results import read_csv, read_history
 from study.running.driver import StudyArgs, run_study
 from study.running.session import _psutil
 from tests.data_builders import truncate
