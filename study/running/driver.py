@@ -226,7 +226,9 @@ def run_study(
     with trust.private_umask():
         plan = _run(plan, study_dir, cache_root, fn, data, args, log, t0, storage)
     storage.pull_study()  # (every trial's last records, before the outputs are written)
-    return finish(plan, study_dir, time.time() - t0, log)
+    outcome = finish(plan, study_dir, time.time() - t0, log)
+    storage.push_outputs()
+    return outcome
 
 
 def feed_trials(
@@ -292,6 +294,7 @@ def _run(
         res = pipeline.effective_resources(
             plan, args.cpus_per_trial, args.gpus_per_trial, cluster, log
         )
+        pipeline.check_fits_a_node(res, pipeline.node_gpus())
         done = pretraining.run_jobs(plan, study_dir, cache_root, res, log, storage)
         plan = pretraining.applied(plan, done)
         storage.push_driver_files()

@@ -151,6 +151,24 @@ def effective_resources(
     return Resources(cpus=cpus, gpus=gpus)
 
 
+def node_gpus() -> list[float]:
+    """The GPUs of each live node of the Ray cluster this process is connected to."""
+    import ray
+
+    return [float(n.get("Resources", {}).get("GPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+
+
+def check_fits_a_node(res: Resources, gpus_per_node: list[float]) -> None:
+    """A trial's GPUs come from one node (one bundle: its ranks run side by side), so a
+    request larger than every node would wait for ever: a StudyError instead."""
+    largest = max(gpus_per_node, default=0.0)
+    if res.gpus > 1 and res.gpus > largest:
+        raise StudyError(
+            f"{res.gpus:g} GPUs per trial, but the largest node of the cluster has {largest:g}: "
+            "a trial's GPUs come from one node; ask for at most that many (--gpus-per-trial)"
+        )
+
+
 def with_threads(cfg: TrialConfig, res: Resources) -> TrialConfig:
     """The config a trial trains with: ``threads`` 0 (as many as torch takes) becomes the trial's
     CPU share, so that the trial uses no more than Ray gave it and its best_config.yaml reruns

@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from study.layout import StudyError, trial_dir
+from study.layout import BEST_CONFIG, REPORT, RESULTS, StudyError, trial_dir
 
 STORAGE_FILE = "storage.json"  # in the study folder: the storage URI of a study on a cluster
+OUTPUT_FILES = (RESULTS, REPORT, BEST_CONFIG)
 DRIVER_FILES = (  # the driver's state that a resume from storage alone needs
     "plan.json", "space.yaml", "pretraining.json", "race.json", "split.json", "status.json",
     "study.json", "data_report.txt", "data_report.json", STORAGE_FILE,
@@ -159,6 +160,15 @@ class Storage:
             path = self.study_dir / name
             if path.is_file():
                 self.write_bytes(name, path.read_bytes())
+
+    def push_outputs(self) -> None:
+        """The study's outputs (results.csv, report.md, best_config.yaml, the plots) beside its
+        trials in storage: a driver whose disk goes away (a pod, a SLURM node) loses nothing."""
+        if self.local:
+            return
+        for path in sorted(self.study_dir.iterdir()):
+            if path.is_file() and (path.name in OUTPUT_FILES or path.suffix == ".png"):
+                self.write_bytes(path.name, path.read_bytes())
 
     def pull_study(self) -> None:
         """A study folder rebuilt from storage: the driver's state and every trial's records

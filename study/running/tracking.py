@@ -115,15 +115,23 @@ def wandb_mode() -> str:
         return "offline"
 
 
-def describe(trackers: Sequence[str], study_dir: Path) -> list[str]:
-    """The lines printed when the study starts: where each tracker writes and how to open it."""
+def describe(
+    trackers: Sequence[str], study_dir: Path, storage_uri: str | None = None
+) -> list[str]:
+    """The lines printed when the study starts: where each tracker writes and how to open it.
+    ``storage_uri``: the study's remote storage (``--storage``), where Tune's trial folders and
+    so the TensorBoard event files live."""
     study = study_dir.resolve()
     lines = []
     if "tensorboard" in trackers:
         viewer = "" if importlib.util.find_spec("tensorboard") else (
             " (the viewer: pip install tensorboard)"
         )
-        lines.append(f"TensorBoard: tensorboard --logdir {study}{viewer}")
+        if storage_uri is None:
+            lines.append(f"TensorBoard: tensorboard --logdir {study}{viewer}")
+        else:  # TensorBoard reads s3:// itself (boto3); other stores: copy the folder down
+            lines.append(f"TensorBoard: tensorboard --logdir {storage_uri}{viewer} (event "
+                         "files in the storage's trial folders; for gs:// copy it down first)")
     if "mlflow" in trackers:
         uri = mlflow_uri(study)
         lines.append(
@@ -160,7 +168,10 @@ def start(args: Any, study_dir: Path, log: Log) -> Any:
         trackers = recorded
     else:
         trackers = chosen_trackers(args.track)
-    for line in describe(trackers, study_dir):
+    from study.running.storage import storage_of
+
+    storage = storage_of(study_dir, args.storage)
+    for line in describe(trackers, study_dir, None if storage.local else storage.uri):
         log(line)
     return dataclasses.replace(args, track=list(trackers) or [NONE])
 

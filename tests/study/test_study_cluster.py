@@ -132,6 +132,8 @@ def test_a_study_survives_a_dead_node_and_resumes_from_s3_alone(
         assert (study / "trials" / on_worker / "crashes.jsonl").is_file()  # the node's death
         assert c.s3.keys("studies/study/tune/"), "Tune's state is in S3"
         assert c.s3.keys(f"studies/study/trials/{on_worker}/")
+        outputs = {k.rsplit("/", 1)[1] for k in c.s3.keys("studies/study/")}
+        assert {"results.csv", "report.md", "best_config.yaml"} <= outputs  # the driver's too
         # 4. the same numbers as an undisturbed study on one node, local storage
         from study.running.driver import StudyArgs, run_study
         from tests.study_fakes import fake_train

@@ -367,6 +367,10 @@ def test_a_trial_given_several_gpus_trains_on_all_of_them() -> None:
     with pytest.raises(StudyError, match="ddp_workers 2: a trial with 1 GPU"):
         pipeline.trial_share(two, Resources(cpus=8, gpus=1))
     assert pipeline.trial_share(two, Resources(cpus=2, gpus=0)).ddp_workers == 2  # CPU ranks
+    pipeline.check_fits_a_node(Resources(cpus=8, gpus=2), [1.0, 2.0])
+    with pytest.raises(StudyError, match="4 GPUs per trial, but the largest node of the cluster "
+                                         "has 2"):
+        pipeline.check_fits_a_node(Resources(cpus=8, gpus=4), [2.0, 2.0])  # 4 in all
 
 def test_trial_metrics_are_flat_scalars() -> None:
     import torch
