@@ -250,6 +250,7 @@ def test_train_mode_hands_the_agreed_inputs_to_yolox_loss(monkeypatch: pytest.Mo
         "use_l1": True,
         "dynamic_state": net.head.dynamic_state,
         "assign_stats": False,
+        "world": net.head.world,  # one process: World() (model/distributed.py)
     }
     assert dataclasses.asdict(settings) == {
         "reg_loss": "iou",
