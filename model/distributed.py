@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+
+# torch 2.13 marks the differentiable all_reduce deprecated in favour of a functional collective
+# that has no autograd on gloo; said once per batch and layer, it would drown the trial's log
+warnings.filterwarnings(
+    "ignore", message=r"torch\.distributed\.nn\.functional\.all_reduce is deprecated",
+    category=FutureWarning,
+)
 
 
 @dataclass(frozen=True)
