@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from model.data.raw import DataError
@@ -59,7 +58,10 @@ def embedded_dataset_dir(
         if (target / MARKER).is_file():  # the other process finished it meanwhile
             return target
         _remove_leftovers(root, target)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
+        # (made with the user's umask, as any folder: mkdtemp's 0700 would need a chmod that
+        # loosens a private umask; the lock keeps the name to this process)
+        tmp = root / f".{target.name}.tmp-{os.getpid()}"
+        tmp.mkdir()
         try:
             if progress:
                 print(f"generating the embedded floating-bottle dataset into {target}",
@@ -67,7 +69,6 @@ def embedded_dataset_dir(
             generate_flow_like(tmp, seed=seed, progress=progress)
             manifest = json.loads((tmp / "manifest.json").read_text())
             (tmp / MARKER).write_text(manifest["annotations_sha256"] + "\n")
-            tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is not secret
             os.rename(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

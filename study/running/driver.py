@@ -189,7 +189,7 @@ def run_study(
                 "--resume keeps the study's own plan; drop --set/--data/--seeds/--budget/--full"
             )
         if not args.dry_run:  # a dry run reads plan.json only (JSON), never Tune's pickles
-            trust.check_resumable(study_dir)
+            trust.check_resumable(study_dir, storage_of(study_dir, args.storage))
         plan = pretraining.load_study_plan(study_dir)
         log(f"resuming study {study_dir} ({plan.space.name})")
     else:
@@ -283,7 +283,7 @@ def _run(
         study_dir.mkdir(parents=True, exist_ok=True)
         if not args.resume:
             atomic_write_text(study_dir / SPACE, plan.space.text)
-            trust.write_manifest(study_dir)
+            trust.write_manifest(study_dir, storage)  # (bound to its place and storage)
         storage.save_uri()
         session.record(study_dir, pipeline.owns_ray())
         prepare.write_data_reports(study_dir, data, log)
@@ -301,6 +301,7 @@ def _run(
         session.record(study_dir, pipeline.owns_ray())  # Ray's agents are up by now
         rounds = Rounds(plan, study_dir, cache_root, res, fn, args, log, cluster, t0, storage)
         plan = rounds.run()
+        trust.record_phase(study_dir, storage)  # the study's end: every experiment's state
     finally:
         pipeline.stop_ray()
         session.clear(study_dir)

@@ -6,7 +6,6 @@ Ray and Optuna are imported inside the functions, so planning and ``--dry-run`` 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -17,8 +16,8 @@ from typing import Any
 
 from model.config import TrialConfig
 from study.layout import PLAN_ID, TUNE, StudyError, trial_dirname
-from study.running import faults
-from study.running.storage import Storage
+from study.running import faults, trust
+from study.running.storage import TUNER_STATE, Storage, restorable
 from study.running.trial import TrainFn, run_trial
 from study.space.definition import Resources
 from study.space.plan import Plan
@@ -234,6 +233,8 @@ def run_trials(
     besides the driver's own (the trackers, study/running/tracking.py)."""
     from ray import tune
 
+    from study.running.progress import StudyCallback
+
     # Tune's legacy reporter is silent at verbose=0 (the new one still prints each trial
     # error's result table); our callback prints one line per trial instead, and one per crash
     # (Ray's traceback of it goes to the trial's log, not the console)
@@ -242,58 +243,61 @@ def run_trials(
     study_dir = study_dir.resolve()
     storage = storage or Storage.for_study(study_dir, None)
     trainable = _trainable(plan, study_dir, cache_root, res, train_fn, storage)
-    tune_dir = f"{storage.tune_path}/{experiment}"
     runnable = [t for t in plan.runnable() if trial_ids is None or t.id in set(trial_ids)]
     total = len(runnable) if not plan.space.sampled else plan.num_samples * plan.seeds
-    if resume and not restorable(storage, experiment):
-        storage.remove(experiment)  # a round stopped before its first trial: start it afresh
-    if resume and tune.Tuner.can_restore(tune_dir):
-        log(
-            f"restoring the Tune run in {tune_dir}: finished trials stay, the others continue "
-            "from their last checkpoint"
-        )
-        tuner = tune.Tuner.restore(
-            tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
-        )
-    else:
+    study_id = trust.read_study_id(study_dir)  # (the registry entry of its state's digests)
+    callback = StudyCallback(str(study_dir), total, trial_ids, storage, study_id)
+    tuner = restored(storage, experiment, trainable, log) if resume else None
+    if tuner is None:
         if not total:
             raise StudyError("nothing to run: every planned trial is skipped (see above)")
         retries = plan.space.max_failures if max_failures is None else max_failures
         tuner = tune.Tuner(
-            trainable,
-            param_space=_param_space(plan, runnable),
+            trainable, param_space=_param_space(plan, runnable),
             tune_config=_tune_config(plan, study_dir, max_concurrent, searcher_seed),
-            run_config=_run_config(study_dir, experiment, retries, total, trial_ids, storage,
-                                   callbacks),
+            run_config=_run_config(experiment, retries, storage, [callback, *callbacks]),
         )
+        trust.record_written(study_dir, storage, experiment, [TUNER_STATE])  # just written
     slots = f"{res.cpus:g} CPU" + (f" + {res.gpus:g} GPU" if res.gpus else "")
     log(f"running {total} trials ({slots} each); progress below, Ctrl-C stops and keeps state")
-    t0 = time.time()
-    tuner.fit()
-    faults.raise_if_stopped()  # (issue 27) a full disk stopped the run: its one line
-    log(f"Tune phase ended after {time.time() - t0:.1f} s")
+    fit(tuner, study_dir, storage, experiment, callback, log)
 
 
-def restorable(storage: Storage, experiment: str) -> bool:
-    """Tune can restore ``<storage>/<experiment>`` and its newest experiment state holds a
-    trial: a study stopped between writing a round's first state and adding its trials left
-    none, and Tune cannot restore that (its ``_restore_trials`` indexes the first trial) —
-    that round starts afresh instead."""
+def restored(storage: Storage, experiment: str, trainable: Any, log: Log) -> Any:
+    """The Tuner of ``experiment``'s interrupted run (the caller checked its state:
+    study/running/trust.py), or None when there is none to restore."""
     from ray import tune
 
-    if not tune.Tuner.can_restore(f"{storage.tune_path}/{experiment}"):
-        return False
-    names = sorted(
-        (mtime, name) for name, (_, mtime) in storage.listing(experiment).items()
-        if "/" not in name and name.startswith("experiment_state-") and name.endswith(".json")
+    tune_dir = f"{storage.tune_path}/{experiment}"
+    if not restorable(storage, experiment):
+        storage.remove(experiment)  # a round stopped before its first trial: start it afresh
+    if not tune.Tuner.can_restore(tune_dir):
+        return None
+    log(
+        f"restoring the Tune run in {tune_dir}: finished trials stay, the others continue "
+        "from their last checkpoint"
     )
-    if not names:
-        return False
-    state = storage.read_bytes(f"{experiment}/{names[-1][1]}") or b"{}"
+    return tune.Tuner.restore(
+        tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
+    )
+
+
+def fit(
+    tuner: Any, study_dir: Path, storage: Storage, experiment: str, callback: Any, log: Log
+) -> None:
+    """``tuner.fit()`` with the driver's ``callback`` (it replaces the one a restored Tuner
+    unpickled); then, however it ended, the digests of the Tune state it left are what the
+    study's registry entry keeps (study/running/trust.py)."""
+    from study.running.progress import serving
+
+    t0 = time.time()
     try:
-        return bool(json.loads(state).get("trial_data"))
-    except ValueError:
-        return False
+        with serving(callback):
+            tuner.fit()
+    finally:
+        trust.record_phase(study_dir, storage, experiment)
+    faults.raise_if_stopped()  # (issue 27) a full disk stopped the run: its one line
+    log(f"Tune phase ended after {time.time() - t0:.1f} s")
 
 
 def _trainable(
@@ -317,14 +321,11 @@ def _trainable(
 
 
 def _run_config(
-    study_dir: Path, experiment: str, retries: int, total: int, trial_ids: list[str] | None,
-    storage: Storage, callbacks: Sequence[Any] = (),
+    experiment: str, retries: int, storage: Storage, callbacks: Sequence[Any]
 ) -> Any:
     """Where Tune keeps the experiment, how often it retries a crash, which checkpoints it
-    keeps, and the driver's callback."""
+    keeps, and the callbacks (the driver's own first)."""
     from ray import tune
-
-    from study.running.progress import StudyCallback
 
     return tune.RunConfig(
         name=experiment,
@@ -335,7 +336,7 @@ def _run_config(
         # the trial's working folder holds the training function's own last.pt/best.pt:
         # Tune's checkpoints already keep last.pt, do not copy that folder to storage too
         sync_config=tune.SyncConfig(sync_artifacts=False, sync_artifacts_on_checkpoint=False),
-        callbacks=[StudyCallback(str(study_dir), total, trial_ids, storage), *callbacks],
+        callbacks=list(callbacks),
         verbose=0,
     )
 

@@ -14,6 +14,8 @@ import json
 import pickle
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +35,22 @@ from study.layout import (
     trial_dirname,
 )
 from study.outputs.results import collect_rows, write_results
-from study.running import faults
+from study.running import faults, trust
 from study.running.storage import Storage
 from study.running.trial import log_line
+
+_SERVED: list[StudyCallback] = []  # the callback the driver built for the fit now running
+
+
+@contextmanager
+def serving(callback: StudyCallback) -> Iterator[None]:
+    """While ``fit`` runs: the callback the driver built for it, whose state a callback that
+    Tune restored from ``tuner.pkl`` takes in :meth:`StudyCallback.setup`."""
+    _SERVED[:] = [callback]
+    try:
+        yield
+    finally:
+        _SERVED.clear()
 
 
 class StudyCallback(Callback):
@@ -44,9 +59,10 @@ class StudyCallback(Callback):
 
     def __init__(
         self, study_dir: str, total: int, ids: list[str] | None = None,
-        storage: Storage | None = None,
+        storage: Storage | None = None, study_id: str | None = None,
     ) -> None:
         self.study_dir = study_dir
+        self.study_id = study_id  # the registry entry the digests of Tune's state go to
         # the trials' records come from the study's storage (study/running/storage.py): this
         # callback is where the driver writes them into its own folder
         self.storage = storage or Storage.for_study(Path(study_dir), None)
@@ -60,25 +76,61 @@ class StudyCallback(Callback):
         self.ended: set[str] = self._ended_before()
         self.slots = 1  # the most trials seen running at once: the ETA divides by it
         self._watch: faults.GcsWatch | None = None
+        self._trials: list = []  # Tune's own list of the experiment's trials
+        self._warned = False
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with its state: without the running watch thread."""
-        return {**self.__dict__, "_watch": None}
+        return {**self.__dict__, "_watch": None, "_trials": []}
 
     def setup(self, **info: Any) -> None:
-        """Called by every ``fit``: a resumed study restores this object from Tune's state
-        (``tuner.pkl``) as it was when the study began, so count the trials ended since; the
-        Ray head is watched until the run ends."""
+        """Called by every ``fit``. A resumed study restores this object from Tune's state
+        (``tuner.pkl``) as it was when the study began — maybe in another folder, or from an
+        older version of this class: it takes the state of the callback this driver built
+        (:func:`serving`), then counts the trials ended since; the Ray head is watched until
+        the run ends."""
+        built = _SERVED[0] if _SERVED else None
+        if built is not None and built is not self:
+            self.__dict__.update(built.__getstate__())
         self.started.clear()
         self.ended = self._ended_before()
         faults.reset()
         self._watch = faults.GcsWatch.for_this_driver(self.study_dir)
 
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        self._trials = trials  # (the very list Tune adds this step's new trials to)
+
+    def get_state(self) -> None:
+        """No state of its own (so Tune writes no callback file). Tune calls this at each
+        experiment checkpoint right after writing its state into its staging folder and before
+        copying it to the storage: the digests of that state go to the registry then
+        (study/running/trust.py). An experiment with no trial yet is never restored: none."""
+        self._record_state(getattr(self, "_trials", None))
+        return None
+
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """After Tune's last experiment checkpoint (and its copy to the storage): recorded
+        here too, for a run that made no step (every trial had ended: no ``on_step_begin``)."""
+        self._record_state(trials)
         watch = getattr(self, "_watch", None)
         if watch is not None:
             watch.stop()
             self._watch = None
+
+    def _record_state(self, trials: list | None) -> None:
+        study_id = getattr(self, "study_id", None)
+        if not trials or not study_id:
+            return
+        ctx = trials[0].storage
+        staging = Path(ctx.experiment_driver_staging_path)
+        if trust.record_staged(study_id, ctx.experiment_dir_name, staging) or getattr(
+            self, "_warned", False
+        ):
+            return
+        self._warned = True
+        print(f"  warning: cannot record the digests of Tune's state in {trust.registry_dir()}: "
+              "after a crash, --resume may ask to adopt the folder (python -m study.cli.adopt)",
+              flush=True)
 
     def _ended_before(self) -> set[str]:
         plan_path = Path(self.study_dir) / PLAN

@@ -44,6 +44,7 @@ DRIVER_FILES = (  # the driver's state that a resume from storage alone needs
     "study.json", "data_report.txt", "data_report.json", STORAGE_FILE,
 )
 ARTIFACTS = "pretrain_cache"
+TUNER_STATE = "tuner.pkl"  # what Tune's Tuner.__init__ writes and Tuner.restore unpickles first
 
 
 def is_uri(text: str) -> bool:
@@ -150,6 +151,22 @@ class Storage:
                 out[info.path[len(base) + 1:]] = (int(info.size or 0), mtime)
         return out
 
+    def children(self, rel: str = "") -> dict[str, bool]:
+        """The entries directly under ``rel`` (the storage's top when empty): name -> whether
+        it is a folder."""
+        import pyarrow.fs
+
+        fs, _ = self._filesystem()
+        base = (self._path(rel) if rel else self._filesystem()[1]).rstrip("/")
+        try:
+            infos = fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))
+        except (FileNotFoundError, OSError):
+            return {}
+        return {
+            info.path.rstrip("/").rsplit("/", 1)[-1]: info.type == pyarrow.fs.FileType.Directory
+            for info in infos
+        }
+
     # --- the driver ------------------------------------------------------------------------
 
     def push_driver_files(self) -> None:
@@ -242,6 +259,27 @@ def storage_of(study_dir: Path, storage: str | None) -> Storage:
             uri = json.loads(recorded.read_text())["uri"]
             return Storage(uri, Path(study_dir).resolve())
     return Storage.for_study(Path(study_dir), storage)
+
+
+def restorable(storage: Storage, experiment: str) -> bool:
+    """Tune can restore ``<storage>/<experiment>`` (it holds ``tuner.pkl``) and its newest
+    experiment state holds a trial: a study stopped between writing a round's first state and
+    adding its trials left none, and Tune cannot restore that (its ``_restore_trials`` indexes
+    the first trial) — that round starts afresh instead (its folder is removed unread). Read
+    as plain JSON: nothing here unpickles."""
+    if not storage.exists(f"{experiment}/{TUNER_STATE}"):
+        return False
+    names = sorted(
+        (mtime, name) for name, (_, mtime) in storage.listing(experiment).items()
+        if "/" not in name and name.startswith("experiment_state-") and name.endswith(".json")
+    )
+    if not names:
+        return False
+    state = storage.read_bytes(f"{experiment}/{names[-1][1]}") or b"{}"
+    try:
+        return bool(json.loads(state).get("trial_data"))
+    except ValueError:
+        return False
 
 
 def _tag(uri: str) -> str:
