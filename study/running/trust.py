@@ -313,9 +313,17 @@ def registered(study_dir: Path, fix: str) -> tuple[str, dict[str, Any]]:
         raise StudyError(
             f"--resume: refusing {study_dir}: its study id {study_id} is not among the studies "
             f"you created ({registry_dir()}); it comes from another user or machine. {RISK}. "
+            f"If it is a study you ran on another machine and you trust every file in it, adopt "
+            f"it first: python -m study.cli.adopt {study_dir}{_storage_flag(study_dir)}; else: "
             f"{fix}"
         )
     return study_id, entry
+
+
+def _storage_flag(study_dir: Path) -> str:
+    """`` --storage URI`` when the folder records a storage (a study rebuilt from it)."""
+    storage = storage_of(study_dir, None)
+    return "" if storage.local else f" --storage {storage.uri.rsplit('/', 1)[0]}"
 
 
 def check_binding(

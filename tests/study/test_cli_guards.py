@@ -266,7 +266,8 @@ def test_resume_refuses_a_study_someone_else_created(tmp_path: Path, capsys) -> 
     assert one_line(capsys) == (
         f"error: --resume: refusing {study}: its study id 0123abcd is not among the studies you "
         f"created ({trust.registry_dir()}); it comes from another user or machine. {trust.RISK}. "
-        + FIX.format(s=study)
+        f"If it is a study you ran on another machine and you trust every file in it, adopt it "
+        f"first: python -m study.cli.adopt {study}; else: " + FIX.format(s=study)
     )
 
 
