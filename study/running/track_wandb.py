@@ -18,6 +18,10 @@ class StudyWandb(WandbLoggerCallback):
     and ``dir`` go to ``wandb.init``)."""
 
     def log_trial_save(self, trial: Any) -> None:
+        if trial not in self._trial_logging_actors:
+            # the trial's run has ended (Tune may persist its last checkpoint after the end):
+            # logging now would start a second W&B run for it, holding only this picture
+            return
         super().log_trial_save(trial)
         image = read_preview(trial)
         if image is None:

@@ -70,8 +70,8 @@ class StudyTensorBoard(TBXLoggerCallback):
         image = read_preview(trial)
         if image is None:
             return
-        if trial not in self._trial_writer:
-            self.log_trial_start(trial)
+        if trial not in self._trial_writer:  # its writer closed: the trial has ended (a
+            return  # new one would start a second event file for it)
         writer = self._trial_writer[trial]
         writer.add_image(PREVIEW_TAG, image, global_step=epoch_of(trial), dataformats="HWC")
         writer.flush()
