@@ -10,7 +10,6 @@ joins this module's Ray session through --address) with a fake training function
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import logging
 import os
