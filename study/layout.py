@@ -65,6 +65,10 @@ DATA_REPORT_JSON = "data_report.json"
 RACE = "race.json"  # --seeds auto: the rounds of seeds it added, and why (study/space/racing.py)
 SPLIT = "split.json"  # the study's validation hold-out: every trial validates on these images
 TRACKING = "tracking.json"  # the trackers the study logs to (study/running/tracking.py)
+OPTUNA_DB = "optuna.sqlite"  # a sampled study's Optuna study (study/running/searcher.py)
+OPTUNA_TRIAL = "trial"  # its trials' user attribute: the Tune trial's folder under trials/
+OPTUNA_SEEDS = "trials"  # … and the folders of all its seeds (--seeds N: one Optuna trial each N)
+OPTUNA_LOST = "lost"  # … on a trial a killed driver left RUNNING: why it was closed as FAIL
 
 # --- trial ids --------------------------------------------------------------------------------
 PLAN_ID = "plan_id"  # the param-space key of grid studies: which planned trial to run
@@ -79,6 +83,12 @@ def valid_metric(v: Any) -> bool:
     """A metric value the tables, plots and best config use: a number ≥ 0 (COCO's -1, "no such
     objects", a missing cell and NaN are left out)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+
+
+def optuna_url(study_dir: str | Path) -> str:
+    """The Optuna storage of a sampled study, by absolute path (``sqlite:////abs/…``): what the
+    searcher writes and what ``optuna-dashboard`` and ``optuna.load_study`` open."""
+    return f"sqlite:///{Path(study_dir).resolve() / OPTUNA_DB}"
 
 
 def trial_dir(study_dir: str | Path, trial_id: str) -> Path:

@@ -13,7 +13,10 @@ Issue 27: ``preview`` writes an ``eval_preview.jpg`` beside each checkpoint (a g
 the epoch in it), ``torch_ckpt`` writes the checkpoints with model/checkpoint.py (atomic,
 last.prev.pt kept), and ``disk_full`` ({trial id: epoch}) makes that epoch's checkpoint write
 meet a full disk — a real ENOSPC from the kernel (its temporary file is a link to /dev/full) —
-as long as ``<data>/disk_full`` exists (the test removes it: room again).
+as long as ``<data>/disk_full`` exists (the test removes it: room again). ``peak_epoch`` p: the
+validation numbers rise until epoch p and fall after it, so the chosen checkpoint (``best_epoch``,
+what the returned summary's ``val_*`` are) is not the last evaluation (issue 27: the value the
+Optuna study holds must be the chosen checkpoint's).
 """
 
 from __future__ import annotations
@@ -132,10 +135,15 @@ def fake_train(
     )
     t0 = time.perf_counter()
     coco: dict[str, float] = {}
+    peak = int(ctl.get("peak_epoch", 0)) or cfg.epochs
+    chosen: dict[str, float] = {}
     for epoch in range(start, cfg.epochs):
         _spin(float(ctl.get("epoch_s", 0.0)))
         done = epoch + 1
-        coco = fake_coco(fake_score(cfg, done, ctl))
+        coco = fake_coco(fake_score(cfg, done if done <= peak else max(2 * peak - done, 0), ctl))
+        best = min(done, peak)
+        if done <= peak or not chosen:  # (a resumed run past its peak: the last as chosen)
+            chosen = coco
         path = None
         if ckpt:
             ckpt.mkdir(parents=True, exist_ok=True)
@@ -156,8 +164,8 @@ def fake_train(
                 "images_per_s": 100.0,
                 "train_time_s": time.perf_counter() - t0,
                 **{f"val_{k}": v for k, v in coco.items()},
-                "best_epoch": done,
-                **(fake_test(coco) if done == cfg.epochs else {}),
+                "best_epoch": best,
+                **(fake_test(chosen) if done == cfg.epochs else {}),
             }
             report(metrics, path)
         if tid in ctl.get("fail_once", []) and n == 0 and done == int(ctl.get("fail_at", 1)):
@@ -168,9 +176,9 @@ def fake_train(
             kept = f"the last good checkpoint {ckpt / 'last.pt'} (after epoch {done})"
             raise TrainingError(f"non-finite loss in epoch {done + 1}: total_loss=nan; {kept}")
     return {
-        **{f"val_{k}": v for k, v in coco.items()},
-        **fake_test(coco),
-        "best_epoch": cfg.epochs,
+        **{f"val_{k}": v for k, v in chosen.items()},
+        **fake_test(chosen),
+        "best_epoch": min(cfg.epochs, peak),
         "params": PARAMS.get(cfg.size, 1),
         "train_time_s": time.perf_counter() - t0,
         "images_per_s": 100.0,

@@ -35,6 +35,7 @@ from study.layout import (
     valid_metric,
 )
 from study.outputs.export import choose_best, export_best
+from study.outputs.optuna_best import OptunaBest, best_of_sampled, history_lines
 from study.outputs.plots import plot_by_axis, plot_learning_curves, plot_vs_params, plot_x_axis
 from study.outputs.report import (
     Grid,
@@ -175,11 +176,12 @@ def write_all(
     rows = write_results(plan, study_dir)
     written: dict[str, Path] = {"results": study_dir / RESULTS}
     axes = report_axes(plan)
-    best = choose_best(rows, sp.metric, sp.mode, axes)
+    best, by_optuna = choose(plan, study_dir, rows)
     split = quoted_split(rows)
     best_line = ""
     if best is not None:
         written["best_config"], best_line = _export(plan, study_dir, rows, best, split)
+        best_line += _optuna_note(by_optuna, plan.seeds)
     report = render_report(
         ReportInput(
             title=f"Study {study_dir.name} ({sp.name})",
@@ -211,6 +213,26 @@ def write_all(
     return rows, best, written
 
 
+def choose(
+    plan: Plan, study_dir: Path, rows: list[dict[str, Any]]
+) -> tuple[dict[str, Any] | None, OptunaBest | None]:
+    """The study's best trial, on validation: a grid study's by choose_best (best grid point by
+    the mean over its seeds, then its best seed); a sampled study's is Optuna's best trial (its
+    best seed), the one ``optuna-dashboard`` shows (study/outputs/optuna_best.py)."""
+    sp = plan.space
+    if not sp.sampled:
+        return choose_best(rows, sp.metric, sp.mode, report_axes(plan)), None
+    keys = _sampled_keys(plan) if plan.seeds > 1 else []
+    return best_of_sampled(rows, sp.metric, sp.mode, keys, study_dir)
+
+
+def _optuna_note(found: OptunaBest | None, seeds: int) -> str:
+    if found is None:
+        return ""
+    of = " (the mean over those of its seeds that finished; this is the best)" if seeds > 1 else ""
+    return f" It is Optuna's best trial, number {found.number}, value {found.value:.4f}{of}."
+
+
 def _sampled_keys(plan: Plan) -> list[str]:
     return [k for k in plan.space.sample if k not in plan.pinned]
 
@@ -219,7 +241,10 @@ def _export(
     plan: Plan, study_dir: Path, rows: list[dict[str, Any]], best: dict[str, Any], split: str
 ) -> tuple[Path, str]:
     """best_config.yaml of the best trial (chosen on validation), and the report's line on it."""
-    sp, axes = plan.space, report_axes(plan)
+    sp = plan.space
+    axes = report_axes(plan)  # its grid point; a sampled trial's: its proposal (its seeds)
+    if sp.sampled:
+        axes = _sampled_keys(plan) if plan.seeds > 1 else ["id"]
     info = json.loads((trial_dir(study_dir, best["id"]) / TRIAL).read_text())
     point_rows = [r for r in rows if all(r.get(a) == best.get(a) for a in axes)]
     # its Tune experiment: tune/, or tune-rK/ for a round of --seeds auto
@@ -306,6 +331,8 @@ def _notes(
             "decided; `--seeds 3` (or `--seeds auto`) repeats the grid and says which "
             "differences hold" + (QUICK_SEED_SPREAD if plan.quick else "")
         )
+    if sp.sampled:
+        notes += history_lines(study_dir)
     if plan.baseline and not plan.stand_in_for:  # (a stand-in is in plan.notes already)
         notes.append("baseline: " + ", ".join(f"{k}={v}" for k, v in plan.baseline.items()))
     return notes
@@ -353,6 +380,8 @@ def finish(
         f"report {written['report']}, results {written['results']}"
         + (f", best config {written['best_config']}" if "best_config" in written else "")
     )
+    if plan.space.sampled:
+        summary += "; " + history_lines(study_dir)[0].replace("`", "")
     if unfinished:
         summary += f"; interrupted: continue with python study/run.py --resume --out {study_dir}"
     log(summary)

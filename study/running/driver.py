@@ -50,6 +50,7 @@ from study.cli.args import StudyArgs
 from study.files import atomic_write_text
 from study.layout import FINISHED, PLAN, SPACE, TUNE, StudyError, valid_metric
 from study.outputs import StudyOutcome, finish, report_axes
+from study.outputs.optuna_best import history_lines
 from study.outputs.results import collect_rows
 from study.running import feed, nodes, pipeline, prepare, session, tracking, trust
 from study.running.storage import Storage, storage_of
@@ -216,7 +217,7 @@ def run_study(
         return _dry_run_outcome(plan, study_dir, " (the saved plan)", {}, log)
 
     fn = train_fn or import_train_fn(args.train_fn)
-    args = tracking.start(args, study_dir, log)  # (issue 27) --track: checked, where to look
+    args = where_to_look(args, plan, study_dir, log)
     if args.resume:
         session.stop_stale(study_dir, log)
     data = prepare.check_data(plan, strict=args.strict, log=log)
@@ -229,6 +230,16 @@ def run_study(
     outcome = finish(plan, study_dir, time.time() - t0, log)
     storage.push_outputs()
     return outcome
+
+
+def where_to_look(args: StudyArgs, plan: Plan, study_dir: Path, log: Log) -> StudyArgs:
+    """(issue 27) Where a person watches the study, said before it starts: the trackers
+    (``--track``, checked here) and a sampled study's Optuna history with the
+    ``optuna-dashboard`` command that opens it."""
+    args = tracking.start(args, study_dir, log)
+    if plan.space.sampled:
+        log(history_lines(study_dir)[0].replace("`", ""))
+    return args
 
 
 def feed_trials(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import TrialConfig
-from study.layout import PLAN_ID, TUNE, StudyError, trial_dirname
+from study.layout import PLAN_ID, TUNE, StudyError, optuna_url, trial_dirname
 from study.running import faults, trust
 from study.running.storage import TUNER_STATE, Storage, restorable
 from study.running.trial import TrainFn, run_trial
@@ -360,6 +360,30 @@ def cost_estimate(cfg: TrialConfig) -> float:
     return depth * width**2 * cfg.img_size**2 * cfg.epochs
 
 
+def _searcher(plan: Plan, study_dir: Path, searcher_seed: int) -> Any:
+    """A sampled space's search: Optuna TPE over an Optuna study in the study folder (what
+    ``optuna-dashboard`` opens), each proposal repeated with the plan's seeds, each trial's value
+    its chosen checkpoint's (study/running/searcher.py)."""
+    import optuna
+
+    from study.running.searcher import ChosenCheckpoint, SeedRepeater, StudyOptunaSearch
+
+    sp = plan.space
+    space = {k: d.to_optuna() for k, d in sp.sample.items() if k not in plan.pinned}
+    search_alg = StudyOptunaSearch(  # (issue 27) the Optuna history a person can open
+        space=space,
+        metric=f"val_{sp.metric}",  # choices on validation: never on test
+        mode=sp.mode,
+        sampler=optuna.samplers.TPESampler(seed=searcher_seed),
+        storage=optuna.storages.RDBStorage(optuna_url(study_dir)),
+        study_name=study_dir.name,
+        study_dir=str(study_dir),
+    )
+    if plan.seeds > 1:  # the same proposal with seeds 0..N-1; Optuna sees their mean
+        search_alg = SeedRepeater(search_alg, repeat=plan.seeds)
+    return ChosenCheckpoint(search_alg, plan.base.epochs, str(study_dir))  # the report's values
+
+
 def _tune_config(
     plan: Plan, study_dir: Path, max_concurrent: int | None, searcher_seed: int
 ) -> Any:
@@ -368,23 +392,7 @@ def _tune_config(
     sp = plan.space
     search_alg, num_samples = None, 1
     if sp.sampled:
-        import optuna
-        from ray.tune.search import Repeater
-
-        from study.running.searcher import ChosenCheckpoint, StudyOptunaSearch
-
-        space = {k: d.to_optuna() for k, d in sp.sample.items() if k not in plan.pinned}
-        search_alg = StudyOptunaSearch(  # (issue 27) the Optuna history a person can open
-            space=space,
-            metric=f"val_{sp.metric}",  # choices on validation: never on test
-            mode=sp.mode,
-            sampler=optuna.samplers.TPESampler(seed=searcher_seed),
-            storage=optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.sqlite'}"),
-            study_name=study_dir.name,
-        )
-        if plan.seeds > 1:  # the same proposal with seeds 0..N-1; Optuna sees their mean
-            search_alg = Repeater(search_alg, repeat=plan.seeds)
-        search_alg = ChosenCheckpoint(search_alg, plan.base.epochs)  # values the report ranks
+        search_alg = _searcher(plan, study_dir, searcher_seed)
         num_samples = plan.num_samples * plan.seeds
     scheduler = None
     if sp.scheduler.kind == "asha":

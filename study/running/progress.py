@@ -29,12 +29,14 @@ from study.layout import (
     FINISHED,
     LOG,
     PLAN,
+    PRETRAINING,
+    RACE,
     STATUS,
     scratch_dir,
     trial_dir,
     trial_dirname,
 )
-from study.outputs.results import collect_rows, write_results
+from study.outputs.results import RowCache, collect_rows, write_results
 from study.running import faults, trust
 from study.running.storage import Storage
 from study.running.trial import log_line
@@ -78,10 +80,31 @@ class StudyCallback(Callback):
         self._watch: faults.GcsWatch | None = None
         self._trials: list = []  # Tune's own list of the experiment's trials
         self._warned = False
+        # (issue 27) results.csv is rebuilt at each trial end: from the rows and the plan kept
+        # since the last rebuild, read again only where their files changed
+        self._rows: RowCache | None = None
+        self._plan: tuple[Any, Any] | None = None  # (the plan files' state, the plan)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Tune pickles its callbacks with its state: without the running watch thread."""
-        return {**self.__dict__, "_watch": None, "_trials": []}
+        """Tune pickles its callbacks with its state: without the running watch thread and the
+        rows kept (read again after a resume)."""
+        return {**self.__dict__, "_watch": None, "_trials": [], "_rows": None, "_plan": None}
+
+    def study_plan(self) -> Any:
+        """The study's plan (study/artifacts/jobs.py ``load_study_plan``), read again only when
+        plan.json, race.json or pretraining.json changed."""
+        state = []
+        for name in (PLAN, RACE, PRETRAINING):
+            try:
+                st = (Path(self.study_dir) / name).stat()
+                state.append((st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                state.append(None)
+        kept = getattr(self, "_plan", None)
+        if kept is None or kept[0] != state:
+            kept = (state, load_study_plan(self.study_dir))
+            self._plan = kept
+        return kept[1]
 
     def setup(self, **info: Any) -> None:
         """Called by every ``fit``. A resumed study restores this object from Tune's state
@@ -211,7 +234,9 @@ class StudyCallback(Callback):
         # a trial stopped by ASHA (or failed for good) never cleans its scratch folder itself;
         # Tune keeps its checkpoints. (Only reachable here when it ran on this node.)
         shutil.rmtree(scratch_dir(self.study_dir, tid), ignore_errors=True)
-        rows = write_results(load_study_plan(self.study_dir), Path(self.study_dir))
+        if getattr(self, "_rows", None) is None:
+            self._rows = RowCache()
+        rows = write_results(self.study_plan(), Path(self.study_dir), cache=self._rows)
         row = next((r for r in rows if r["id"] == tid), {})
         if tid in self.started:
             self.durations.append(time.time() - self.started.pop(tid))

@@ -25,7 +25,7 @@ def test_two_trials_ending_together_count_one_each_and_eta_uses_the_slots(
         {"id": "b", "status": "done", "val_mAP": 0.2, "epoch": 4},
     ]
     monkeypatch.setattr(progress, "load_study_plan", lambda study_dir: None)
-    monkeypatch.setattr(progress, "write_results", lambda plan, study_dir: rows)
+    monkeypatch.setattr(progress, "write_results", lambda plan, study_dir, cache=None: rows)
     now = [0.0]
     monkeypatch.setattr(progress.time, "time", lambda: now[0])
     cb = progress.StudyCallback(str(tmp_path), total=6)  # no plan.json yet: nothing ended before
