@@ -8,14 +8,28 @@ from __future__ import annotations
 from typing import Any
 
 from ray.air.constants import TRAINING_ITERATION
-from ray.air.integrations.wandb import WandbLoggerCallback
+from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
 
 from study.running.trackers import PREVIEW_TAG, read_preview
 
 
+class _FlushedLoggingActor(_WandbLoggingActor):
+    """Tune's W&B logging actor, which returns once ``wandb.finish`` is called and is then
+    killed by the callback — before W&B's own service process has written the run file (seen
+    under load: an offline run of 7 bytes). ``wandb.teardown`` waits for that service first."""
+
+    def run(self) -> None:
+        super().run()
+        import wandb
+
+        wandb.teardown()
+
+
 class StudyWandb(WandbLoggerCallback):
     """``WandbLoggerCallback(project=…, group=…, mode=…, dir=…)`` with the previews (``mode``
-    and ``dir`` go to ``wandb.init``)."""
+    and ``dir`` go to ``wandb.init``), its run files complete when the trial's actor ends."""
+
+    _logger_actor_cls = _FlushedLoggingActor
 
     def log_trial_save(self, trial: Any) -> None:
         if trial not in self._trial_logging_actors:
