@@ -33,7 +33,9 @@ from typing import Any
 from model.diskfull import DiskFullError, format_bytes, is_disk_full
 from study.layout import StudyError
 
-GCS_GRACE_S = 10.0  # the head's port refused this long: it is gone (Ray itself waits 60 s)
+# the head's port refused this long: it is gone (Ray itself waits 60 s); a cluster whose head
+# restarts slowly (a Kubernetes pod) may want longer
+GCS_GRACE_S = float(os.environ.get("YOLOX_STUDY_GCS_GRACE_S", "10"))
 GCS_POLL_S = 1.0
 LOST_RAY_EXIT = 1  # a run that failed; the line says how (study/cli/__init__.py)
 

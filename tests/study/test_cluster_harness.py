@@ -278,6 +278,9 @@ def test_killed_worker_node_trial_resumes_on_head(ray_cluster_s3: Cluster) -> No
     )
 
 
+# slow (30 s, most of it Ray retrying a wrong token): a driver subprocess joining with the
+# head's env is what test_study_cluster.py and test_study_head_lost.py do in the default run
+@pytest.mark.slow
 def test_a_driver_subprocess_joins_with_the_heads_env(ray_cluster: Cluster) -> None:
     """What a study driver started as a subprocess (``study/run.py --address …``) needs: the
     head's :attr:`~tests.cluster.RayHead.env` (token, address, 127.0.0.1 kept) — and nothing

@@ -1,5 +1,5 @@
 """Driver load (issue 27), the small version of benchmarks/load.py: a sampled study of 50 fast
-stand-in trials, 16 at once on fractional CPUs, through the real driver, Tune, trials, callback
+stand-in trials, 8 at once on fractional CPUs, through the real driver, Tune, trials, callback
 and outputs, must end complete and consistent (results.csv, every trial's files, report.md,
 best_config.yaml, the Optuna storage). Completeness only: no timing is asserted."""
 
@@ -16,7 +16,7 @@ import ray
 
 from benchmarks.load import run_load, table
 
-TRIALS, CONCURRENT = 50, 16
+TRIALS, CONCURRENT = 50, 8
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def own_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
 
-def test_fifty_trials_sixteen_at_once_end_complete(ray_address: str, tmp_path: Path) -> None:
+def test_fifty_trials_eight_at_once_end_complete(ray_address: str, tmp_path: Path) -> None:
     result = run_load(tmp_path, trials=TRIALS, concurrent=CONCURRENT)
     print(table(result))  # the figures, for whoever reads the test's output
     assert result.problems == []

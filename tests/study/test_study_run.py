@@ -267,6 +267,10 @@ resources: {cpus: 1}
 """
 
 
+# slow (33 s): Ctrl-C then --resume is covered in the default run by the SIGKILLed driver
+# (test_study_faults.py), the race (test_study_race.py) and the Optuna study
+# (test_optuna_study.py), each interrupted mid-study and resumed
+@pytest.mark.slow
 def test_interrupted_study_resumes_without_rerunning_finished_trials(
     ray_address: str, tmp_path: Path
 ) -> None:
