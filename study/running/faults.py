@@ -198,20 +198,11 @@ def _stop_own_processes() -> None:
     """Terminate (then kill) what this process started: the local Ray session's processes and
     with them the trials' workers (so that no orphan writes into the study while it is
     resumed). A driver that joined a cluster started none."""
-    import psutil
+    from study.running import session
 
+    psutil = session.load_psutil()
     try:
         procs = psutil.Process().children(recursive=True)
     except psutil.Error:
         return
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.Error:
-            continue
-    _, alive = psutil.wait_procs(procs, timeout=3)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            continue
+    session.terminate_all(procs, grace_s=3)

@@ -28,7 +28,7 @@ RECORD = DRIVER
 Log = Callable[[str], None]
 
 
-def _psutil() -> Any:
+def load_psutil() -> Any:
     """psutil (a dependency; Ray also ships a copy, on the path once ray is imported)."""
     import importlib
 
@@ -39,13 +39,31 @@ def _psutil() -> Any:
         return importlib.import_module("psutil")
 
 
+def terminate_all(procs: list[Any], grace_s: float) -> None:
+    """SIGTERM each process, SIGKILL what is still alive ``grace_s`` later, and wait for it
+    (a process already gone is fine)."""
+    psutil = load_psutil()
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            continue
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            continue
+    psutil.wait_procs(alive, timeout=grace_s)
+
+
 def _ident(proc: Any) -> dict[str, Any]:
     return {"pid": proc.pid, "started": proc.create_time(), "name": proc.name()}
 
 
 def _live(rec: dict[str, Any]) -> Any:
     """The psutil.Process of a record if it is still that process (same start time), else None."""
-    psutil = _psutil()
+    psutil = load_psutil()
 
     try:
         proc = psutil.Process(int(rec["pid"]))
@@ -60,7 +78,7 @@ def record(study_dir: Path, owns_ray: bool) -> None:
     """Write (or extend) this driver's record: itself and, when it started the local Ray
     session, every process below it (called after start-up and again before the trials, once
     Ray's agents are up)."""
-    psutil = _psutil()
+    psutil = load_psutil()
 
     me = psutil.Process()
     path = study_dir / RECORD
@@ -93,7 +111,7 @@ def record(study_dir: Path, owns_ray: bool) -> None:
 def stop_stale(study_dir: Path, log: Log) -> None:
     """Before a run of ``study_dir``: refuse if its recorded driver still runs; else stop what
     remains of the Ray session that driver started."""
-    psutil = _psutil()
+    psutil = load_psutil()
 
     path = study_dir / RECORD
     if not path.is_file():
@@ -115,18 +133,7 @@ def stop_stale(study_dir: Path, log: Log) -> None:
             procs += [c for c in p.children(recursive=True) if c not in procs]
         except psutil.NoSuchProcess:
             continue
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            continue
-    _, alive = psutil.wait_procs(procs, timeout=5)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            continue
-    psutil.wait_procs(alive, timeout=5)
+    terminate_all(procs, grace_s=5)
     if procs:
         log(
             f"stopped {len(procs)} Ray processes left running by the killed run of this study "

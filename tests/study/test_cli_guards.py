@@ -304,7 +304,7 @@ def _sleeper() -> subprocess.Popen:
 
 
 def test_resume_refuses_a_study_a_live_driver_is_running(tmp_path: Path, capsys) -> None:
-    psutil = session._psutil()
+    psutil = session.load_psutil()
     study = fake_study(tmp_path)
     other = _sleeper()
     try:
@@ -323,7 +323,7 @@ def test_resume_refuses_a_study_a_live_driver_is_running(tmp_path: Path, capsys)
 
 
 def test_stale_session_processes_are_stopped_and_reused_pids_spared(tmp_path: Path) -> None:
-    psutil = session._psutil()
+    psutil = session.load_psutil()
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # the killed driver: no such process any more
     left, reused = _sleeper(), _sleeper()

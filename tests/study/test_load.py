@@ -6,25 +6,14 @@ best_config.yaml, the Optuna storage). Completeness only: no timing is asserted.
 from __future__ import annotations
 
 import json
-import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-import ray
 
 from benchmarks.load import run_load, table
 
 TRIALS, CONCURRENT = 50, 8
-
-
-@pytest.fixture(scope="module")
-def ray_address() -> str:
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
 
 
 @pytest.fixture(autouse=True)

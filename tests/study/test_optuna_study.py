@@ -10,7 +10,6 @@ evaluation.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import signal
@@ -22,7 +21,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import ray
 from optuna.trial import TrialState
 
 from study.layout import OPTUNA_LOST
@@ -43,14 +41,6 @@ resources: {cpus: 1}
 """
 KEYS = ("lr", "size")
 BEST_LINE = re.compile(r"\*\*Best trial \(chosen on validation mAP\): (trial-\w+)\*\*")
-
-
-@pytest.fixture(scope="module")
-def ray_address() -> str:
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
 
 
 @pytest.fixture(autouse=True)

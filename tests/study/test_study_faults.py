@@ -24,14 +24,14 @@ import ray  # a dependency: its absence fails, never skips
 from study.layout import StudyError
 from study.outputs.results import read_csv, read_history
 from study.running.driver import StudyArgs, run_study
-from study.running.session import _psutil
+from study.running.session import load_psutil
 from tests.data_builders import truncate
 from tests.paths import FAKE_TRAIN_FN, REPO
 from tests.study_fakes import control_folder
 
 RUN = [sys.executable, str(REPO / "study" / "run.py")]
 
-psutil = _psutil()  # Ray ships a copy
+psutil = load_psutil()  # Ray ships a copy
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ of the race and ``--resume``."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -14,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 
 from study.outputs.results import read_csv
 from study.running.driver import StudyArgs, run_study
@@ -32,14 +30,6 @@ baseline: {reg_loss: iou}
 resources: {cpus: 1}
 """
 EFFECTS = {"reg_loss=ciou": 0.05, "reg_loss=diou": 0.012, "reg_loss=giou": 0.0}
-
-
-@pytest.fixture(scope="module")
-def ray_address() -> str:
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
 
 
 @pytest.fixture(autouse=True)
